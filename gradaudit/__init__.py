@@ -1,0 +1,40 @@
+"""gradaudit: prove hand-written gradients match torch autograd, in CI.
+
+This module is the whole public API for plugin authors: the hook marker,
+the batch / forward types and the protocols a plugin implements, plus
+`TokenCorpus`, a ready-made `Dataset` for token streams.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gradaudit.hookspecs import hookimpl
+from gradaudit.types import Batch, DataLoader, Dataset, Forward, ManualGradient, ModelFactory
+
+if TYPE_CHECKING:
+    from gradaudit.corpus import TokenCorpus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "DataLoader",
+    "Dataset",
+    "Forward",
+    "ManualGradient",
+    "ModelFactory",
+    "TokenCorpus",
+    "__version__",
+    "hookimpl",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # TokenCorpus needs torch at import time; load it only when asked for,
+    # so that the CLI's start-up stays torch-free.
+    if name == "TokenCorpus":
+        from gradaudit.corpus import TokenCorpus
+
+        return TokenCorpus
+    raise AttributeError(f"module 'gradaudit' has no attribute {name!r}")

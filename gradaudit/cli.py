@@ -1,0 +1,85 @@
+"""The `gradaudit` command line. Argument parsing only: the work is in commands.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from gradaudit import __version__
+from gradaudit.errors import EXIT_INTERNAL, GradauditError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gradaudit")
+def cli() -> None:
+    """Check hand-written gradients against torch autograd, and gate CI on the result.
+
+    Exit codes: 0 all checks passed, 1 a gradient check failed or errored,
+    2 bad spec or usage, 3 internal error.
+    """
+
+
+@cli.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--junit-xml", "junit_xml", metavar="PATH", help="Write JUnit XML here (atomically).")
+@click.option("--device", "devices", multiple=True, metavar="DEVICE", help="Only these devices (repeatable).")
+@click.option("--dtype", "dtypes", multiple=True, metavar="DTYPE", help="Only these dtypes (repeatable).")
+@click.option("--color/--no-color", default=None, help="Colour the table (default: on a terminal, unless NO_COLOR).")
+def run_command(
+    spec: str, junit_xml: str | None, devices: tuple[str, ...], dtypes: tuple[str, ...], color: bool | None
+) -> None:
+    """Audit the manual gradients named by SPEC against autograd."""
+    from gradaudit import commands
+
+    if color is None:
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    options = commands.RunOptions(junit_xml=junit_xml, devices=devices, dtypes=dtypes, color=color)
+    sys.exit(commands.run(spec, options))
+
+
+@cli.command("validate")
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate_command(specs: tuple[str, ...]) -> None:
+    """Check SPECS for errors without running anything (torch is not imported)."""
+    from gradaudit import commands
+
+    sys.exit(commands.validate(specs))
+
+
+@cli.command("plugins")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="Also load the plugins this spec names.")
+def plugins_command(spec_path: str | None) -> None:
+    """List the loaded plugins and what each registers."""
+    from gradaudit import commands
+
+    sys.exit(commands.list_plugins(spec_path))
+
+
+def main() -> None:
+    """Console-script entry: one-line errors with documented exit codes, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("gradaudit: aborted", err=True)
+        sys.exit(130)
+    except GradauditError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(f"gradaudit: error: {line}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # an internal error: still one line unless asked for more
+        if os.environ.get("GRADAUDIT_DEBUG"):
+            traceback.print_exc()
+        click.echo(
+            f"gradaudit: internal error: {type(exc).__name__}: {exc} "
+            "(set GRADAUDIT_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)

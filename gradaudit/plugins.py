@@ -1,0 +1,177 @@
+"""Finding plugins (entry points, spec-named modules and files) and what they register."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from gradaudit import hookspecs
+from gradaudit.errors import PluginError
+
+ENTRY_POINT_GROUP = "gradaudit"
+ALLOW_ENV = "GRADAUDIT_PLUGINS"  # comma-separated entry-point names; empty loads none
+TRACE_ENV = "GRADAUDIT_TRACE_HOOKS"
+KINDS = ("model", "gradients", "data")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One thing a plugin registered: a model factory, manual gradient or data loader."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    source: str
+    version: str
+
+
+@dataclass
+class Registry:
+    """Everything registered by the loaded plugins, by kind and name."""
+
+    entries: dict[str, dict[str, Registration]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+    plugins: list[tuple[str, str, str]] = field(default_factory=list)  # name, source, version
+
+    def get(self, kind: str, name: str) -> Any:
+        """The registered object, or a PluginError that lists what is available."""
+        known = self.entries[kind]
+        if name in known:
+            return known[name].obj
+        available = ", ".join(sorted(known)) or "none"
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PluginError(f"unknown {kind} plugin '{name}'{hint}; available: {available}")
+
+    def all(self) -> list[Registration]:
+        return [reg for kind in KINDS for reg in self.entries[kind].values()]
+
+
+def _allowed(name: str) -> bool:
+    allow = os.environ.get(ALLOW_ENV)
+    if allow is None:
+        return True
+    return name in {part.strip() for part in allow.split(",") if part.strip()}
+
+
+def _import_file(path: Path) -> ModuleType:
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    module_name = f"gradaudit_specplugin_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin file {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_named(ref: str, base_dir: Path) -> tuple[ModuleType, str]:
+    """Import a spec's `plugins:` entry: a `.py` path (relative to the spec) or a dotted module."""
+    if ref.endswith(".py") or "/" in ref or os.sep in ref:
+        path = (base_dir / Path(ref).expanduser()).resolve()
+        if not path.is_file():
+            raise PluginError(f"plugin file not found: {path}")
+        return _import_file(path), f"file {path}"
+    return importlib.import_module(ref), f"module {ref}"
+
+
+def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = None) -> Registry:
+    """Load entry-point plugins (filtered by $GRADAUDIT_PLUGINS) and the spec's own, then collect."""
+    pm = pluggy.PluginManager("gradaudit")
+    pm.add_hookspecs(hookspecs)
+    if os.environ.get(TRACE_ENV):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    sources: dict[str, tuple[str, str]] = {}
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if not _allowed(ep.name) or pm.has_plugin(ep.name):
+            continue
+        version = ep.dist.version if ep.dist else "?"
+        try:
+            module = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin '{ep.name}' ({ep.value}) failed to import: {_why(exc)}"
+            ) from None
+        _register(pm, module, ep.name)
+        sources[ep.name] = (f"entry point {ep.value}", version)
+
+    for ref in spec_plugins:
+        try:
+            module, source = _load_named(ref, base_dir or Path.cwd())
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin '{ref}' failed to import: {_why(exc)}") from None
+        _register(pm, module, ref)
+        sources[ref] = (source, getattr(module, "__version__", "-"))
+
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin '{exc.plugin_name}': {exc}") from None
+
+    registry = Registry(plugins=[(name, *sources[name]) for name in sources])
+    for kind, hook in (
+        ("model", pm.hook.register_models),
+        ("gradients", pm.hook.register_gradients),
+        ("data", pm.hook.register_data),
+    ):
+        for impl in hook.get_hookimpls():
+            source, version = sources.get(impl.plugin_name, ("?", "?"))
+            _collect(registry, kind, impl, source, version)
+    return registry
+
+
+def _register(pm: pluggy.PluginManager, module: ModuleType, name: str) -> None:
+    try:
+        pm.register(module, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise PluginError(f"plugin '{name}' cannot be registered: {exc}") from None
+
+
+def _collect(
+    registry: Registry, kind: str, impl: pluggy.HookImpl, source: str, version: str
+) -> None:
+    """Call one plugin's register hook, recording who registered what."""
+    known = registry.entries[kind]
+
+    def register(name: str, obj: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{impl.plugin_name}' registered a {kind} with no name")
+        if name in known:
+            other = known[name].plugin
+            raise PluginError(
+                f"{kind} plugin '{name}' is registered twice: by '{other}' and '{impl.plugin_name}'"
+            )
+        if not callable(obj):
+            raise PluginError(f"{kind} plugin '{name}' from '{impl.plugin_name}' is not callable")
+        known[name] = Registration(kind, name, obj, impl.plugin_name, source, version)
+
+    try:
+        impl.function(register=register)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin '{impl.plugin_name}' failed to register: {_why(exc)}") from None
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

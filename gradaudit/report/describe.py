@@ -1,0 +1,51 @@
+"""Plain-text descriptions of a tensor's result, shared by every report format."""
+
+from __future__ import annotations
+
+from gradaudit.compare import TensorSummary
+
+
+def fmt(value: float) -> str:
+    return f"{value:.2e}" if value else "0"
+
+
+def verdict_line(s: TensorSummary) -> str:
+    """One line: what went wrong (or right) with this tensor."""
+    if s.status == "error":
+        more = f" (+{s.error_count - 1} more)" if s.error_count > 1 else ""
+        return f"{s.errors[0]}{more}"
+    w = s.worst
+    if w is None:
+        return "no batches compared"
+    share = 100.0 * s.mismatched / max(s.numel, 1)
+    tol = f"rtol={s.tol.rtol:g} atol={s.tol.atol:g}"
+    if s.status == "fail":
+        return (
+            f"{s.mismatched}/{s.numel} elements ({share:.3g}%) beyond {tol} in "
+            f"{s.failed_batches}/{s.batches} batches; max abs diff {fmt(s.max_abs)}"
+        )
+    return f"all {s.numel} elements within {tol}; max abs diff {fmt(s.max_abs)}"
+
+
+def detail(s: TensorSummary) -> str:
+    """The multi-line body: enough to reproduce and debug the worst case."""
+    lines = [f"tensor: {s.tensor}", f"result: {s.status}", verdict_line(s)]
+    if s.errors:
+        lines += ["errors:", *(f"  {e}" for e in s.errors)]
+        if s.error_count > len(s.errors):
+            lines.append(f"  ... {s.error_count - len(s.errors)} more")
+    w = s.worst
+    if w is not None:
+        index = ", ".join(str(i) for i in w.worst_index)
+        lines += [
+            f"batches compared: {s.batches}, failing: {s.failed_batches}",
+            f"exact (bitwise) on every batch: {s.exact}",
+            f"max abs diff: {s.max_abs:.6e}",
+            f"max rel diff: {s.max_rel:.6e}",
+            f"tolerance: rtol={s.tol.rtol:g} atol={s.tol.atol:g}; budget used: {100 * s.budget:.3g}%",
+            f"mismatched elements: {s.mismatched} of {s.numel}; NaN/Inf disagreements: {s.nonfinite}",
+            f"worst element: [{index}] in batch {s.worst_batch} (seed {s.worst_seed}): "
+            f"manual {w.manual_value:.9g}, autograd {w.reference_value:.9g}",
+            f"reproduce: batches: {{seed: {s.worst_seed}, count: 1}}",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""Spec files: YAML (safe loader only) -> a validated `Spec`, errors as `file:line: field: message`."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gradaudit.errors import SpecError
+
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+Dtype = Literal["float64", "float32", "bfloat16", "float16"]
+DEVICE_PATTERN = r"^(cpu|mps|(cuda|xpu)(:\d+)?)$"
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
+Glob = Annotated[str, Field(min_length=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PluginRef(_Strict):
+    """Which registered plugin to use, and the options passed to it."""
+
+    plugin: Annotated[str, Field(min_length=1)]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Batches(_Strict):
+    """How batches are drawn; batch k is seeded with `seed + k`."""
+
+    split: Literal["train", "val"] = "train"
+    count: PositiveInt | None = 8
+    size: PositiveInt | None = 32
+    block_size: PositiveInt = 8
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _train_needs_sizes(self) -> Batches:
+        if self.split == "train" and (self.count is None or self.size is None):
+            raise ValueError("split 'train' needs both count and size")
+        return self
+
+
+class ToleranceOverride(_Strict):
+    """Tolerances for the tensors whose names match `tensors` (globs)."""
+
+    tensors: list[Glob] = Field(min_length=1)
+    devices: list[Device] | None = None
+    dtypes: list[Dtype] | None = None
+    rtol: NonNegativeFloat | None = None
+    atol: NonNegativeFloat | None = None
+
+
+class Tolerance(_Strict):
+    """`allclose`: |manual - autograd| <= atol + rtol * |autograd| elementwise.
+
+    Unset rtol/atol take torch.testing.assert_close's defaults for the dtype.
+    """
+
+    mode: Literal["allclose"] = "allclose"
+    rtol: NonNegativeFloat | None = None
+    atol: NonNegativeFloat | None = None
+    overrides: list[ToleranceOverride] = Field(default_factory=list)
+
+
+class Spec(_Strict):
+    """One audit: a model, its manual gradients, data, and where and how to check them."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    plugins: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    model: PluginRef
+    gradients: PluginRef
+    data: PluginRef = Field(default_factory=lambda: PluginRef(plugin="text"))
+    batches: Batches = Field(default_factory=Batches)
+    devices: list[Device] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    dtypes: list[Dtype] = Field(default_factory=lambda: ["float32"], min_length=1)
+    tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> Spec:
+        for field in ("devices", "dtypes"):
+            values = getattr(self, field)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field} lists an entry twice")
+        return self
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec plus where it came from (for relative paths and reports)."""
+
+    spec: Spec
+    path: Path
+    sha256: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.resolve().parent
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-6` as a float (YAML 1.2 style) instead of a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+Loc = tuple[str | int, ...]
+
+
+def _key_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], where: str) -> None:
+    """Record the line of every key and item, and reject duplicate keys (YAML allows them silently)."""
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                path = ".".join(str(p) for p in (*loc, key))
+                raise SpecError(f"{where}:{line}: {path}: duplicate key")
+            seen.add(key)
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+            _key_lines(value_node, (*loc, key), lines, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _key_lines(item, (*loc, i), lines, where)
+
+
+def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:
+    while loc not in lines and loc:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
+def _suggest(loc: Loc, error_type: str) -> str:
+    """'did you mean ...?' for a misspelled key."""
+    if error_type != "extra_forbidden" or not loc or not isinstance(loc[-1], str):
+        return ""
+    model: type[BaseModel] = Spec
+    for part in loc[:-1]:
+        annotation = model.model_fields.get(str(part))
+        inner = getattr(annotation, "annotation", None) if annotation else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "devices": "not a device: expected cpu, cuda, cuda:N, mps, xpu or xpu:N",
+    "name": "use only letters, digits, '.', '_' and '-'",
+}
+
+
+def parse_spec(text: str, where: str) -> Spec:
+    """Validate spec text; `where` names the file in error messages."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(f"{where}:1: the spec is empty")
+        lines: dict[Loc, int] = {}
+        _key_lines(node, (), lines, where)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = exc.problem or exc.context or "not valid YAML"
+        raise SpecError(f"{where}:{line}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{where}:1: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "spec"
+            key = str(loc[0]) if err["type"] == "string_pattern_mismatch" and loc else err["type"]
+            msg = _MESSAGES.get(key, err["msg"]).removeprefix("Value error, ")
+            line = _line_for(loc, lines)
+            messages.append(f"{where}:{line}: {field}: {msg}{_suggest(loc, err['type'])}")
+        raise SpecError("\n".join(messages)) from None
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
+    spec = parse_spec(text, str(path))
+    return LoadedSpec(spec=spec, path=path, sha256=hashlib.sha256(raw).hexdigest())
