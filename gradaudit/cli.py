@@ -25,11 +25,23 @@ def cli() -> None:
 @cli.command("run")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--junit-xml", "junit_xml", metavar="PATH", help="Write JUnit XML here (atomically).")
-@click.option("--device", "devices", multiple=True, metavar="DEVICE", help="Only these devices (repeatable).")
-@click.option("--dtype", "dtypes", multiple=True, metavar="DTYPE", help="Only these dtypes (repeatable).")
-@click.option("--color/--no-color", default=None, help="Colour the table (default: on a terminal, unless NO_COLOR).")
+@click.option(
+    "--device", "devices", multiple=True, metavar="DEVICE", help="Only these devices (repeatable)."
+)
+@click.option(
+    "--dtype", "dtypes", multiple=True, metavar="DTYPE", help="Only these dtypes (repeatable)."
+)
+@click.option(
+    "--color/--no-color",
+    default=None,
+    help="Colour the table (default: on a terminal, unless NO_COLOR).",
+)
 def run_command(
-    spec: str, junit_xml: str | None, devices: tuple[str, ...], dtypes: tuple[str, ...], color: bool | None
+    spec: str,
+    junit_xml: str | None,
+    devices: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    color: bool | None,
 ) -> None:
     """Audit the manual gradients named by SPEC against autograd."""
     from gradaudit import commands
@@ -50,7 +62,12 @@ def validate_command(specs: tuple[str, ...]) -> None:
 
 
 @cli.command("plugins")
-@click.option("--spec", "spec_path", type=click.Path(dir_okay=False), help="Also load the plugins this spec names.")
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False),
+    help="Also load the plugins this spec names.",
+)
 def plugins_command(spec_path: str | None) -> None:
     """List the loaded plugins and what each registers."""
     from gradaudit import commands

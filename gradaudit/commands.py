@@ -98,5 +98,6 @@ def list_plugins(spec_path: str | None) -> int:
     rows += [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all()]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        _echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        _echo("  ".join([*cells, row[4]]))
     return EXIT_OK

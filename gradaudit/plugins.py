@@ -91,7 +91,7 @@ def _load_named(ref: str, base_dir: Path) -> tuple[ModuleType, str]:
 
 
 def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = None) -> Registry:
-    """Load entry-point plugins (filtered by $GRADAUDIT_PLUGINS) and the spec's own, then collect."""
+    """Load entry-point plugins (allow-list: $GRADAUDIT_PLUGINS) and the spec's own plugins."""
     pm = pluggy.PluginManager("gradaudit")
     pm.add_hookspecs(hookspecs)
     if os.environ.get(TRACE_ENV):
@@ -125,7 +125,7 @@ def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = Non
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name}': {exc}") from None
+        raise PluginError(str(exc)) from None
 
     registry = Registry(plugins=[(name, *sources[name]) for name in sources])
     for kind, hook in (

@@ -201,10 +201,11 @@ class Audit:
             if not isinstance(forward, Forward):
                 raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
             params = dict(model.named_parameters())
-            targets = [params.get(n, forward.intermediates.get(n)) for n in summaries]
-            missing = [n for n, t in zip(summaries, targets) if t is None]
+            available = {**forward.intermediates, **params}
+            missing = [n for n in summaries if n not in available]
             if missing:
                 raise KeyError(f"forward did not return {missing}")
+            targets = [available[n] for n in summaries]
             reference = torch.autograd.grad(forward.loss, targets, allow_unused=True)
         except Exception as exc:
             fail_all(f"model '{spec.model.plugin}' forward/autograd raised {_why(exc)}")
@@ -221,12 +222,12 @@ class Audit:
         except Exception as exc:
             fail_all(f"gradients '{spec.gradients.plugin}' raised {_why(exc)}")
             return
-        for (name, summary), target, ref in zip(summaries.items(), targets, reference):
+        for (name, summary), target, ref in zip(summaries.items(), targets, reference, strict=True):
             ref = torch.zeros_like(target) if ref is None else ref
             got = manual.get(name)
             if got is None:
                 summary.add_error(
-                    f"{where}: gradients '{spec.gradients.plugin}' returned no gradient for '{name}'"
+                    f"{where}: gradients '{spec.gradients.plugin}' gave no gradient for '{name}'"
                 )
             elif not isinstance(got, torch.Tensor):
                 summary.add_error(

@@ -1,4 +1,4 @@
-"""Spec files: YAML (safe loader only) -> a validated `Spec`, errors as `file:line: field: message`."""
+"""Spec files: YAML (safe loader only) to a validated `Spec`; errors as `file:line: field: msg`."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class Spec(_Strict):
     data: PluginRef = Field(default_factory=lambda: PluginRef(plugin="text"))
     batches: Batches = Field(default_factory=Batches)
     devices: list[Device] = Field(default_factory=lambda: ["cpu"], min_length=1)
-    dtypes: list[Dtype] = Field(default_factory=lambda: ["float32"], min_length=1)
+    dtypes: list[Dtype] = Field(default_factory=lambda: ["float32"], min_length=1)  # type: ignore[arg-type]
     tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
     tolerance: Tolerance = Field(default_factory=Tolerance)
 
@@ -134,7 +134,7 @@ Loc = tuple[str | int, ...]
 
 
 def _key_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], where: str) -> None:
-    """Record the line of every key and item, and reject duplicate keys (YAML allows them silently)."""
+    """Record the line of every key and item; reject duplicate keys (YAML keeps the last)."""
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -142,14 +142,14 @@ def _key_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], where: str) -> 
             key = str(key_node.value)
             if key in seen:
                 line = key_node.start_mark.line + 1
-                path = ".".join(str(p) for p in (*loc, key))
+                path = ".".join(str(p) for p in loc + (key,))
                 raise SpecError(f"{where}:{line}: {path}: duplicate key")
             seen.add(key)
-            lines[(*loc, key)] = key_node.start_mark.line + 1
-            _key_lines(value_node, (*loc, key), lines, where)
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+            _key_lines(value_node, loc + (key,), lines, where)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _key_lines(item, (*loc, i), lines, where)
+            _key_lines(item, loc + (i,), lines, where)
 
 
 def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:

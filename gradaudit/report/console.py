@@ -7,13 +7,24 @@ import click
 from gradaudit.report.describe import detail, fmt
 from gradaudit.runner import GroupResult, RunSummary
 
-COLUMNS = ("device", "dtype", "tensor", "exact", "allclose", "max abs", "max rel", "budget", "mismatched", "result")
+COLUMNS = (
+    "device",
+    "dtype",
+    "tensor",
+    "exact",
+    "allclose",
+    "max abs",
+    "max rel",
+    "budget",
+    "mismatched",
+    "result",
+)
 WIDTHS = (8, 9, 14, 6, 9, 9, 9, 8, 11, 6)
 STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "red", "SKIP": "yellow"}
 
 
 def _row(cells: tuple[str, ...]) -> str:
-    return " ".join(c.ljust(w) for c, w in zip(cells, WIDTHS)).rstrip()
+    return " ".join(c.ljust(w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
 
 
 def header() -> str:
@@ -23,7 +34,18 @@ def header() -> str:
 def group_rows(group: GroupResult, color: bool) -> list[str]:
     """Rows for one (device, dtype); a skipped group is one row."""
     if group.skipped:
-        cells = (group.device, group.dtype, f"({len(group.tensors)} tensors)", "", "", "", "", "", "", "SKIP")
+        cells = (
+            group.device,
+            group.dtype,
+            f"({len(group.tensors)} tensors)",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "SKIP",
+        )
         return [_paint(_row(cells) + f"  {group.skipped}", "SKIP", color)]
     rows = []
     for s in group.tensors:
@@ -53,7 +75,9 @@ def failure_details(summary: RunSummary) -> list[str]:
     for group in summary.groups:
         for s in group.tensors:
             if not group.skipped and s.status != "pass":
-                blocks.append(f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}\n{detail(s)}")
+                blocks.append(
+                    f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}\n{detail(s)}"
+                )
     return blocks
 
 

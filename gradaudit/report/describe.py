@@ -42,8 +42,10 @@ def detail(s: TensorSummary) -> str:
             f"exact (bitwise) on every batch: {s.exact}",
             f"max abs diff: {s.max_abs:.6e}",
             f"max rel diff: {s.max_rel:.6e}",
-            f"tolerance: rtol={s.tol.rtol:g} atol={s.tol.atol:g}; budget used: {100 * s.budget:.3g}%",
-            f"mismatched elements: {s.mismatched} of {s.numel}; NaN/Inf disagreements: {s.nonfinite}",
+            f"tolerance: rtol={s.tol.rtol:g} atol={s.tol.atol:g}",
+            f"budget used: {100 * s.budget:.3g}% (max |diff| / (atol + rtol*|autograd|))",
+            f"mismatched elements: {s.mismatched} of {s.numel}",
+            f"NaN/Inf disagreements: {s.nonfinite}",
             f"worst element: [{index}] in batch {s.worst_batch} (seed {s.worst_seed}): "
             f"manual {w.manual_value:.9g}, autograd {w.reference_value:.9g}",
             f"reproduce: batches: {{seed: {s.worst_seed}, count: 1}}",

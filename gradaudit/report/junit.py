@@ -20,7 +20,9 @@ MAX_BODY = 64_000
 def clean(text: str, limit: int = MAX_BODY) -> str:
     """Strip ANSI colours and XML-illegal characters, and cap the length."""
     text = _ILLEGAL.sub("", _ANSI.sub("", text))
-    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} characters cut)"
+    return (
+        text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} characters cut)"
+    )
 
 
 def suite_name(spec_name: str, device: str, dtype: str) -> str:
@@ -31,7 +33,9 @@ def classname(spec_name: str, device: str, dtype: str) -> str:
     return f"gradaudit.{spec_name}.{device}.{dtype}"
 
 
-def to_suite(loaded: LoadedSpec, group: GroupResult, versions: dict[str, str]) -> junit_xml.TestSuite:
+def to_suite(
+    loaded: LoadedSpec, group: GroupResult, versions: dict[str, str]
+) -> junit_xml.TestSuite:
     spec = loaded.spec
     cls = classname(spec.name, group.device, group.dtype)
     cases = []
@@ -40,9 +44,13 @@ def to_suite(loaded: LoadedSpec, group: GroupResult, versions: dict[str, str]) -
         if group.skipped:
             case.add_skipped_info(message=clean(group.skipped), output=clean(group.skipped))
         elif s.status == "fail":
-            case.add_failure_info(message=clean(f"{s.tensor}: {verdict_line(s)}", 500), output=clean(detail(s)))
+            case.add_failure_info(
+                message=clean(f"{s.tensor}: {verdict_line(s)}", 500), output=clean(detail(s))
+            )
         elif s.status == "error":
-            case.add_error_info(message=clean(f"{s.tensor}: {verdict_line(s)}", 500), output=clean(detail(s)))
+            case.add_error_info(
+                message=clean(f"{s.tensor}: {verdict_line(s)}", 500), output=clean(detail(s))
+            )
         cases.append(case)
     b = spec.batches
     properties = {
@@ -64,7 +72,9 @@ def to_suite(loaded: LoadedSpec, group: GroupResult, versions: dict[str, str]) -
     )
 
 
-def write_junit(path: str, loaded: LoadedSpec, groups: list[GroupResult], versions: dict[str, str]) -> None:
+def write_junit(
+    path: str, loaded: LoadedSpec, groups: list[GroupResult], versions: dict[str, str]
+) -> None:
     suites = [to_suite(loaded, g, versions) for g in groups]
     xml = junit_xml.to_xml_report_string(suites, prettyprint=True, encoding="utf-8")
     write_atomic(path, xml)

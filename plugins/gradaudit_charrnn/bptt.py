@@ -11,23 +11,26 @@ Derivation (N = B*T positions, ' is the derivative):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gradaudit import Batch, Forward
+from gradaudit_charrnn.model import CharRNN
 
 
 def charrnn_bptt(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[str, torch.Tensor]:
     """Gradients of the loss for every parameter and intermediate of `CharRNN`."""
+    rnn = cast(CharRNN, model)
     x, y = batch.inputs, batch.targets
     B, T = x.shape
     logits = forward.intermediates["logits"]
     hs = torch.stack([forward.intermediates[f"h.{t}"] for t in range(1, T + 1)], dim=1)
-    h_prev = torch.cat([model.h0.expand(B, 1, -1), hs[:, :-1]], dim=1)  # h_0 .. h_{T-1}
-    U, W, V = model.U.weight, model.W.weight, model.V.weight
-    emb = model.C.weight[x]  # (B, T, d_model)
+    h_prev = torch.cat([rnn.h0.expand(B, 1, -1), hs[:, :-1]], dim=1)  # h_0 .. h_{T-1}
+    U, W, V = rnn.U.weight, rnn.W.weight, rnn.V.weight
+    emb = rnn.C.weight[x]  # (B, T, d_model)
 
     one_hot = F.one_hot(y, num_classes=logits.shape[-1]).to(logits.dtype)
     dlogits = (torch.softmax(logits, dim=-1) - one_hot) / (B * T)
@@ -49,8 +52,8 @@ def charrnn_bptt(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[st
         "W.weight": flat_da.T @ h_prev.reshape(B * T, -1),
         "U.weight": flat_da.T @ emb.reshape(B * T, -1),
         "U.bias": flat_da.sum(dim=0),
-        "C.weight": torch.zeros_like(model.C.weight).index_add_(
-            0, x.reshape(-1), (flat_da @ U).to(model.C.weight.dtype)
+        "C.weight": torch.zeros_like(rnn.C.weight).index_add_(
+            0, x.reshape(-1), (flat_da @ U).to(rnn.C.weight.dtype)
         ),
     }
     grads |= {f"h.{t + 1}": dh[:, t] for t in range(T)}

@@ -16,6 +16,8 @@ from gradaudit import Forward
 class CharRNN(nn.Module):
     """Parameter names follow the notebook: C, U (bias b), W (no bias), V (bias c)."""
 
+    h0: torch.Tensor
+
     def __init__(self, vocab_size: int, d_model: int = 24, n_hidden: int = 200, h0: float = 0.1):
         super().__init__()
         self.C = nn.Embedding(vocab_size, d_model)

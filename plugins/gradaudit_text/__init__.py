@@ -75,6 +75,8 @@ def load_text(options: Mapping[str, Any], base_dir: Path) -> TokenCorpus:
             raise ValueError("a `url` needs its `sha256`, so that the download can be verified")
         data = _cached_or_download(url, sha256)
         name = url
+    elif sha256 is not None:
+        raise ValueError("`sha256` verifies a `url` or a `path`: give one of them")
     else:
         _only(options, "source: builtin", "source")
         data = resources.files(__name__).joinpath("builtin.txt").read_bytes()

@@ -1,0 +1,5 @@
+"""`python -m gradaudit` runs the CLI."""
+
+from gradaudit.cli import main
+
+main()
