@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -24,32 +25,64 @@ def cli() -> None:
 
 @cli.command("run")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--junit-xml", "junit_xml", metavar="PATH", help="Write JUnit XML here (atomically).")
+@click.option("--junit-xml", metavar="PATH", help="Write JUnit XML here (atomically).")
+@click.option("--json", "json_path", metavar="PATH", help="Write every metric as JSON here.")
+@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
+@click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
 @click.option(
-    "--device", "devices", multiple=True, metavar="DEVICE", help="Only these devices (repeatable)."
+    "--require-device",
+    "require_devices",
+    multiple=True,
+    metavar="DEVICE",
+    help="Fail (exit 2) instead of skipping when DEVICE is absent.",
 )
-@click.option(
-    "--dtype", "dtypes", multiple=True, metavar="DTYPE", help="Only these dtypes (repeatable)."
-)
-@click.option(
-    "--color/--no-color",
-    default=None,
-    help="Colour the table (default: on a terminal, unless NO_COLOR).",
-)
+@click.option("--shard", metavar="K/N", help="Run shard K of N (batches k with k % N == K-1).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print a line per batch and tensor.")
+@click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
 def run_command(
     spec: str,
     junit_xml: str | None,
+    json_path: str | None,
     devices: tuple[str, ...],
     dtypes: tuple[str, ...],
+    require_devices: tuple[str, ...],
+    shard: str | None,
+    quiet: bool,
+    verbose: bool,
     color: bool | None,
 ) -> None:
     """Audit the manual gradients named by SPEC against autograd."""
     from gradaudit import commands
 
-    if color is None:
-        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    options = commands.RunOptions(junit_xml=junit_xml, devices=devices, dtypes=dtypes, color=color)
+    if quiet and verbose:
+        raise click.UsageError("-q and -v cannot be used together")
+    tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    options = commands.RunOptions(
+        junit_xml=junit_xml,
+        json_path=json_path,
+        devices=devices,
+        dtypes=dtypes,
+        require_devices=require_devices,
+        shard=shard,
+        color=tty if color is None else color,
+        progress=sys.stderr.isatty(),
+        verbosity=-1 if quiet else 1 if verbose else 0,
+    )
     sys.exit(commands.run(spec, options))
+
+
+@cli.command("merge")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def merge_command(out: str, inputs: tuple[str, ...]) -> None:
+    """Merge shard reports INPUTS into OUT (JUnit XML, or JSON when OUT ends in .json).
+
+    Exits 1 when the merged run has a failure, so the merge step can be the gate.
+    """
+    from gradaudit import commands
+
+    sys.exit(commands.merge(out, list(inputs)))
 
 
 @cli.command("validate")
@@ -77,6 +110,8 @@ def plugins_command(spec_path: str | None) -> None:
 
 def main() -> None:
     """Console-script entry: one-line errors with documented exit codes, never a traceback."""
+    # torch warns on import when NumPy is absent; gradaudit never needs NumPy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -3,73 +3,135 @@
 from __future__ import annotations
 
 import platform
-import time
-import warnings
+import re
+import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import click
 
-from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK
-from gradaudit.spec import LoadedSpec, load_spec
+from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
+from gradaudit.spec import load_spec
 from gradaudit.write import check_writable
+
+if TYPE_CHECKING:
+    from gradaudit.runner import CaseResult, Shard
 
 
 @dataclass(frozen=True)
 class RunOptions:
     junit_xml: str | None = None
+    json_path: str | None = None
     devices: tuple[str, ...] = ()
     dtypes: tuple[str, ...] = ()
+    require_devices: tuple[str, ...] = ()
+    shard: str | None = None
     color: bool = False
+    progress: bool = False
+    verbosity: int = 0
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGTERM handler (a cancelled CI job), like KeyboardInterrupt for SIGINT."""
+
+
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+def parse_shard(text: str) -> Shard:
+    from gradaudit.runner import Shard
+
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UsageError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+    return Shard(int(match[1]), int(match[2]))
 
 
 def run(spec_path: str, options: RunOptions) -> int:
-    """Audit one spec; print the table as groups finish; write reports even if the run breaks."""
+    """Audit one spec. Reports are written even when the run breaks or is interrupted."""
     loaded = load_spec(spec_path)
-    if options.junit_xml:
-        check_writable(options.junit_xml)
-    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    shard = parse_shard(options.shard) if options.shard else None
+    for path in (options.junit_xml, options.json_path):
+        if path:
+            check_writable(path)
     import torch
 
     import gradaudit
-    from gradaudit.report import console
-    from gradaudit.runner import Audit, RunSummary
+    from gradaudit.report.base import Reporter, RunInfo
+    from gradaudit.report.console import ConsoleReporter
+    from gradaudit.report.github import GitHubReporter
+    from gradaudit.runner import Audit, RunSummary, device_unavailable
 
-    start = time.perf_counter()
+    devices = list(options.devices) or list(loaded.spec.devices)
+    for device in options.require_devices:
+        if device not in devices:
+            raise UsageError(f"--require-device {device}: not among this run's devices {devices}")
+        reason = device_unavailable(device)
+        if reason:
+            raise UsageError(f"--require-device {device}: {reason}")
+
     audit = Audit(loaded)
-    summary = RunSummary()
-    _echo(_banner(loaded, audit.tensor_names))
-    _echo(console.header())
     versions = {
         "gradaudit_version": gradaudit.__version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
-    try:
-        for group in audit.groups(list(options.devices) or None, list(options.dtypes) or None):
-            summary.add(group)
-            for row in console.group_rows(group, options.color):
-                _echo(row)
-    finally:
-        if options.junit_xml:
-            from gradaudit.report.junit import write_junit
-
-            write_junit(options.junit_xml, loaded, summary.groups, versions)
-    for block in console.failure_details(summary):
-        _echo(block)
-    _echo(console.closing_line(summary, time.perf_counter() - start, options.color))
+    info = RunInfo(loaded, audit.tensor_names, versions, shard)
+    reporters: list[Reporter] = [
+        ConsoleReporter(options.verbosity, options.color, options.progress)
+    ]
     if options.junit_xml:
-        _echo(f"JUnit XML written to {options.junit_xml}")
+        from gradaudit.report.junit import JUnitReporter
+
+        reporters.append(JUnitReporter(options.junit_xml))
+    if options.json_path:
+        from gradaudit.report.jsonfile import JsonReporter
+
+        reporters.append(JsonReporter(options.json_path))
+    if GitHubReporter.wanted():
+        reporters.append(GitHubReporter())
+
+    def on_case(result: CaseResult) -> None:
+        for reporter in reporters:
+            reporter.case(result)
+
+    for reporter in reporters:
+        reporter.start(info)
+    summary = RunSummary()
+    exit_code: int | None = None
+    internal: Exception | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        groups = audit.groups(devices, list(options.dtypes) or None, on_case, shard)
+        for group in groups:
+            summary.add(group)
+            for reporter in reporters:
+                reporter.group(group)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        sigterm = isinstance(exc, Interrupted)
+        summary.stopped = f"interrupted by {'SIGTERM' if sigterm else 'SIGINT (Ctrl-C)'}"
+        exit_code = EXIT_SIGTERM if sigterm else EXIT_SIGINT
+    except Exception as exc:
+        summary.stopped = f"internal error: {type(exc).__name__}: {exc}"
+        internal = exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if summary.stopped and audit.current is not None and not audit.current.done:
+            summary.add(audit.current)  # the batches it finished still count
+            for reporter in reporters:
+                reporter.group(audit.current)
+        for reporter in reporters:
+            reporter.finish(summary)
+    if internal is not None:
+        raise internal
+    if exit_code is not None:
+        return exit_code
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
 
 
-def _banner(loaded: LoadedSpec, tensors: list[str]) -> str:
-    spec = loaded.spec
-    b = spec.batches
-    shape = f"{b.count or 'all'} batches of {b.size or 'all'}x{b.block_size}"
-    return (
-        f"gradaudit: {spec.name} ({loaded.path}): model {spec.model.plugin}, gradients "
-        f"{spec.gradients.plugin}, {len(tensors)} tensors, {shape} ({b.split}, seed {b.seed})"
-    )
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
 
 
 def validate(spec_paths: tuple[str, ...]) -> int:
@@ -101,3 +163,16 @@ def list_plugins(spec_path: str | None) -> int:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
         _echo("  ".join([*cells, row[4]]))
     return EXIT_OK
+
+
+def merge(out: str, inputs: list[str]) -> int:
+    """Merge shard reports; print the merged totals; exit code as for `run`."""
+    from gradaudit import merge as merging
+    from gradaudit.report.console import closing_line
+
+    check_writable(out)
+    as_json = out.endswith(".json")
+    summary = (merging.merge_json if as_json else merging.merge_junit)(out, inputs)
+    _echo(closing_line(summary, sum(g.seconds for g in summary.groups)))
+    _echo(f"merged {len(inputs)} reports into {out}")
+    return EXIT_OK if summary.ok else EXIT_CHECK_FAILED

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from gradaudit.spec import Tolerance
 
@@ -130,6 +130,7 @@ class TensorSummary:
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     seconds: float = 0.0
+    skipped: str | None = None  # why this tensor was not checked (device absent, empty shard)
 
     def add(self, result: Check, batch_index: int, seed: int) -> None:
         self.batches += 1
@@ -142,6 +143,50 @@ class TensorSummary:
         self.numel += result.numel
         if self.worst is None or result.budget > self.worst.budget:
             self.worst, self.worst_batch, self.worst_seed = result, batch_index, seed
+
+    def merge(self, other: TensorSummary) -> None:
+        """Fold in the same tensor's summary from another shard of the batches."""
+        self.batches += other.batches
+        self.failed_batches += other.failed_batches
+        self.exact &= other.exact
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.mismatched += other.mismatched
+        self.nonfinite += other.nonfinite
+        self.numel += other.numel
+        self.seconds += other.seconds
+        if other.worst is not None and (
+            self.worst is None
+            or other.worst.budget > self.worst.budget
+            or (
+                other.worst.budget == self.worst.budget
+                and (other.worst_batch or 0) < (self.worst_batch or 0)
+            )
+        ):
+            self.worst, self.worst_batch, self.worst_seed = (
+                other.worst,
+                other.worst_batch,
+                other.worst_seed,
+            )
+        if self.skipped and not other.skipped:
+            self.skipped = None
+        self.errors = (self.errors + other.errors)[:MAX_ERRORS_KEPT]
+        self.error_count += other.error_count
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSummary:
+        fields = {k: v for k, v in data.items() if k != "status"}
+        fields["tol"] = Tol(**fields["tol"])
+        if fields.get("worst") is not None:
+            worst = dict(fields["worst"])
+            worst["worst_index"] = tuple(worst["worst_index"])
+            fields["worst"] = Check(**worst)
+        return cls(**fields)
 
     def add_error(self, message: str) -> None:
         self.error_count += 1
@@ -158,4 +203,6 @@ class TensorSummary:
             return "error"
         if self.failed_batches:
             return "fail"
+        if self.skipped or not self.batches:
+            return "skipped"
         return "pass"

@@ -28,3 +28,7 @@ class DataError(GradauditError):
 
 class OutputError(GradauditError):
     """A report path cannot be written."""
+
+
+class UsageError(GradauditError):
+    """Command-line arguments that cannot work (bad --shard, a required device is absent)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from gradaudit.compare import GradientMismatch, TensorSummary, check, tolerance_for
+from gradaudit.compare import Check, GradientMismatch, TensorSummary, Tol, check, tolerance_for
 from gradaudit.errors import DataError, PluginError, SpecError
 from gradaudit.plugins import Registry, plugin_manager
 from gradaudit.spec import LoadedSpec
@@ -20,7 +20,7 @@ from gradaudit.types import Batch, Dataset, Forward
 
 @dataclass
 class GroupResult:
-    """Every audited tensor on one (device, dtype), over all batches."""
+    """Every audited tensor on one (device, dtype), over all batches (of this shard)."""
 
     device: str
     dtype: str
@@ -28,6 +28,38 @@ class GroupResult:
     skipped: str | None = None
     seconds: float = 0.0
     device_name: str = ""
+    done: bool = False  # False while running, and for a group cut short by an interrupt
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One tensor on one batch: a comparison, or the error that prevented it."""
+
+    device: str
+    dtype: str
+    tensor: str
+    batch: int
+    seed: int
+    check: Check | None = None
+    error: str | None = None
+    tol: Tol | None = None
+
+
+CaseListener = Callable[[CaseResult], None]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `total` (1-based) takes every batch k with k % total == index - 1."""
+
+    index: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.total}"
+
+    def takes(self, batch_index: int) -> bool:
+        return batch_index % self.total == self.index - 1
 
 
 @dataclass
@@ -39,22 +71,24 @@ class RunSummary:
     errors: int = 0
     skipped: int = 0
     groups: list[GroupResult] = field(default_factory=list)
+    stopped: str | None = None  # why the run ended early: interrupted, internal error
 
     def add(self, group: GroupResult) -> None:
         self.groups.append(group)
         for tensor in group.tensors:
-            if group.skipped:
-                self.skipped += 1
-            elif tensor.status == "pass":
+            status = tensor.status
+            if status == "pass":
                 self.passed += 1
-            elif tensor.status == "fail":
+            elif status == "fail":
                 self.failed += 1
-            else:
+            elif status == "error":
                 self.errors += 1
+            else:
+                self.skipped += 1
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.errors)
+        return not (self.failed or self.errors or self.stopped)
 
 
 def device_unavailable(device: str) -> str | None:
@@ -109,6 +143,7 @@ class Audit:
                 f"model plugin '{spec.model.plugin}' failed to build: {_why(exc)}"
             ) from None
         self.tensor_names = self._select(self._probe_names())
+        self.current: GroupResult | None = None
 
     def batches(self) -> Iterator[Batch]:
         b = self.loaded.spec.batches
@@ -151,90 +186,154 @@ class Audit:
         return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
 
     def groups(
-        self, devices: list[str] | None = None, dtypes: list[str] | None = None
+        self,
+        devices: list[str] | None = None,
+        dtypes: list[str] | None = None,
+        on_case: CaseListener | None = None,
+        shard: Shard | None = None,
     ) -> Iterator[GroupResult]:
+        """Run (device, dtype) groups in spec order; `self.current` is the group in progress."""
         spec = self.loaded.spec
         for device in devices or spec.devices:
             for dtype in dtypes or spec.dtypes:
-                yield self.run_group(device, dtype)
+                yield self.run_group(device, dtype, on_case, shard)
 
-    def run_group(self, device: str, dtype: str) -> GroupResult:
+    def run_group(
+        self,
+        device: str,
+        dtype: str,
+        on_case: CaseListener | None = None,
+        shard: Shard | None = None,
+    ) -> GroupResult:
         spec = self.loaded.spec
         summaries = {
             name: TensorSummary(name, tolerance_for(spec.tolerance, name, device, dtype))
             for name in self.tensor_names
         }
         group = GroupResult(device, dtype, list(summaries.values()))
+        self.current = group
         reason = device_unavailable(device)
         if reason:
             group.skipped = reason
+            for summary in summaries.values():
+                summary.skipped = reason
+            group.done = True
             return group
         group.device_name = device_name(device)
         start = time.perf_counter()
         try:
             model = copy.deepcopy(self.master).to(device=device, dtype=getattr(torch, dtype))
         except Exception as exc:
-            for s in summaries.values():
-                s.add_error(f"moving the model to {device}/{dtype} failed: {_why(exc)}")
+            for summary in summaries.values():
+                summary.add_error(f"moving the model to {device}/{dtype} failed: {_why(exc)}")
+            group.done = True
             return group
+        case = _Case(self, model, device, dtype, summaries, on_case)
         for batch in self.batches():
-            self._run_case(model, batch.to(device), summaries)
-        group.seconds = time.perf_counter() - start
-        for s in summaries.values():
-            s.seconds = group.seconds / max(len(summaries), 1)
+            if shard is None or shard.takes(batch.index):
+                case.run(batch.to(device))
+                group.seconds = time.perf_counter() - start
+        for summary in summaries.values():
+            summary.seconds = group.seconds / max(len(summaries), 1)
+            if not summary.batches and not summary.error_count:
+                summary.skipped = f"shard {shard} has no batches" if shard else "no batches"
+        group.done = True
         return group
 
-    def _run_case(
-        self, model: torch.nn.Module, batch: Batch, summaries: dict[str, TensorSummary]
+
+class _Case:
+    """Runs batches of one (device, dtype) group and records each tensor's result."""
+
+    def __init__(
+        self,
+        audit: Audit,
+        model: torch.nn.Module,
+        device: str,
+        dtype: str,
+        summaries: dict[str, TensorSummary],
+        on_case: CaseListener | None,
     ) -> None:
+        self.spec = audit.loaded.spec
+        self.gradient_fn = audit.gradient_fn
+        self.model = model
+        self.device, self.dtype = device, dtype
+        self.summaries = summaries
+        self.on_case = on_case
+
+    def _error(self, name: str, batch: Batch, message: str) -> None:
+        full = f"batch {batch.index} (seed {batch.seed}): {message}"
+        summary = self.summaries[name]
+        summary.add_error(full)
+        if self.on_case:
+            self.on_case(
+                CaseResult(
+                    self.device,
+                    self.dtype,
+                    name,
+                    batch.index,
+                    batch.seed,
+                    error=full,
+                    tol=summary.tol,
+                )
+            )
+
+    def _fail_all(self, batch: Batch, message: str) -> None:
+        for name in self.summaries:
+            self._error(name, batch, message)
+
+    def run(self, batch: Batch) -> None:
         """One batch: forward, autograd reference, manual gradients, comparison per tensor."""
-        spec = self.loaded.spec
-        where = f"batch {batch.index} (seed {batch.seed})"
-
-        def fail_all(message: str) -> None:
-            for s in summaries.values():
-                s.add_error(f"{where}: {message}")
-
+        names = list(self.summaries)
         torch.manual_seed(batch.seed)
         try:
-            forward = model(batch.inputs, batch.targets)
+            forward = self.model(batch.inputs, batch.targets)
             if not isinstance(forward, Forward):
                 raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
-            params = dict(model.named_parameters())
-            available = {**forward.intermediates, **params}
-            missing = [n for n in summaries if n not in available]
+            available = {**forward.intermediates, **dict(self.model.named_parameters())}
+            missing = [n for n in names if n not in available]
             if missing:
                 raise KeyError(f"forward did not return {missing}")
-            targets = [available[n] for n in summaries]
+            targets = [available[n] for n in names]
             reference = torch.autograd.grad(forward.loss, targets, allow_unused=True)
         except Exception as exc:
-            fail_all(f"model '{spec.model.plugin}' forward/autograd raised {_why(exc)}")
+            self._fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {_why(exc)}")
             return
         try:
             with torch.no_grad():
                 manual = self.gradient_fn(
-                    model, batch, forward.detached(), **spec.gradients.options
+                    self.model, batch, forward.detached(), **self.spec.gradients.options
                 )
             if not isinstance(manual, Mapping):
-                raise TypeError(
-                    f"returned {type(manual).__name__}, not a mapping of name -> tensor"
-                )
+                raise TypeError(f"returned {type(manual).__name__}, not a mapping name -> tensor")
         except Exception as exc:
-            fail_all(f"gradients '{spec.gradients.plugin}' raised {_why(exc)}")
+            self._fail_all(batch, f"gradients '{self.spec.gradients.plugin}' raised {_why(exc)}")
             return
-        for (name, summary), target, ref in zip(summaries.items(), targets, reference, strict=True):
-            ref = torch.zeros_like(target) if ref is None else ref
+        for name, target, ref in zip(names, targets, reference, strict=True):
             got = manual.get(name)
             if got is None:
-                summary.add_error(
-                    f"{where}: gradients '{spec.gradients.plugin}' gave no gradient for '{name}'"
+                self._error(
+                    name, batch, f"gradients '{self.spec.gradients.plugin}' gave no gradient"
                 )
-            elif not isinstance(got, torch.Tensor):
-                summary.add_error(
-                    f"{where}: gradient for '{name}' is a {type(got).__name__}, not a tensor"
+                continue
+            if not isinstance(got, torch.Tensor):
+                self._error(name, batch, f"gradient is a {type(got).__name__}, not a tensor")
+                continue
+            summary = self.summaries[name]
+            try:
+                result = check(got, torch.zeros_like(target) if ref is None else ref, summary.tol)
+            except GradientMismatch as exc:
+                self._error(name, batch, f"gradient has {exc}")
+                continue
+            summary.add(result, batch.index, batch.seed)
+            if self.on_case:
+                self.on_case(
+                    CaseResult(
+                        self.device,
+                        self.dtype,
+                        name,
+                        batch.index,
+                        batch.seed,
+                        result,
+                        tol=summary.tol,
+                    )
                 )
-            else:
-                try:
-                    summary.add(check(got, ref, summary.tol), batch.index, batch.seed)
-                except GradientMismatch as exc:
-                    summary.add_error(f"{where}: gradient for '{name}' has {exc}")

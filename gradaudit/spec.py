@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -89,10 +89,10 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _no_repeats(self) -> Spec:
-        for field in ("devices", "dtypes"):
-            values = getattr(self, field)
+        for key in ("devices", "dtypes"):
+            values = getattr(self, key)
             if len(set(values)) != len(values):
-                raise ValueError(f"{field} lists an entry twice")
+                raise ValueError(f"{key} lists an entry twice")
         return self
 
 
@@ -103,6 +103,11 @@ class LoadedSpec:
     spec: Spec
     path: Path
     sha256: str
+    lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
+
+    def line_of(self, *loc: str | int) -> int:
+        """The line of a key in the file (1 when unknown), for annotations that point at it."""
+        return _line_for(tuple(loc), self.lines)
 
     @property
     def base_dir(self) -> Path:
@@ -182,6 +187,10 @@ _MESSAGES = {
 
 def parse_spec(text: str, where: str) -> Spec:
     """Validate spec text; `where` names the file in error messages."""
+    return _parse(text, where)[0]
+
+
+def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -202,16 +211,16 @@ def parse_spec(text: str, where: str) -> Spec:
     if not isinstance(data, dict):
         raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
     try:
-        return Spec.model_validate(data)
+        return Spec.model_validate(data), lines
     except ValidationError as exc:
         messages = []
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "spec"
+            dotted = ".".join(str(p) for p in loc) or "spec"
             key = str(loc[0]) if err["type"] == "string_pattern_mismatch" and loc else err["type"]
             msg = _MESSAGES.get(key, err["msg"]).removeprefix("Value error, ")
             line = _line_for(loc, lines)
-            messages.append(f"{where}:{line}: {field}: {msg}{_suggest(loc, err['type'])}")
+            messages.append(f"{where}:{line}: {dotted}: {msg}{_suggest(loc, err['type'])}")
         raise SpecError("\n".join(messages)) from None
 
 
@@ -226,5 +235,5 @@ def load_spec(path: str | Path) -> LoadedSpec:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
-    spec = parse_spec(text, str(path))
-    return LoadedSpec(spec=spec, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    spec, lines = _parse(text, str(path))
+    return LoadedSpec(spec, path, hashlib.sha256(raw).hexdigest(), lines)

@@ -23,11 +23,20 @@ def check_writable(path: str | Path) -> None:
         raise OutputError(f"{target}: cannot write here: {exc.strerror or exc}") from None
 
 
+def temp_beside(target: Path) -> tuple[int, str]:
+    """A temp file in the target's folder (so the rename is atomic), with umask permissions."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write to a temp file beside `path`, then rename over it."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(target)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

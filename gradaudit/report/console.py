@@ -1,93 +1,177 @@
-"""The console table: the notebook's `cmp` line, one row per device / dtype / tensor."""
+"""The console: the notebook's `cmp` line grown into a table, one row per device/dtype/tensor."""
 
 from __future__ import annotations
 
+import sys
+import time
+from typing import TextIO
+
 import click
 
+from gradaudit.compare import TensorSummary
+from gradaudit.report.base import RunInfo
 from gradaudit.report.describe import detail, fmt
-from gradaudit.runner import GroupResult, RunSummary
+from gradaudit.runner import CaseResult, GroupResult, RunSummary
 
 COLUMNS = (
-    "device",
-    "dtype",
-    "tensor",
-    "exact",
-    "allclose",
-    "max abs",
-    "max rel",
-    "budget",
-    "mismatched",
-    "result",
+    ("device", 8),
+    ("dtype", 9),
+    ("tensor", 14),
+    ("exact", 6),
+    ("allclose", 9),
+    ("max abs", 9),
+    ("max rel", 9),
+    ("budget", 8),
+    ("mismatched", 14),
+    ("result", 6),
 )
-WIDTHS = (8, 9, 14, 6, 9, 9, 9, 8, 11, 6)
 STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "red", "SKIP": "yellow"}
+RESULTS = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
 
 def _row(cells: tuple[str, ...]) -> str:
-    return " ".join(c.ljust(w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
+    return " ".join(c.ljust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)).rstrip()
 
 
 def header() -> str:
-    return _row(COLUMNS)
+    return _row(tuple(name for name, _ in COLUMNS))
 
 
-def group_rows(group: GroupResult, color: bool) -> list[str]:
-    """Rows for one (device, dtype); a skipped group is one row."""
-    if group.skipped:
+def budget(value: float) -> str:
+    percent = 100 * value
+    return "<0.01%" if 0 < percent < 0.01 else f"{percent:.3g}%"
+
+
+def tensor_row(device: str, dtype: str, s: TensorSummary) -> tuple[str, str]:
+    """(row text, result word) for one tensor."""
+    result = RESULTS[s.status]
+    if s.worst is None:
+        blank = "-" if result != "SKIP" else ""
+        cells = (device, dtype, s.tensor, blank, blank, blank, blank, blank, blank, result)
+    else:
         cells = (
-            group.device,
-            group.dtype,
-            f"({len(group.tensors)} tensors)",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "SKIP",
+            device,
+            dtype,
+            s.tensor,
+            str(s.exact),
+            str(not s.failed_batches),
+            fmt(s.max_abs),
+            fmt(s.max_rel),
+            budget(s.budget),
+            f"{s.mismatched}/{s.numel}",
+            result,
         )
-        return [_paint(_row(cells) + f"  {group.skipped}", "SKIP", color)]
-    rows = []
-    for s in group.tensors:
-        result = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}[s.status]
-        if s.status == "error" and s.worst is None:
-            cells = (group.device, group.dtype, s.tensor, "-", "-", "-", "-", "-", "-", result)
-        else:
-            cells = (
-                group.device,
-                group.dtype,
-                s.tensor,
-                str(s.exact),
-                str(not s.failed_batches),
-                fmt(s.max_abs),
-                fmt(s.max_rel),
-                f"{100 * s.budget:.3g}%",
-                f"{s.mismatched}/{s.numel}",
-                result,
-            )
-        rows.append(_paint(_row(cells), result, color))
-    return rows
+    text = _row(cells)
+    if result == "SKIP" and s.skipped:
+        text += f"  {s.skipped}"
+    return text, result
 
 
-def failure_details(summary: RunSummary) -> list[str]:
-    """A block per failed or errored tensor, after the table."""
-    blocks = []
-    for group in summary.groups:
-        for s in group.tensors:
-            if not group.skipped and s.status != "pass":
-                blocks.append(
-                    f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}\n{detail(s)}"
-                )
-    return blocks
+def group_rows(group: GroupResult) -> list[tuple[str, str]]:
+    """Rows for one (device, dtype); a group skipped as a whole is one row."""
+    if group.skipped:
+        count = f"({len(group.tensors)} tensors)"
+        cells = (group.device, group.dtype, count, "", "", "", "", "", "", "SKIP")
+        return [(_row(cells) + f"  {group.skipped}", "SKIP")]
+    return [tensor_row(group.device, group.dtype, s) for s in group.tensors]
 
 
-def closing_line(summary: RunSummary, seconds: float, color: bool) -> str:
-    text = (
+def closing_line(summary: RunSummary, seconds: float) -> str:
+    return (
         f"{summary.passed} passed, {summary.failed} failed, {summary.errors} errors, "
         f"{summary.skipped} skipped in {seconds:.2f}s"
     )
-    return _paint(text, "PASS" if summary.ok else "FAIL", color)
 
 
-def _paint(text: str, result: str, color: bool) -> str:
-    return click.style(text, fg=STYLES[result]) if color and result != "PASS" else text
+class ConsoleReporter:
+    """Table on stdout as groups finish; progress on stderr (terminal only); details at the end.
+
+    verbosity: -1 summary line only, 0 table, 1 also a line per batch and tensor.
+    """
+
+    def __init__(
+        self,
+        verbosity: int = 0,
+        color: bool = False,
+        progress: bool = False,
+        out: TextIO | None = None,
+    ) -> None:
+        self.verbosity = verbosity
+        self.color = color
+        self.progress = progress and verbosity == 0
+        self.out = out or sys.stdout
+        self.start_time = time.perf_counter()
+        self.last_progress = 0.0
+        self.cases = 0
+        self.total_cases = 0
+
+    def _echo(self, text: str, result: str = "PASS") -> None:
+        if self.color and result != "PASS":
+            text = click.style(text, fg=STYLES[result])
+        click.echo(text, file=self.out, color=self.color)
+
+    def start(self, info: RunInfo) -> None:
+        spec = info.loaded.spec
+        b = spec.batches
+        count = b.count if b.count is not None else "all"
+        shape = f"{count} batches of {b.size or 'all'}x{b.block_size}"
+        shard = f", shard {info.shard}" if info.shard else ""
+        groups = len(spec.devices) * len(spec.dtypes)
+        if isinstance(b.count, int):
+            self.total_cases = b.count * groups * len(info.tensors)
+        if self.verbosity >= 0:
+            self._echo(
+                f"gradaudit: {spec.name} ({info.loaded.path}): model {spec.model.plugin}, "
+                f"gradients {spec.gradients.plugin}, {len(info.tensors)} tensors, {shape} "
+                f"({b.split}, seed {b.seed}){shard}"
+            )
+            self._echo(header())
+
+    def case(self, result: CaseResult) -> None:
+        self.cases += 1
+        if self.verbosity >= 1:
+            where = f"  {result.device} {result.dtype} batch {result.batch} (seed {result.seed})"
+            if result.error:
+                self._echo(f"{where} {result.tensor}: ERROR {result.error}", "ERROR")
+            elif result.check:
+                c = result.check
+                word = "ok" if c.passed else "FAIL"
+                line = f"{where} {result.tensor}: max abs {fmt(c.max_abs)}"
+                self._echo(
+                    f"{line} budget {budget(c.budget)} {word}", "PASS" if c.passed else "FAIL"
+                )
+        elif self.progress:
+            now = time.perf_counter()
+            if now - self.last_progress > 0.2:
+                self.last_progress = now
+                total = f"/{self.total_cases}" if self.total_cases else ""
+                click.echo(
+                    f"\r{result.device} {result.dtype} batch {result.batch}: "
+                    f"{self.cases}{total} checks",
+                    file=sys.stderr,
+                    nl=False,
+                )
+
+    def _clear_progress(self) -> None:
+        if self.progress and self.last_progress:
+            click.echo("\r\x1b[2K", file=sys.stderr, nl=False)
+            self.last_progress = 0.0
+
+    def group(self, group: GroupResult) -> None:
+        self._clear_progress()
+        if self.verbosity >= 0:
+            for text, result in group_rows(group):
+                self._echo(text, result)
+
+    def finish(self, summary: RunSummary) -> None:
+        self._clear_progress()
+        if self.verbosity >= 0:
+            for group in summary.groups:
+                for s in group.tensors:
+                    if s.status in ("fail", "error"):
+                        title = f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}"
+                        self._echo(f"{title}\n{detail(s)}", RESULTS[s.status])
+        if summary.stopped:
+            self._echo(f"gradaudit: run stopped early: {summary.stopped}", "ERROR")
+        seconds = time.perf_counter() - self.start_time
+        self._echo(closing_line(summary, seconds), "PASS" if summary.ok else "FAIL")
