@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,8 @@ def run(spec_path: str, options: RunOptions) -> int:
     from gradaudit.report.github import GitHubReporter
     from gradaudit.runner import Audit, RunSummary, device_unavailable
 
-    devices = list(options.devices) or list(loaded.spec.devices)
+    devices = _subset("--device", options.devices, loaded.spec.devices)
+    dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
     for device in options.require_devices:
         if device not in devices:
             raise UsageError(f"--require-device {device}: not among this run's devices {devices}")
@@ -103,7 +105,7 @@ def run(spec_path: str, options: RunOptions) -> int:
     internal: Exception | None = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        groups = audit.groups(devices, list(options.dtypes) or None, on_case, shard)
+        groups = audit.groups(devices, dtypes, on_case, shard)
         for group in groups:
             summary.add(group)
             for reporter in reporters:
@@ -128,6 +130,14 @@ def run(spec_path: str, options: RunOptions) -> int:
     if exit_code is not None:
         return exit_code
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
+
+
+def _subset(option: str, chosen: tuple[str, ...], allowed: Sequence[str]) -> list[str]:
+    """The spec's entries that the option picks (all when not given), in the spec's order."""
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown:
+        raise UsageError(f"{option} {unknown[0]}: not in the spec's list {allowed}")
+    return [a for a in allowed if a in chosen] if chosen else list(allowed)
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:

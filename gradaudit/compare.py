@@ -82,14 +82,17 @@ def check(manual: torch.Tensor, reference: torch.Tensor, tol: Tol) -> Check:
         raise GradientMismatch(f"device {manual.device}, autograd's is {reference.device}")
     exact = bool(torch.equal(manual, reference))
     m, r = manual.double(), reference.double()
-    diff = (m - r).abs()
-    allowed = tol.atol + tol.rtol * r.abs()
-    same_nonfinite = ~torch.isfinite(m) & ~torch.isfinite(r) & ((m == r) | (m.isnan() & r.isnan()))
-    diff = torch.where(same_nonfinite, torch.zeros_like(diff), diff.nan_to_num(nan=math.inf))
-    nonfinite = int((~torch.isfinite(diff)).sum())
-    bad = diff > allowed
+    finite = torch.isfinite(m) & torch.isfinite(r)
+    # NaN where autograd has NaN, or the same infinity, agrees; any other non-finite disagrees.
+    agree = (m.isnan() & r.isnan()) | (torch.isinf(m) & (m == r))
+    nonfinite_bad = ~finite & ~agree
+    zero = torch.zeros_like(m)
+    diff = torch.where(finite, (m - r).abs(), torch.where(agree, zero, math.inf))
+    allowed = tol.atol + tol.rtol * torch.where(finite, r.abs(), zero)
+    bad = (diff > allowed) | nonfinite_bad
     ratio = torch.where(allowed > 0, diff / allowed, torch.where(diff > 0, math.inf, 0.0))
-    rel = torch.where(r != 0, diff / r.abs(), torch.where(diff > 0, math.inf, 0.0))
+    rel = torch.where(finite & (r != 0), diff / r.abs(), torch.where(diff > 0, math.inf, 0.0))
+    nonfinite = int(nonfinite_bad.sum())
     numel = manual.numel()
     if numel == 0:
         return Check(exact, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)

@@ -94,9 +94,6 @@ def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = Non
     """Load entry-point plugins (allow-list: $GRADAUDIT_PLUGINS) and the spec's own plugins."""
     pm = pluggy.PluginManager("gradaudit")
     pm.add_hookspecs(hookspecs)
-    if os.environ.get(TRACE_ENV):
-        pm.trace.root.setwriter(sys.stderr.write)
-        pm.enable_tracing()
     sources: dict[str, tuple[str, str]] = {}
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -125,7 +122,7 @@ def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = Non
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(str(exc)) from None
+        raise PluginError(_one_line(str(exc))) from None
 
     registry = Registry(plugins=[(name, *sources[name]) for name in sources])
     for kind, hook in (
@@ -143,7 +140,7 @@ def _register(pm: pluggy.PluginManager, module: ModuleType, name: str) -> None:
     try:
         pm.register(module, name=name)
     except (pluggy.PluginValidationError, ValueError) as exc:
-        raise PluginError(f"plugin '{name}' cannot be registered: {exc}") from None
+        raise PluginError(f"plugin '{name}' cannot be registered: {_one_line(str(exc))}") from None
 
 
 def _collect(
@@ -163,6 +160,12 @@ def _collect(
         if not callable(obj):
             raise PluginError(f"{kind} plugin '{name}' from '{impl.plugin_name}' is not callable")
         known[name] = Registration(kind, name, obj, impl.plugin_name, source, version)
+        if os.environ.get(TRACE_ENV):
+            print(
+                f"gradaudit trace: {impl.plugin_name}.{impl.function.__name__}"
+                f"(register) -> {kind} '{name}' ({source})",
+                file=sys.stderr,
+            )
 
     try:
         impl.function(register=register)
@@ -170,6 +173,10 @@ def _collect(
         raise
     except Exception as exc:
         raise PluginError(f"plugin '{impl.plugin_name}' failed to register: {_why(exc)}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _why(exc: BaseException) -> str:

@@ -7,10 +7,17 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gradaudit.errors import SpecError
 
@@ -87,13 +94,13 @@ class Spec(_Strict):
     tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
     tolerance: Tolerance = Field(default_factory=Tolerance)
 
-    @model_validator(mode="after")
-    def _no_repeats(self) -> Spec:
-        for key in ("devices", "dtypes"):
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{key} lists an entry twice")
-        return self
+    @field_validator("devices", "dtypes")
+    @classmethod
+    def _no_repeats(cls, values: list[str]) -> list[str]:
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return values
 
 
 @dataclass(frozen=True)
@@ -138,23 +145,29 @@ _Loader.add_implicit_resolver(
 Loc = tuple[str | int, ...]
 
 
-def _key_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], where: str) -> None:
+def _key_lines(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], where: str, seen: set[int] | None = None
+) -> None:
     """Record the line of every key and item; reject duplicate keys (YAML keeps the last)."""
     lines.setdefault(loc, node.start_mark.line + 1)
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: walked once, so alias bombs and cycles stay cheap
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
+        keys: set[str] = set()
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            if key in seen:
+            if key in keys:
                 line = key_node.start_mark.line + 1
                 path = ".".join(str(p) for p in loc + (key,))
                 raise SpecError(f"{where}:{line}: {path}: duplicate key")
-            seen.add(key)
+            keys.add(key)
             lines[loc + (key,)] = key_node.start_mark.line + 1
-            _key_lines(value_node, loc + (key,), lines, where)
+            _key_lines(value_node, loc + (key,), lines, where, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _key_lines(item, loc + (i,), lines, where)
+            _key_lines(item, loc + (i,), lines, where, seen)
 
 
 def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:
@@ -169,13 +182,26 @@ def _suggest(loc: Loc, error_type: str) -> str:
         return ""
     model: type[BaseModel] = Spec
     for part in loc[:-1]:
-        annotation = model.model_fields.get(str(part))
-        inner = getattr(annotation, "annotation", None) if annotation else None
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+        if isinstance(part, int):  # a list index: stay on the list's item model
+            continue
+        info = model.model_fields.get(part)
+        inner = _model_in(info.annotation) if info else None
+        if inner is None:
             return ""
         model = inner
     close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `Batches`, `list[X]` or `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 _MESSAGES = {
@@ -208,6 +234,8 @@ def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
         raise SpecError(f"{where}:1: not valid YAML: {exc}") from None
     finally:
         loader.dispose()
+    if data is None:
+        raise SpecError(f"{where}:1: the spec is empty")
     if not isinstance(data, dict):
         raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
     try:
@@ -217,7 +245,9 @@ def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
             dotted = ".".join(str(p) for p in loc) or "spec"
-            key = str(loc[0]) if err["type"] == "string_pattern_mismatch" and loc else err["type"]
+            key = err["type"]
+            if key == "string_pattern_mismatch":
+                key = "devices" if "devices" in loc else str(loc[-1] if loc else "")
             msg = _MESSAGES.get(key, err["msg"]).removeprefix("Value error, ")
             line = _line_for(loc, lines)
             messages.append(f"{where}:{line}: {dotted}: {msg}{_suggest(loc, err['type'])}")
