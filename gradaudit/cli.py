@@ -101,11 +101,32 @@ def validate_command(specs: tuple[str, ...]) -> None:
     type=click.Path(dir_okay=False),
     help="Also load the plugins this spec names.",
 )
-def plugins_command(spec_path: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(spec_path: str | None, as_json: bool) -> None:
     """List the loaded plugins and what each registers."""
     from gradaudit import commands
 
-    sys.exit(commands.list_plugins(spec_path))
+    sys.exit(commands.list_plugins(spec_path, as_json))
+
+
+@cli.command("schema")
+def schema_command() -> None:
+    """Print the JSON Schema of spec files (for editors and linters)."""
+    from gradaudit import commands
+
+    sys.exit(commands.schema())
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option(
+    "--dir", "directory", type=click.Path(file_okay=False), help="Parent folder (default: .)."
+)
+def new_plugin_command(name: str, directory: str | None) -> None:
+    """Write a ready-to-install plugin package NAME: model, manual gradient, spec and test."""
+    from gradaudit import scaffold
+
+    sys.exit(scaffold.new_plugin(name, directory))
 
 
 def main() -> None:

@@ -156,8 +156,9 @@ def _echo(text: str) -> None:
     click.echo(text)
 
 
-def list_plugins(spec_path: str | None) -> int:
-    """Print every loaded plugin and the models, gradients and datasets it registers."""
+def list_plugins(spec_path: str | None, as_json: bool = False) -> int:
+    """Print what every loaded plugin registers: name, kind, plugin, version, where from."""
+    import json
     from pathlib import Path
 
     from gradaudit.plugins import plugin_manager
@@ -166,12 +167,25 @@ def list_plugins(spec_path: str | None) -> int:
     registry = plugin_manager(
         loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd()
     )
-    rows = [("name", "kind", "plugin", "version", "source")]
-    rows += [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all()]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
+    keys = ("name", "kind", "plugin", "version", "source")
+    rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all()]
+    rows.sort(key=lambda row: (row[1], row[0]))
+    if as_json:
+        _echo(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
+        return EXIT_OK
+    table = [keys, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(keys) - 1)]
+    for row in table:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-        _echo("  ".join([*cells, row[4]]))
+        _echo("  ".join([*cells, row[-1]]))
+    return EXIT_OK
+
+
+def schema() -> int:
+    """Print the JSON Schema of a spec file."""
+    from gradaudit.spec import json_schema
+
+    click.echo(json_schema(), nl=False)
     return EXIT_OK
 
 

@@ -107,7 +107,9 @@ def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = Non
                 f"plugin '{ep.name}' ({ep.value}) failed to import: {_why(exc)}"
             ) from None
         _register(pm, module, ep.name)
-        sources[ep.name] = (f"entry point {ep.value}", version)
+        dist = ep.dist.name if ep.dist else "?"
+        where = "built in" if dist == "gradaudit" else f"entry point of {dist}"
+        sources[ep.name] = (f"{where} ({ep.value})", version)
 
     for ref in spec_plugins:
         try:

@@ -267,3 +267,13 @@ def load_spec(path: str | Path) -> LoadedSpec:
         raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
     spec, lines = _parse(text, str(path))
     return LoadedSpec(spec, path, hashlib.sha256(raw).hexdigest(), lines)
+
+
+def json_schema() -> str:
+    """The JSON Schema of a spec, as committed in specs/schema.json for editors."""
+    import json
+
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gradaudit spec"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,124 @@
+"""Plugin authoring: scaffold -> pip install -> green audit; the guide; the spec schema."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gradaudit import hookspecs
+from gradaudit.spec import json_schema
+from tests.conftest import REPO, run_gradaudit
+
+GUIDE = REPO / "docs" / "plugins.md"
+
+
+def _pip_install_target(package: Path, target: Path) -> None:
+    """A real installation (dist-info with entry points), kept out of the test venv."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(package)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_scaffold_installs_runs_green_then_red_when_broken(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    made = run_gradaudit("new-plugin", "toy", "--dir", tmp_path)
+    assert made.returncode == 0, made.stderr
+    package = tmp_path / "toy"
+    site = tmp_path / "site"
+    _pip_install_target(package, site)
+    env = {"PYTHONPATH": str(site)}
+
+    listed = run_gradaudit("plugins", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert '"name": "toy-manual"' in listed.stdout
+    assert "entry point of gradaudit-toy" in listed.stdout
+
+    junit = tmp_path / "toy.xml"
+    green = run_gradaudit(
+        "run", package / "specs" / "toy.yaml", "--junit-xml", junit, env=env, cwd=package
+    )
+    assert green.returncode == 0, green.stdout + green.stderr
+    assert "PASS" in green.stdout and "FAIL" not in green.stdout
+    elapsed = time.perf_counter() - start
+
+    # Break the installed manual gradient: forget to divide by the number of positions.
+    backward = site / "gradaudit_toy" / "backward.py"
+    source = backward.read_text()
+    assert ") / n\n" in source
+    backward.write_text(source.replace(") / n\n", ")\n"))
+    red = run_gradaudit("run", package / "specs" / "toy.yaml", env=env, cwd=package)
+    assert red.returncode == 1, red.stdout + red.stderr
+    assert "FAIL" in red.stdout
+    print(f"scaffold -> install -> green run: {elapsed:.1f}s")
+
+
+def test_scaffold_refuses_bad_names_and_existing_dirs(tmp_path: Path) -> None:
+    bad = run_gradaudit("new-plugin", "Bad-Name", "--dir", tmp_path)
+    assert bad.returncode == 2 and "lowercase" in bad.stderr
+    (tmp_path / "taken").mkdir()
+    taken = run_gradaudit("new-plugin", "taken", "--dir", tmp_path)
+    assert taken.returncode == 2 and "already exists" in taken.stderr
+
+
+def test_guide_documents_every_hook() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+    assert hooks, "no hooks found"
+    for hook in hooks:
+        assert f"### `{hook}`" in text, f"docs/plugins.md has no section for {hook}"
+
+
+def test_readme_links_the_guide() -> None:
+    assert "docs/plugins.md" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def _guide_blocks() -> list[str]:
+    text = GUIDE.read_text(encoding="utf-8")
+    return [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "@hookimpl" in b]
+
+
+def test_guide_examples_run_as_a_real_audit(tmp_path: Path) -> None:
+    blocks = _guide_blocks()
+    assert len(blocks) >= 3
+    (tmp_path / "guide_plugin.py").write_text("\n\n".join(blocks), encoding="utf-8")
+    (tmp_path / "words.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 20)
+    spec = {
+        "name": "guide",
+        "plugins": ["guide_plugin.py"],
+        "model": {"plugin": "bigram"},
+        "gradients": {"plugin": "bigram-manual"},
+        "data": {"plugin": "words", "options": {"path": "words.txt"}},
+        "batches": {"count": 3, "size": 8, "block_size": 6, "seed": 1},
+        "devices": ["cpu"],
+        "dtypes": ["float32", "float64"],
+    }
+    path = tmp_path / "guide.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = run_gradaudit("run", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 4  # logits and W, in two dtypes
+
+
+def test_committed_schema_matches_the_code() -> None:
+    committed = (REPO / "specs" / "schema.json").read_text(encoding="utf-8")
+    assert committed == json_schema(), "specs/schema.json drifted: gradaudit schema > specs/schema.json"
+
+
+def test_schema_command_prints_it() -> None:
+    result = run_gradaudit("schema")
+    assert result.returncode == 0
+    assert result.stdout == json_schema()
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "specs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_point_editors_at_the_schema(spec: Path) -> None:
+    assert spec.read_text(encoding="utf-8").startswith("# yaml-language-server: $schema=schema.json")
