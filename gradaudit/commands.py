@@ -119,10 +119,11 @@ def run(spec_path: str, options: RunOptions) -> int:
         internal = exc
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if summary.stopped and audit.current is not None and not audit.current.done:
-            summary.add(audit.current)  # the batches it finished still count
+        unfinished = [g for g in audit.current if not g.done] if summary.stopped else []
+        for group in unfinished:  # the batches they finished still count
+            summary.add(group)
             for reporter in reporters:
-                reporter.group(audit.current)
+                reporter.group(group)
         for reporter in reporters:
             reporter.finish(summary)
     if internal is not None:

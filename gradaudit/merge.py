@@ -16,7 +16,7 @@ from gradaudit.compare import TensorSummary
 from gradaudit.errors import UsageError
 from gradaudit.runner import GroupResult, RunSummary
 
-Key = tuple[str, str]  # (device, dtype)
+Key = tuple[str, str, str]  # (device, dtype, check)
 
 
 class _Groups:
@@ -37,7 +37,9 @@ class _Groups:
     def add(self, key: Key, device_name: str, complete: bool, tensors: list[TensorSummary]) -> None:
         group = self.groups.get(key)
         if group is None:
-            group = GroupResult(key[0], key[1], [], device_name=device_name, done=True)
+            group = GroupResult(
+                key[0], key[1], [], device_name=device_name, done=True, check=key[2]
+            )
             self.groups[key] = group
             self.tensors[key] = {}
         group.done &= complete
@@ -76,11 +78,15 @@ def merge_junit(out: str, inputs: list[str]) -> RunSummary:
             if stopped is not None:
                 merged.stopped.append(f"{path}: {stopped}")
                 continue
-            key = (props.get("device", "?"), props.get("dtype", "?"))
+            key = (
+                props.get("device", "?"),
+                props.get("dtype", "?"),
+                props.get("check", "gradients"),
+            )
             merged.add(key, props.get("device_name", ""), "incomplete" not in props, tensors)
         shards.append(suites[0][0].get("shard") or path if suites else path)
     summary = merged.summary()
-    drop = {"device", "device_name", "dtype", "incomplete", "shard"}
+    drop = {"device", "device_name", "dtype", "check", "incomplete", "shard"}
     facts = {k: v for k, v in metadata.items() if k not in drop}
     facts["merged_from"] = ", ".join(shards)
     suites = [group_suite(spec_name, g, facts) for g in summary.groups]
@@ -108,11 +114,16 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
             merged.stopped.append(f"{path}: {data['stopped']}")
         for group in data["groups"]:
             tensors = [TensorSummary.from_dict(unfinite(t)) for t in group["tensors"]]
-            key = (group["device"], group["dtype"])
+            key = (group["device"], group["dtype"], group.get("check", "gradients"))
             merged.add(key, group.get("device_name", ""), group.get("complete", True), tensors)
     summary = merged.summary()
     order = {key: i for i, key in enumerate(merged.groups)}
-    cases.sort(key=lambda c: (order.get((c["device"], c["dtype"]), 0), c["batch"]))
+    cases.sort(
+        key=lambda c: (
+            order.get((c["device"], c["dtype"], c.get("check", "gradients")), 0),
+            c["batch"],
+        )
+    )
     run["shard"] = ""
     run["merged_from"] = inputs
     document = {

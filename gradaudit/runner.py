@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class GroupResult:
     seconds: float = 0.0
     device_name: str = ""
     done: bool = False  # False while running, and for a group cut short by an interrupt
+    check: str = "gradients"  # gradients | repeat | finite_difference
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class CaseResult:
     check: Check | None = None
     error: str | None = None
     tol: Tol | None = None
+    kind: str = "gradients"  # which check: gradients | repeat | finite_difference
 
 
 CaseListener = Callable[[CaseResult], None]
@@ -143,7 +146,7 @@ class Audit:
                 f"model plugin '{spec.model.plugin}' failed to build: {_why(exc)}"
             ) from None
         self.tensor_names = self._select(self._probe_names())
-        self.current: GroupResult | None = None
+        self.current: list[GroupResult] = []  # the groups of the (device, dtype) in progress
 
     def batches(self) -> Iterator[Batch]:
         b = self.loaded.spec.batches
@@ -192,148 +195,302 @@ class Audit:
         on_case: CaseListener | None = None,
         shard: Shard | None = None,
     ) -> Iterator[GroupResult]:
-        """Run (device, dtype) groups in spec order; `self.current` is the group in progress."""
+        """Groups in spec order: per (device, dtype) the gradients, then any extra checks."""
         spec = self.loaded.spec
         for device in devices or spec.devices:
             for dtype in dtypes or spec.dtypes:
-                yield self.run_group(device, dtype, on_case, shard)
+                yield from self.run_groups(device, dtype, on_case, shard)
 
-    def run_group(
+    def run_groups(
         self,
         device: str,
         dtype: str,
         on_case: CaseListener | None = None,
         shard: Shard | None = None,
-    ) -> GroupResult:
+    ) -> list[GroupResult]:
         spec = self.loaded.spec
-        summaries = {
-            name: TensorSummary(name, tolerance_for(spec.tolerance, name, device, dtype))
-            for name in self.tensor_names
-        }
-        group = GroupResult(device, dtype, list(summaries.values()))
-        self.current = group
+        checks = spec.checks
+
+        def new_group(kind: str, names: list[str], tol: Callable[[str], Tol]) -> GroupResult:
+            summaries = [TensorSummary(name, tol(name)) for name in names]
+            return GroupResult(device, dtype, summaries, check=kind)
+
+        groups = [
+            new_group(
+                "gradients",
+                self.tensor_names,
+                lambda name: tolerance_for(spec.tolerance, name, device, dtype),
+            )
+        ]
+        if checks.repeat:
+            repeat = checks.repeat
+            groups.append(
+                new_group(
+                    "repeat",
+                    self.tensor_names,
+                    lambda _: Tol("allclose", repeat.rtol, repeat.atol),
+                )
+            )
+        if checks.finite_difference and dtype == spec.dtypes[0]:
+            fd = checks.finite_difference
+            group = new_group(
+                "finite_difference",
+                ["manual", "autograd"],
+                lambda _: Tol("allclose", fd.rtol, fd.atol),
+            )
+            group.dtype = "float64"  # always computed in float64, once per device
+            groups.append(group)
+        self.current = groups
         reason = device_unavailable(device)
         if reason:
-            group.skipped = reason
-            for summary in summaries.values():
-                summary.skipped = reason
-            group.done = True
-            return group
-        group.device_name = device_name(device)
+            for group in groups:
+                group.skipped = reason
+                for summary in group.tensors:
+                    summary.skipped = reason
+                group.done = True
+            return groups
         start = time.perf_counter()
-        try:
-            model = copy.deepcopy(self.master).to(device=device, dtype=getattr(torch, dtype))
-        except Exception as exc:
-            for summary in summaries.values():
-                summary.add_error(f"moving the model to {device}/{dtype} failed: {_why(exc)}")
+        for group in groups:
+            group.device_name = device_name(device)
+        case = _Case(self, device, dtype, groups, on_case)
+        if case.setup_error is None:
+            for batch in self.batches():
+                if shard is None or shard.takes(batch.index):
+                    case.run(batch.to(device))
+                    for group in groups:
+                        group.seconds = time.perf_counter() - start
+        for group in groups:
+            for summary in group.tensors:
+                summary.seconds = group.seconds / max(len(group.tensors), 1)
+                if not summary.batches and not summary.error_count:
+                    summary.skipped = f"shard {shard} has no batches" if shard else "no batches"
             group.done = True
-            return group
-        case = _Case(self, model, device, dtype, summaries, on_case)
-        for batch in self.batches():
-            if shard is None or shard.takes(batch.index):
-                case.run(batch.to(device))
-                group.seconds = time.perf_counter() - start
-        for summary in summaries.values():
-            summary.seconds = group.seconds / max(len(summaries), 1)
-            if not summary.batches and not summary.error_count:
-                summary.skipped = f"shard {shard} has no batches" if shard else "no batches"
-        group.done = True
-        return group
+        return groups
+
+
+def _float64_device(device: str) -> str:
+    """Where the float64 truth is computed: the same device, unless it lacks float64."""
+    return "cpu" if device.startswith("mps") else device
 
 
 class _Case:
-    """Runs batches of one (device, dtype) group and records each tensor's result."""
+    """Runs the batches of one (device, dtype) and records every check's results."""
 
     def __init__(
         self,
         audit: Audit,
-        model: torch.nn.Module,
         device: str,
         dtype: str,
-        summaries: dict[str, TensorSummary],
+        groups: list[GroupResult],
         on_case: CaseListener | None,
     ) -> None:
         self.spec = audit.loaded.spec
         self.gradient_fn = audit.gradient_fn
-        self.model = model
         self.device, self.dtype = device, dtype
-        self.summaries = summaries
         self.on_case = on_case
+        self.groups = {g.check: g for g in groups}
+        self.summaries = {s.tensor: s for s in self.groups["gradients"].tensors}
+        self.fd_batches_done = 0
+        self.setup_error: str | None = None
+        self.truth_model: torch.nn.Module | None = None
+        try:
+            self.model = copy.deepcopy(audit.master).to(device=device, dtype=getattr(torch, dtype))
+            needs_truth = any(s.tol.mode == "baseline" for s in self.summaries.values())
+            if needs_truth or "finite_difference" in self.groups:
+                # Built from the tested dtype's weights, so only arithmetic differs.
+                self.truth_model = copy.deepcopy(self.model).to(
+                    device=_float64_device(device), dtype=torch.float64
+                )
+        except Exception as exc:
+            self.setup_error = f"moving the model to {device}/{dtype} failed: {_why(exc)}"
+            for group in groups:
+                for summary in group.tensors:
+                    summary.add_error(self.setup_error)
 
-    def _error(self, name: str, batch: Batch, message: str) -> None:
-        full = f"batch {batch.index} (seed {batch.seed}): {message}"
-        summary = self.summaries[name]
-        summary.add_error(full)
+    def _emit(self, kind: str, name: str, batch: Batch, **fields: Any) -> None:
         if self.on_case:
+            summary = next(s for s in self.groups[kind].tensors if s.tensor == name)
             self.on_case(
                 CaseResult(
                     self.device,
-                    self.dtype,
+                    self.groups[kind].dtype,
                     name,
                     batch.index,
                     batch.seed,
-                    error=full,
                     tol=summary.tol,
+                    kind=kind,
+                    **fields,
                 )
             )
 
+    def _error(self, name: str, batch: Batch, message: str, kind: str = "gradients") -> None:
+        full = f"batch {batch.index} (seed {batch.seed}): {message}"
+        next(s for s in self.groups[kind].tensors if s.tensor == name).add_error(full)
+        self._emit(kind, name, batch, error=full)
+
     def _fail_all(self, batch: Batch, message: str) -> None:
-        for name in self.summaries:
-            self._error(name, batch, message)
+        for kind, group in self.groups.items():
+            for summary in group.tensors:
+                self._error(summary.tensor, batch, message, kind)
+
+    def _reference(
+        self, model: torch.nn.Module, batch: Batch, names: list[str]
+    ) -> tuple[Forward, list[torch.Tensor], list[torch.Tensor]]:
+        """Forward and autograd's gradient of the loss w.r.t. each named tensor."""
+        torch.manual_seed(batch.seed)
+        forward = model(batch.inputs, batch.targets)
+        if not isinstance(forward, Forward):
+            raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
+        available = {**forward.intermediates, **dict(model.named_parameters())}
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise KeyError(f"forward did not return {missing}")
+        targets = [available[n] for n in names]
+        grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
+        reference = [
+            torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)
+        ]
+        return forward, targets, reference
+
+    def _manual(self, batch: Batch, forward: Forward) -> Mapping[str, torch.Tensor]:
+        with torch.no_grad():
+            manual = self.gradient_fn(
+                self.model, batch, forward.detached(), **self.spec.gradients.options
+            )
+        if not isinstance(manual, Mapping):
+            raise TypeError(f"returned {type(manual).__name__}, not a mapping name -> tensor")
+        return manual
 
     def run(self, batch: Batch) -> None:
-        """One batch: forward, autograd reference, manual gradients, comparison per tensor."""
+        """One batch: forward, autograd reference, manual gradients, then every comparison."""
         names = list(self.summaries)
-        torch.manual_seed(batch.seed)
         try:
-            forward = self.model(batch.inputs, batch.targets)
-            if not isinstance(forward, Forward):
-                raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
-            available = {**forward.intermediates, **dict(self.model.named_parameters())}
-            missing = [n for n in names if n not in available]
-            if missing:
-                raise KeyError(f"forward did not return {missing}")
-            targets = [available[n] for n in names]
-            reference = torch.autograd.grad(forward.loss, targets, allow_unused=True)
+            forward, _, reference = self._reference(self.model, batch, names)
+            truth: list[torch.Tensor] | None = None
+            if self.truth_model is not None:
+                truth_batch = batch.to(_float64_device(self.device))
+                truth = self._reference(self.truth_model, truth_batch, names)[2]
         except Exception as exc:
             self._fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {_why(exc)}")
             return
         try:
-            with torch.no_grad():
-                manual = self.gradient_fn(
-                    self.model, batch, forward.detached(), **self.spec.gradients.options
-                )
-            if not isinstance(manual, Mapping):
-                raise TypeError(f"returned {type(manual).__name__}, not a mapping name -> tensor")
+            manual = self._manual(batch, forward)
         except Exception as exc:
             self._fail_all(batch, f"gradients '{self.spec.gradients.plugin}' raised {_why(exc)}")
             return
-        for name, target, ref in zip(names, targets, reference, strict=True):
-            got = manual.get(name)
-            if got is None:
-                self._error(
-                    name, batch, f"gradients '{self.spec.gradients.plugin}' gave no gradient"
-                )
-                continue
-            if not isinstance(got, torch.Tensor):
-                self._error(name, batch, f"gradient is a {type(got).__name__}, not a tensor")
-                continue
-            summary = self.summaries[name]
+        for i, (name, ref) in enumerate(zip(names, reference, strict=True)):
+            self._compare(
+                "gradients", name, batch, manual.get(name), ref, truth[i] if truth else None
+            )
+        if "repeat" in self.groups:
+            self._repeat(batch, forward, manual, names)
+        if "finite_difference" in self.groups:
+            self._finite_difference(batch)
+
+    def _compare(
+        self,
+        kind: str,
+        name: str,
+        batch: Batch,
+        got: object,
+        reference: torch.Tensor,
+        truth: torch.Tensor | None = None,
+        tol: Tol | None = None,
+    ) -> None:
+        if got is None:
+            self._error(
+                name, batch, f"gradients '{self.spec.gradients.plugin}' gave no gradient", kind
+            )
+            return
+        if not isinstance(got, torch.Tensor):
+            self._error(name, batch, f"gradient is a {type(got).__name__}, not a tensor", kind)
+            return
+        summary = next(s for s in self.groups[kind].tensors if s.tensor == name)
+        try:
+            result = check(got, reference, tol or summary.tol, truth)
+        except GradientMismatch as exc:
+            self._error(name, batch, f"gradient has {exc}", kind)
+            return
+        summary.add(result, batch.index, batch.seed)
+        self._emit(kind, name, batch, check=result)
+
+    def _repeat(
+        self, batch: Batch, forward: Forward, first: Mapping[str, torch.Tensor], names: list[str]
+    ) -> None:
+        """Run the manual gradient again on the same inputs; every run must match the first."""
+        assert self.spec.checks.repeat is not None
+        for _ in range(self.spec.checks.repeat.count - 1):
             try:
-                result = check(got, torch.zeros_like(target) if ref is None else ref, summary.tol)
-            except GradientMismatch as exc:
-                self._error(name, batch, f"gradient has {exc}")
-                continue
-            summary.add(result, batch.index, batch.seed)
-            if self.on_case:
-                self.on_case(
-                    CaseResult(
-                        self.device,
-                        self.dtype,
-                        name,
-                        batch.index,
-                        batch.seed,
-                        result,
-                        tol=summary.tol,
-                    )
+                again = self._manual(batch, forward)
+            except Exception as exc:
+                for name in names:
+                    self._error(name, batch, f"repeat raised {_why(exc)}", "repeat")
+                return
+            for name in names:
+                reference = first.get(name)
+                if isinstance(reference, torch.Tensor):
+                    self._compare("repeat", name, batch, again.get(name), reference)
+
+    def _finite_difference(self, batch: Batch) -> None:
+        """Central differences of the float64 loss along random unit directions.
+
+        Compares (L(p + eps v) - L(p - eps v)) / 2eps with <g, v> for the manual and the
+        autograd gradient: a wrong custom backward inside the model fools the
+        manual-vs-autograd comparison, but not this.
+        """
+        fd = self.spec.checks.finite_difference
+        assert fd is not None and self.truth_model is not None
+        if self.fd_batches_done >= fd.batches:
+            return
+        self.fd_batches_done += 1
+        model = self.truth_model
+        params = dict(model.named_parameters())
+        try:
+            batch64 = batch.to(_float64_device(self.device))
+            forward, _, autograd = self._reference(model, batch64, list(params))
+            with torch.no_grad():
+                manual = self.gradient_fn(
+                    model, batch64, forward.detached(), **self.spec.gradients.options
                 )
+            manual64 = [manual[n] for n in params]
+        except Exception as exc:
+            for name in ("manual", "autograd"):
+                self._error(name, batch, f"finite differences: {_why(exc)}", "finite_difference")
+            return
+        generator = torch.Generator().manual_seed(batch.seed)
+        numeric: list[float] = []
+        loss_scale = 0.0
+        projected: dict[str, list[float]] = {"manual": [], "autograd": []}
+        originals = [p.detach().clone() for p in params.values()]
+        with torch.no_grad():
+            for _ in range(fd.directions):
+                vs = [
+                    torch.randn(p.shape, generator=generator, dtype=torch.float64)
+                    for p in originals
+                ]
+                norm = math.sqrt(sum(float((v * v).sum()) for v in vs))
+                vs = [(v / norm).to(originals[0].device) for v in vs]
+                losses = []
+                for sign in (1.0, -1.0):
+                    for p, p0, v in zip(params.values(), originals, vs, strict=True):
+                        p.copy_(p0 + sign * fd.eps * v)
+                    torch.manual_seed(batch.seed)
+                    losses.append(float(model(batch64.inputs, batch64.targets).loss))
+                numeric.append((losses[0] - losses[1]) / (2 * fd.eps))
+                loss_scale = max(loss_scale, abs(losses[0]), abs(losses[1]))
+                projected["manual"].append(_dot(manual64, vs))
+                projected["autograd"].append(_dot(autograd, vs))
+            for p, p0 in zip(params.values(), originals, strict=True):
+                p.copy_(p0)
+        truth = torch.tensor(numeric, dtype=torch.float64)
+        # Rounding in L(p +- eps v) is amplified by 1/eps: allow 16 ulps of the loss for it.
+        rounding = 16 * 2.0**-52 * max(loss_scale, 1.0) / fd.eps
+        tol = Tol("allclose", fd.rtol, fd.atol + rounding)
+        for name, values in projected.items():
+            got = torch.tensor(values, dtype=torch.float64)
+            self._compare("finite_difference", name, batch, got, truth, tol=tol)
+
+
+def _dot(gradients: list[torch.Tensor], direction: list[torch.Tensor]) -> float:
+    """<g, v> over all parameters."""
+    return sum(float((g * v).sum()) for g, v in zip(gradients, direction, strict=True))

@@ -57,26 +57,62 @@ class Batches(_Strict):
         return self
 
 
+Mode = Literal["auto", "exact", "allclose", "baseline"]
+
+
 class ToleranceOverride(_Strict):
-    """Tolerances for the tensors whose names match `tensors` (globs)."""
+    """Tolerance settings for the tensors whose names match `tensors` (globs)."""
 
     tensors: list[Glob] = Field(min_length=1)
     devices: list[Device] | None = None
     dtypes: list[Dtype] | None = None
+    mode: Mode | None = None
     rtol: NonNegativeFloat | None = None
     atol: NonNegativeFloat | None = None
+    k: NonNegativeFloat | None = None
+    floor_ulps: NonNegativeFloat | None = None
 
 
 class Tolerance(_Strict):
-    """`allclose`: |manual - autograd| <= atol + rtol * |autograd| elementwise.
+    """How close is close enough; see compare.py and the README for the modes.
 
-    Unset rtol/atol take torch.testing.assert_close's defaults for the dtype.
+    exact: bitwise. allclose: |manual - autograd| <= atol + rtol*|autograd| elementwise,
+    defaults from torch.testing.assert_close. baseline: max|manual - truth| <=
+    k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth|, truth = autograd in
+    float64. auto: allclose for float64, baseline for every lower precision.
     """
 
-    mode: Literal["allclose"] = "allclose"
+    mode: Mode = "auto"
     rtol: NonNegativeFloat | None = None
     atol: NonNegativeFloat | None = None
+    k: NonNegativeFloat | None = None
+    floor_ulps: NonNegativeFloat | None = None
     overrides: list[ToleranceOverride] = Field(default_factory=list)
+
+
+class FiniteDifference(_Strict):
+    """Central differences of the loss along random parameter directions, in float64."""
+
+    directions: PositiveInt = 8
+    batches: PositiveInt = 1  # the first N batches (of this shard)
+    eps: Annotated[float, Field(gt=0)] = 1e-6
+    rtol: NonNegativeFloat = 1e-6
+    atol: NonNegativeFloat = 1e-12
+
+
+class Repeat(_Strict):
+    """Run the manual gradient `count` times on the same inputs; results must agree."""
+
+    count: Annotated[int, Field(ge=2)] = 2
+    rtol: NonNegativeFloat = 0.0
+    atol: NonNegativeFloat = 0.0
+
+
+class Checks(_Strict):
+    """Extra checks beyond manual-vs-autograd, each reported as its own test cases."""
+
+    finite_difference: FiniteDifference | None = None
+    repeat: Repeat | None = None
 
 
 class Spec(_Strict):
@@ -93,6 +129,7 @@ class Spec(_Strict):
     dtypes: list[Dtype] = Field(default_factory=lambda: ["float32"], min_length=1)  # type: ignore[arg-type]
     tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
     tolerance: Tolerance = Field(default_factory=Tolerance)
+    checks: Checks = Field(default_factory=Checks)
 
     @field_validator("devices", "dtypes")
     @classmethod

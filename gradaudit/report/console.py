@@ -16,9 +16,9 @@ from gradaudit.runner import CaseResult, GroupResult, RunSummary
 COLUMNS = (
     ("device", 8),
     ("dtype", 9),
-    ("tensor", 14),
+    ("tensor", 20),
     ("exact", 6),
-    ("allclose", 9),
+    ("within", 7),
     ("max abs", 9),
     ("max rel", 9),
     ("budget", 8),
@@ -42,17 +42,18 @@ def budget(value: float) -> str:
     return "<0.01%" if 0 < percent < 0.01 else f"{percent:.3g}%"
 
 
-def tensor_row(device: str, dtype: str, s: TensorSummary) -> tuple[str, str]:
-    """(row text, result word) for one tensor."""
+def tensor_row(device: str, dtype: str, s: TensorSummary, check: str) -> tuple[str, str]:
+    """(row text, result word) for one tensor; extra checks are named after the tensor."""
     result = RESULTS[s.status]
+    label = s.tensor if check == "gradients" else f"{s.tensor} [{check.replace('_', ' ')}]"
     if s.worst is None:
         blank = "-" if result != "SKIP" else ""
-        cells = (device, dtype, s.tensor, blank, blank, blank, blank, blank, blank, result)
+        cells = (device, dtype, label, blank, blank, blank, blank, blank, blank, result)
     else:
         cells = (
             device,
             dtype,
-            s.tensor,
+            label,
             str(s.exact),
             str(not s.failed_batches),
             fmt(s.max_abs),
@@ -70,10 +71,11 @@ def tensor_row(device: str, dtype: str, s: TensorSummary) -> tuple[str, str]:
 def group_rows(group: GroupResult) -> list[tuple[str, str]]:
     """Rows for one (device, dtype); a group skipped as a whole is one row."""
     if group.skipped:
-        count = f"({len(group.tensors)} tensors)"
+        what = "tensors" if group.check == "gradients" else group.check.replace("_", " ")
+        count = f"({len(group.tensors)} {what})"
         cells = (group.device, group.dtype, count, "", "", "", "", "", "", "SKIP")
         return [(_row(cells) + f"  {group.skipped}", "SKIP")]
-    return [tensor_row(group.device, group.dtype, s) for s in group.tensors]
+    return [tensor_row(group.device, group.dtype, s, group.check) for s in group.tensors]
 
 
 def closing_line(summary: RunSummary, seconds: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,12 +51,13 @@ def case_record(result: CaseResult) -> dict[str, Any]:
     record: dict[str, Any] = {
         "device": result.device,
         "dtype": result.dtype,
+        "check": result.kind,
         "tensor": result.tensor,
         "batch": result.batch,
         "seed": result.seed,
     }
     if result.tol is not None:
-        record |= {"rtol": result.tol.rtol, "atol": result.tol.atol}
+        record["tolerance"] = asdict(result.tol)
     if result.error is not None:
         return record | {"status": "error", "error": result.error}
     assert result.check is not None
@@ -71,7 +73,11 @@ def case_record(result: CaseResult) -> dict[str, Any]:
         "numel": c.numel,
         "worst_index": list(c.worst_index),
         "manual": c.manual_value,
-        "autograd": c.reference_value,
+        "reference": c.reference_value,
+        "allowed": c.allowed,
+        "reference_error": c.reference_error,
+        "sym_rel": c.sym_rel,
+        "cosine": c.cosine,
     }
 
 
@@ -79,6 +85,7 @@ def group_record(group: GroupResult) -> dict[str, Any]:
     return {
         "device": group.device,
         "dtype": group.dtype,
+        "check": group.check,
         "device_name": group.device_name,
         "skipped": group.skipped,
         "complete": group.done,

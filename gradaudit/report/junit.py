@@ -39,12 +39,14 @@ def clean(text: str, limit: int = MAX_BODY) -> str:
     return text[:limit] + f"\n... ({len(text) - limit} characters cut)"
 
 
-def suite_name(spec_name: str, device: str, dtype: str) -> str:
-    return f"{spec_name}[{device},{dtype}]"
+def suite_name(spec_name: str, device: str, dtype: str, check: str = "gradients") -> str:
+    extra = "" if check == "gradients" else f",{check}"
+    return f"{spec_name}[{device},{dtype}{extra}]"
 
 
-def classname(spec_name: str, device: str, dtype: str) -> str:
-    return f"gradaudit.{spec_name}.{device}.{dtype}"
+def classname(spec_name: str, device: str, dtype: str, check: str = "gradients") -> str:
+    extra = "" if check == "gradients" else f".{check}"
+    return f"gradaudit.{spec_name}.{device}.{dtype}{extra}"
 
 
 def _testcase(cls: str, s: TensorSummary) -> junit_xml.TestCase:
@@ -63,17 +65,18 @@ def _testcase(cls: str, s: TensorSummary) -> junit_xml.TestCase:
 
 def group_suite(spec_name: str, group: GroupResult, metadata: dict[str, str]) -> ET.Element:
     """One <testsuite> for a (device, dtype) group, with run facts as properties."""
-    cls = classname(spec_name, group.device, group.dtype)
+    cls = classname(spec_name, group.device, group.dtype, group.check)
     properties = {
         **metadata,
         "device": group.device,
         "device_name": group.device_name or group.device,
         "dtype": group.dtype,
+        "check": group.check,
     }
     if not group.done:
         properties["incomplete"] = "the run stopped while this group was running"
     suite = junit_xml.TestSuite(
-        suite_name(spec_name, group.device, group.dtype),
+        suite_name(spec_name, group.device, group.dtype, group.check),
         [_testcase(cls, s) for s in group.tensors],
         properties={k: clean(v, MAX_MESSAGE) for k, v in properties.items() if v},
     )

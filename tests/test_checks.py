@@ -1,0 +1,174 @@
+"""Tolerance modes and the extra checks: baseline, finite differences, repeat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gradaudit.compare import Tol, check, tolerance_for
+from gradaudit.spec import Tolerance
+from tests.conftest import REPO, SpecWriter, run_gradaudit
+
+PLUGINS = [str(REPO / "tests" / "negative_controls.py"), str(REPO / "tests" / "checks_plugins.py")]
+
+
+def _run(write_spec: SpecWriter, tmp_path: Path, **overrides: Any) -> tuple[int, dict[str, Any]]:
+    spec = write_spec(plugins=PLUGINS, **overrides)
+    out = tmp_path / "report.json"
+    result = run_gradaudit("run", spec, "--json", out)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return result.returncode, json.loads(out.read_text())
+
+
+def _statuses(report: dict[str, Any], check: str) -> dict[tuple[str, str], str]:
+    return {
+        (g["dtype"], t["tensor"]): t["status"]
+        for g in report["groups"]
+        if g["check"] == check
+        for t in g["tensors"]
+    }
+
+
+def test_auto_resolves_per_dtype() -> None:
+    auto = Tolerance()
+    assert tolerance_for(auto, "W", "cpu", "float64").mode == "allclose"
+    for dtype in ("float32", "bfloat16", "float16"):
+        tol = tolerance_for(auto, "W", "cpu", dtype)
+        assert (tol.mode, tol.k, tol.floor_ulps) == ("baseline", 2.0, 2.0)
+    rule = Tolerance.model_validate(
+        {"overrides": [{"tensors": ["h.*"], "dtypes": ["float32"], "mode": "allclose"}]}
+    )
+    assert tolerance_for(rule, "h.3", "cpu", "float32").mode == "allclose"
+    assert tolerance_for(rule, "W", "cpu", "float32").mode == "baseline"
+
+
+def test_baseline_allows_k_times_autograds_error_plus_floor() -> None:
+    truth = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+    autograd = torch.tensor([1.0, -2.0, 4.001], dtype=torch.float32)  # error 1e-3
+    tol = Tol("baseline", k=2.0, floor_ulps=0.0, eps=2.0**-23)
+    inside = torch.tensor([1.0019, -2.0, 4.0], dtype=torch.float32)
+    outside = torch.tensor([1.0021, -2.0, 4.0], dtype=torch.float32)
+    ok = check(inside, autograd, tol, truth)
+    bad = check(outside, autograd, tol, truth)
+    assert ok.passed and not bad.passed
+    assert ok.reference_error == pytest.approx(1e-3, rel=1e-3)
+    assert ok.allowed == pytest.approx(2e-3, rel=1e-3)  # the number actually applied
+    assert bad.worst_index == (0,) and bad.budget > 1
+
+
+def test_baseline_floor_is_ulps_of_the_truths_magnitude() -> None:
+    truth = torch.tensor([0.0, 8.0], dtype=torch.float64)
+    exact = truth.float()
+    tol = Tol("baseline", k=2.0, floor_ulps=4.0, eps=2.0**-23)
+    result = check(exact + torch.tensor([0.0, 3e-6]), exact, tol, truth)
+    assert result.allowed == pytest.approx(4 * 2.0**-23 * 8.0)
+    assert result.passed  # 3e-6 < 4 ulps of 8 (3.8e-6)
+
+
+def test_exact_mode_is_bitwise() -> None:
+    a = torch.tensor([1.0, 2.0])
+    assert check(a, a.clone(), Tol("exact")).passed
+    assert not check(a, a + torch.tensor([1e-6, 0.0]), Tol("exact")).passed
+
+
+def test_diagnostics_cosine_and_symmetric_relative_error() -> None:
+    a = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    result = check(a, b, Tol("allclose", 0.0, 0.0))
+    assert result.cosine == pytest.approx(0.0)
+    assert result.sym_rel == pytest.approx(2.0)
+    same = check(a, a.clone(), Tol("allclose", 0.0, 0.0))
+    assert same.cosine == pytest.approx(1.0) and same.sym_rel == 0.0
+
+
+def test_low_precision_dtypes_pass_with_no_overrides(write_spec: SpecWriter, tmp_path: Path) -> None:
+    code, report = _run(write_spec, tmp_path, dtypes=["bfloat16", "float16"])
+    assert code == 0
+    statuses = _statuses(report, "gradients")
+    assert statuses and set(statuses.values()) == {"pass"}
+    record = report["cases"][0]
+    assert record["tolerance"]["mode"] == "baseline" and record["allowed"] > 0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16", "float16"])
+def test_negative_control_fails_in_every_dtype(
+    write_spec: SpecWriter, tmp_path: Path, dtype: str
+) -> None:
+    code, report = _run(
+        write_spec, tmp_path, gradients={"plugin": "bptt-W-transposed"}, dtypes=[dtype]
+    )
+    assert code == 1
+    failing = {t for (_, t), s in _statuses(report, "gradients").items() if s == "fail"}
+    assert {"W.weight", "h.1"} <= failing and "logits" not in failing
+
+
+def test_finite_differences_catch_a_wrong_custom_backward(
+    write_spec: SpecWriter, tmp_path: Path
+) -> None:
+    code, report = _run(
+        write_spec,
+        tmp_path,
+        model={"plugin": "charrnn-badtanh", "options": {"d_model": 8, "n_hidden": 16}},
+        gradients={"plugin": "bptt-tanh-sign"},
+        dtypes=["float64"],
+        checks={"finite_difference": {"directions": 4}},
+    )
+    assert code == 1
+    # The manual gradient repeats the model's mistake: manual vs autograd alone is green ...
+    assert set(_statuses(report, "gradients").values()) == {"pass"}
+    # ... but both disagree with the loss's finite differences.
+    assert _statuses(report, "finite_difference") == {
+        ("float64", "manual"): "fail",
+        ("float64", "autograd"): "fail",
+    }
+
+
+def test_finite_differences_pass_for_a_correct_model(
+    write_spec: SpecWriter, tmp_path: Path
+) -> None:
+    code, report = _run(
+        write_spec, tmp_path, checks={"finite_difference": {"directions": 4, "batches": 2}}
+    )
+    assert code == 0
+    fd = _statuses(report, "finite_difference")
+    assert fd == {("float64", "manual"): "pass", ("float64", "autograd"): "pass"}
+    cases = [c for c in report["cases"] if c["check"] == "finite_difference"]
+    assert len(cases) == 4  # two batches x (manual, autograd)
+    assert all(c["numel"] == 4 for c in cases)  # one element per direction
+
+
+def test_finite_differences_catch_a_manual_bug(write_spec: SpecWriter, tmp_path: Path) -> None:
+    code, report = _run(
+        write_spec,
+        tmp_path,
+        gradients={"plugin": "bptt-no-recurrence"},
+        dtypes=["float32"],
+        checks={"finite_difference": {"directions": 4}},
+    )
+    assert code == 1
+    fd = _statuses(report, "finite_difference")
+    assert fd == {("float64", "manual"): "fail", ("float64", "autograd"): "pass"}
+
+
+def test_repeat_flags_a_nondeterministic_gradient(write_spec: SpecWriter, tmp_path: Path) -> None:
+    code, report = _run(
+        write_spec,
+        tmp_path,
+        gradients={"plugin": "bptt-noisy"},
+        dtypes=["float64"],
+        tolerance={"mode": "allclose", "rtol": 1e-2, "atol": 1e-2},
+        checks={"repeat": {"count": 3}},
+    )
+    assert code == 1
+    assert set(_statuses(report, "gradients").values()) == {"pass"}  # loose enough
+    assert set(_statuses(report, "repeat").values()) == {"fail"}  # but not repeatable
+
+
+def test_repeat_passes_a_deterministic_gradient(write_spec: SpecWriter, tmp_path: Path) -> None:
+    code, report = _run(write_spec, tmp_path, checks={"repeat": {"count": 2}})
+    assert code == 0
+    assert set(_statuses(report, "repeat").values()) == {"pass"}
