@@ -85,7 +85,9 @@ def test_diagnostics_cosine_and_symmetric_relative_error() -> None:
     assert same.cosine == pytest.approx(1.0) and same.sym_rel == 0.0
 
 
-def test_low_precision_dtypes_pass_with_no_overrides(write_spec: SpecWriter, tmp_path: Path) -> None:
+def test_low_precision_dtypes_pass_with_no_overrides(
+    write_spec: SpecWriter, tmp_path: Path
+) -> None:
     code, report = _run(write_spec, tmp_path, dtypes=["bfloat16", "float16"])
     assert code == 0
     statuses = _statuses(report, "gradients")

@@ -77,11 +77,11 @@ def test_entry_points_register_the_shipped_plugins() -> None:
         "charrnn",
         model.obj,
         "charrnn",
-        "entry point gradaudit_charrnn",
+        "built in (gradaudit_charrnn)",
         dist_version,
     )
-    assert gradients.plugin == "charrnn" and gradients.source == "entry point gradaudit_charrnn"
-    assert data.plugin == "text" and data.source == "entry point gradaudit_text"
+    assert gradients.plugin == "charrnn" and gradients.source == "built in (gradaudit_charrnn)"
+    assert data.plugin == "text" and data.source == "built in (gradaudit_text)"
     assert model.version == gradients.version == data.version == dist_version
 
     from gradaudit_charrnn.bptt import charrnn_bptt
@@ -90,9 +90,9 @@ def test_entry_points_register_the_shipped_plugins() -> None:
     assert registry.get("model", "charrnn") is build_charrnn
     assert registry.get("gradients", "charrnn-bptt") is charrnn_bptt
     assert registry.get("data", "text") is gradaudit_text.load_text
-    assert ("charrnn", "entry point gradaudit_charrnn", dist_version) in registry.plugins
-    assert ("text", "entry point gradaudit_text", dist_version) in registry.plugins
-    assert [r.kind for r in registry.all()] == ["model", "gradients", "data"]
+    assert ("charrnn", "built in (gradaudit_charrnn)", dist_version) in registry.plugins
+    assert ("text", "built in (gradaudit_text)", dist_version) in registry.plugins
+    assert [r.kind for r in registry.all()] == ["model", "model", "gradients", "gradients", "data"]
 
 
 def test_allow_list_loads_only_the_named_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,7 +377,7 @@ def test_registry_get_suggests_and_lists() -> None:
         registry.get("model", "charnn")
     message = str(info.value)
     assert message.startswith("unknown model plugin 'charnn' (did you mean 'charrnn'?)")
-    assert message.endswith("; available: charrnn")
+    assert message.endswith("; available: charrnn, mlp-batchnorm")
 
 
 def test_registry_get_lists_sorted_names_without_a_suggestion() -> None:
