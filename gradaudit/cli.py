@@ -72,6 +72,26 @@ def run_command(
     sys.exit(commands.run(spec, options))
 
 
+@cli.command("mutate")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--junit-xml", metavar="PATH", help="Write JUnit XML here (a testcase per mutant).")
+@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
+@click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
+@click.option("--fail-on-survivor", is_flag=True, help="Exit 1 when a mutant survives.")
+def mutate_command(
+    spec: str,
+    junit_xml: str | None,
+    devices: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    fail_on_survivor: bool,
+) -> None:
+    """Prove SPEC's audit catches bugs: run it against mutated manual gradients."""
+    from gradaudit import commands
+
+    options = commands.RunOptions(junit_xml=junit_xml, devices=devices, dtypes=dtypes)
+    sys.exit(commands.mutate(spec, options, fail_on_survivor))
+
+
 @cli.command("merge")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))

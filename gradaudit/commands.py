@@ -201,3 +201,43 @@ def merge(out: str, inputs: list[str]) -> int:
     _echo(closing_line(summary, sum(g.seconds for g in summary.groups)))
     _echo(f"merged {len(inputs)} reports into {out}")
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
+
+
+def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
+    """Run the audit against generic mutants of the manual gradients; report who survived."""
+    import time
+
+    from gradaudit.mutate import generic_mutants
+    from gradaudit.report import mutation
+    from gradaudit.runner import Audit, RunSummary
+
+    loaded = load_spec(spec_path)
+    if options.junit_xml:
+        check_writable(options.junit_xml)
+    devices = _subset("--device", options.devices, loaded.spec.devices)
+    dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
+    start = time.perf_counter()
+    audit = Audit(loaded)
+    audit.mutants = generic_mutants(audit.tensor_names)
+    spec = loaded.spec
+    _echo(
+        f"gradaudit mutate: {spec.name} ({loaded.path}): {len(audit.mutants)} generic mutants "
+        f"of {spec.gradients.plugin}, {spec.batches.count or 'all'} batches per device/dtype"
+    )
+    summary = RunSummary()
+    for group in audit.groups(devices, dtypes):
+        summary.add(group)
+    if not summary.ok:
+        _echo(
+            f"gradaudit: the audit itself is not green ({summary.failed} failed, "
+            f"{summary.errors} errors): run `gradaudit run {spec_path}` and fix that first"
+        )
+        return EXIT_CHECK_FAILED
+    reports = audit.mutation_reports
+    for line in mutation.console_lines(reports, audit.tensor_names):
+        _echo(line)
+    if options.junit_xml:
+        mutation.write_junit(options.junit_xml, loaded, reports, fail_on_survivor)
+    survivors = sum(len(r.survivors) for r in reports)
+    _echo(f"{survivors} survivors in {time.perf_counter() - start:.1f}s")
+    return EXIT_CHECK_FAILED if survivors and fail_on_survivor else EXIT_OK

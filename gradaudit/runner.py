@@ -14,6 +14,7 @@ import torch
 
 from gradaudit.compare import Check, GradientMismatch, TensorSummary, Tol, check, tolerance_for
 from gradaudit.errors import DataError, PluginError, SpecError
+from gradaudit.mutate import Mutant, MutantResult, MutationReport, sensitivity
 from gradaudit.plugins import Registry, plugin_manager
 from gradaudit.spec import LoadedSpec
 from gradaudit.types import Batch, Dataset, Forward
@@ -147,6 +148,8 @@ class Audit:
             ) from None
         self.tensor_names = self._select(self._probe_names())
         self.current: list[GroupResult] = []  # the groups of the (device, dtype) in progress
+        self.mutants: list[Mutant] | None = None  # set by `gradaudit mutate`
+        self.mutation_reports: list[MutationReport] = []
 
     def batches(self) -> Iterator[Batch]:
         b = self.loaded.spec.batches
@@ -290,6 +293,15 @@ class _Case:
         self.on_case = on_case
         self.groups = {g.check: g for g in groups}
         self.summaries = {s.tensor: s for s in self.groups["gradients"].tensors}
+        self.mutation: MutationReport | None = None
+        if audit.mutants is not None:
+            self.mutation = MutationReport(
+                device,
+                dtype,
+                [MutantResult(m) for m in audit.mutants],
+                tolerances={name: s.tol for name, s in self.summaries.items()},
+            )
+            audit.mutation_reports.append(self.mutation)
         self.fd_batches_done = 0
         self.setup_error: str | None = None
         self.truth_model: torch.nn.Module | None = None
@@ -378,10 +390,15 @@ class _Case:
         except Exception as exc:
             self._fail_all(batch, f"gradients '{self.spec.gradients.plugin}' raised {_why(exc)}")
             return
+        checks: dict[str, Check] = {}
         for i, (name, ref) in enumerate(zip(names, reference, strict=True)):
-            self._compare(
+            result = self._compare(
                 "gradients", name, batch, manual.get(name), ref, truth[i] if truth else None
             )
+            if result is not None:
+                checks[name] = result
+        if self.mutation is not None:
+            self._mutate(batch, manual, names, reference, truth, checks)
         if "repeat" in self.groups:
             self._repeat(batch, forward, manual, names)
         if "finite_difference" in self.groups:
@@ -396,23 +413,68 @@ class _Case:
         reference: torch.Tensor,
         truth: torch.Tensor | None = None,
         tol: Tol | None = None,
-    ) -> None:
+    ) -> Check | None:
         if got is None:
             self._error(
                 name, batch, f"gradients '{self.spec.gradients.plugin}' gave no gradient", kind
             )
-            return
+            return None
         if not isinstance(got, torch.Tensor):
             self._error(name, batch, f"gradient is a {type(got).__name__}, not a tensor", kind)
-            return
+            return None
         summary = next(s for s in self.groups[kind].tensors if s.tensor == name)
         try:
             result = check(got, reference, tol or summary.tol, truth)
         except GradientMismatch as exc:
             self._error(name, batch, f"gradient has {exc}", kind)
-            return
+            return None
         summary.add(result, batch.index, batch.seed)
         self._emit(kind, name, batch, check=result)
+        return result
+
+    def _mutate(
+        self,
+        batch: Batch,
+        manual: Mapping[str, torch.Tensor],
+        names: list[str],
+        reference: list[torch.Tensor],
+        truth: list[torch.Tensor] | None,
+        checks: dict[str, Check],
+    ) -> None:
+        """Check every not-yet-killed mutant of this batch's manual gradients."""
+        assert self.mutation is not None
+        index = {name: i for i, name in enumerate(names)}
+        for name, i in index.items():
+            base = truth[i] if truth else reference[i]
+            scale = float(base.double().abs().max()) if base.numel() else 0.0
+            error = checks[name].reference_error if name in checks else 0.0
+            found = sensitivity(self.summaries[name].tol, scale, error)
+            previous = self.mutation.sensitivity.get(name, float("inf"))
+            self.mutation.sensitivity[name] = min(previous, found)
+        for result in self.mutation.results:
+            if result.killed:
+                continue
+            try:
+                changed = result.mutant.apply(manual, batch)
+            except (KeyError, RuntimeError, IndexError):
+                changed = None
+            if changed is None:
+                continue
+            result.applicable = True
+            for name, mutated in changed.items():
+                i = index[name]
+                if torch.equal(mutated, manual[name]):
+                    continue
+                result.changed = True
+                tol = self.summaries[name].tol
+                try:
+                    outcome = check(mutated, reference[i], tol, truth[i] if truth else None)
+                except GradientMismatch:
+                    continue
+                result.budget = max(result.budget, outcome.budget)
+                if not outcome.passed and not result.killed:
+                    result.killed = True
+                    result.killed_by = f"{name} on batch {batch.index} (seed {batch.seed})"
 
     def _repeat(
         self, batch: Batch, forward: Forward, first: Mapping[str, torch.Tensor], names: list[str]

@@ -1,0 +1,87 @@
+"""Reports for `gradaudit mutate`: the console summary and JUnit (a testcase per mutant)."""
+
+from __future__ import annotations
+
+import junit_xml
+
+from gradaudit.mutate import MutantResult, MutationReport
+from gradaudit.report.junit import clean, document
+from gradaudit.spec import LoadedSpec
+from gradaudit.write import write_atomic
+
+
+def survivor_line(report: MutationReport, result: MutantResult) -> str:
+    """Why a mutant survived and which tolerance to tighten."""
+    tensor = result.mutant.tensor.split(",")[0]
+    tol = report.tolerances[tensor]
+    found = report.sensitivity.get(tensor, float("nan"))
+    return (
+        f"{report.device}/{report.dtype} {result.mutant.name} survived "
+        f"(largest budget used {100 * result.budget:.3g}%): {tol.describe()} catches only "
+        f"relative errors above {found:.2g} on {tensor}; tighten the tolerance for {tensor}"
+    )
+
+
+def console_lines(reports: list[MutationReport], tensors: list[str]) -> list[str]:
+    lines = []
+    for report in reports:
+        counted = report.counted()
+        killed = sum(r.killed for r in counted)
+        other = {
+            status: sum(r.status == status for r in report.results)
+            for status in ("equivalent", "not-applicable")
+        }
+        lines.append(
+            f"{report.device}/{report.dtype}: mutation score {100 * report.score():.1f}% "
+            f"({killed}/{len(counted)} killed; {other['equivalent']} equivalent, "
+            f"{other['not-applicable']} not applicable)"
+        )
+    survivors = [(r, s) for r in reports for s in r.survivors]
+    if survivors:
+        lines.append(f"{len(survivors)} surviving mutants:")
+        lines += [f"  WARNING {survivor_line(r, s)}" for r, s in survivors]
+    columns = [f"{r.device}/{r.dtype}" for r in reports]
+    width = max(len(t) for t in tensors) + 2
+    lines.append("sensitivity: the smallest relative error (1+d)*g each tolerance catches")
+    lines.append("tensor".ljust(width) + "".join(c.ljust(16) for c in columns))
+    for tensor in tensors:
+        cells = [f"{r.sensitivity.get(tensor, float('nan')):.2g}".ljust(16) for r in reports]
+        lines.append(tensor.ljust(width) + "".join(cells))
+    return lines
+
+
+def write_junit(
+    path: str, loaded: LoadedSpec, reports: list[MutationReport], fail_on_survivor: bool
+) -> None:
+    name = loaded.spec.name
+    suites = []
+    for report in reports:
+        cases = []
+        for result in report.results:
+            case = junit_xml.TestCase(
+                result.mutant.name,
+                classname=f"gradaudit.{name}.{report.device}.{report.dtype}.mutants",
+                elapsed_sec=0.0,
+            )
+            if result.status == "survived":
+                message = clean(survivor_line(report, result), 300)
+                if fail_on_survivor:
+                    case.add_failure_info(message=message, output=message)
+                else:
+                    case.add_skipped_info(message=f"warning: {message}", output=message)
+            elif result.status != "killed":
+                case.add_skipped_info(message=result.status, output=result.status)
+            else:
+                case.stdout = f"killed by {result.killed_by}"
+            cases.append(case)
+        suite = junit_xml.TestSuite(
+            f"{name}[{report.device},{report.dtype},mutants]",
+            cases,
+            properties={
+                "mutation_score": f"{report.score():.4f}",
+                "spec": str(loaded.path),
+                "spec_sha256": loaded.sha256,
+            },
+        )
+        suites.append(suite.build_xml_doc(encoding="utf-8"))
+    write_atomic(path, document(suites))

@@ -1,0 +1,92 @@
+"""`gradaudit mutate`: mutants, kill/survive verdicts, sensitivity, exit codes and JUnit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from junitparser import JUnitXml, Skipped
+from junitparser import Failure as JFailure
+
+from gradaudit.compare import Tol
+from gradaudit.mutate import generic_mutants, sensitivity
+from gradaudit.types import Batch
+from tests.conftest import REPO, SpecWriter, run_gradaudit
+
+BATCH = Batch(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long))
+
+
+def _by_name(names: list[str]) -> dict[str, object]:
+    return {m.name: m for m in generic_mutants(names)}
+
+
+def test_generic_mutants_change_what_they_say() -> None:
+    grads = {
+        "W": torch.arange(9.0).reshape(3, 3),
+        "b": torch.tensor([1.0, -2.0, 3.0]),
+        "h.1": torch.ones(2),
+        "h.2": 2 * torch.ones(2),
+    }
+    mutants = {m.name: m for m in generic_mutants(list(grads))}
+    assert torch.equal(mutants["scale(0.01):W"].apply(grads, BATCH)["W"], grads["W"] * 1.01)
+    assert torch.equal(mutants["sign:b"].apply(grads, BATCH)["b"], -grads["b"])
+    assert torch.equal(mutants["transpose:W"].apply(grads, BATCH)["W"], grads["W"].T)
+    assert mutants["transpose:b"].apply(grads, BATCH) is None  # not square: not applicable
+    zeroed = mutants["zero-row:W"].apply(grads, BATCH)["W"]
+    assert zeroed[2].abs().sum() == 0 and torch.equal(zeroed[:2], grads["W"][:2])
+    assert torch.equal(mutants["times-B:b"].apply(grads, BATCH)["b"], 4 * grads["b"])
+    assert torch.equal(mutants["times-T:b"].apply(grads, BATCH)["b"], 3 * grads["b"])
+    swapped = mutants["swap-steps:h.1,h.2"].apply(grads, BATCH)
+    assert torch.equal(swapped["h.1"], grads["h.2"]) and torch.equal(swapped["h.2"], grads["h.1"])
+    element = mutants["element:b"].apply(grads, BATCH)["b"]
+    assert (element != grads["b"]).sum() == 1 and element[2] == pytest.approx(3.03)
+    assert "swap-steps:h.2,h.3" not in mutants
+
+
+def test_sensitivity_matches_the_tolerance() -> None:
+    assert sensitivity(Tol("allclose", 1e-6, 1e-5), 0.1, 0.0) == pytest.approx(1e-6 + 1e-4)
+    baseline = Tol("baseline", k=2.0, floor_ulps=2.0, eps=2.0**-23)
+    assert sensitivity(baseline, 0.5, 1e-8) == pytest.approx((2e-8 + 2 * 2.0**-23 * 0.5) / 0.5)
+
+
+def test_shipped_style_spec_kills_every_mutant(write_spec: SpecWriter, tmp_path: Path) -> None:
+    junit = tmp_path / "mutants.xml"
+    result = run_gradaudit("mutate", write_spec(), "--junit-xml", junit, "--fail-on-survivor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cpu/float32: mutation score 100.0%" in result.stdout
+    assert "cpu/float64: mutation score 100.0%" in result.stdout
+    assert "0 survivors" in result.stdout
+    suites = list(JUnitXml.fromfile(str(junit)))
+    assert [s.name for s in suites] == ["small[cpu,float32,mutants]", "small[cpu,float64,mutants]"]
+    for suite in suites:
+        assert not any(isinstance(r, JFailure) for case in suite for r in case.result)
+
+
+def test_loose_tolerance_lets_mutants_survive(write_spec: SpecWriter, tmp_path: Path) -> None:
+    loose = {"mode": "allclose", "rtol": 0.05, "atol": 1e-3}
+    spec = write_spec(tolerance=loose, dtypes=["float64"])
+    junit = tmp_path / "mutants.xml"
+    warn = run_gradaudit("mutate", spec, "--junit-xml", junit)
+    assert warn.returncode == 0, warn.stdout + warn.stderr  # survivors only warn by default
+    assert "WARNING cpu/float64 scale(0.001):" in warn.stdout
+    assert "tighten the tolerance for" in warn.stdout
+    cases = [c for s in JUnitXml.fromfile(str(junit)) for c in s]
+    survived = [c for c in cases if any(isinstance(r, Skipped) for r in c.result)]
+    assert any(c.name.startswith("scale(0.001):") for c in survived)
+    assert any(c.name.startswith("sign:") for c in cases if not c.result)  # sign: still killed
+
+    gate = run_gradaudit("mutate", spec, "--junit-xml", junit, "--fail-on-survivor")
+    assert gate.returncode == 1
+    failures = [c for s in JUnitXml.fromfile(str(junit)) for c in s if c.result]
+    assert any(isinstance(r, JFailure) for c in failures for r in c.result)
+
+
+def test_mutate_needs_a_green_audit(write_spec: SpecWriter) -> None:
+    spec = write_spec(
+        plugins=[str(REPO / "tests" / "negative_controls.py")],
+        gradients={"plugin": "bptt-sign-error"},
+    )
+    result = run_gradaudit("mutate", spec)
+    assert result.returncode == 1
+    assert "not green" in result.stdout
