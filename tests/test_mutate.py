@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from junitparser import JUnitXml, Skipped
 from junitparser import Failure as JFailure
+from junitparser import JUnitXml, Skipped
 
 from gradaudit.compare import Tol
 from gradaudit.mutate import generic_mutants, sensitivity
@@ -15,10 +15,6 @@ from gradaudit.types import Batch
 from tests.conftest import REPO, SpecWriter, run_gradaudit
 
 BATCH = Batch(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long))
-
-
-def _by_name(names: list[str]) -> dict[str, object]:
-    return {m.name: m for m in generic_mutants(names)}
 
 
 def test_generic_mutants_change_what_they_say() -> None:

@@ -21,5 +21,8 @@ def register_models(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def register_gradients(register: Callable[[str, Any], None]) -> None:
     from gradaudit_charrnn.bptt import charrnn_bptt
+    from gradaudit_charrnn.gallery import GALLERY
 
     register("charrnn-bptt", charrnn_bptt)
+    for name, wrong in GALLERY.items():  # charrnn-bptt-bug-<slug>: deliberately wrong BPTTs
+        register(name, wrong)
