@@ -25,17 +25,23 @@ def test_generic_mutants_change_what_they_say() -> None:
         "h.2": 2 * torch.ones(2),
     }
     mutants = {m.name: m for m in generic_mutants(list(grads))}
-    assert torch.equal(mutants["scale(0.01):W"].apply(grads, BATCH)["W"], grads["W"] * 1.01)
-    assert torch.equal(mutants["sign:b"].apply(grads, BATCH)["b"], -grads["b"])
-    assert torch.equal(mutants["transpose:W"].apply(grads, BATCH)["W"], grads["W"].T)
+
+    def mutated(name: str) -> dict[str, torch.Tensor]:
+        out = mutants[name].apply(grads, BATCH)
+        assert out is not None
+        return out
+
+    assert torch.equal(mutated("scale(0.01):W")["W"], grads["W"] * 1.01)
+    assert torch.equal(mutated("sign:b")["b"], -grads["b"])
+    assert torch.equal(mutated("transpose:W")["W"], grads["W"].T)
     assert mutants["transpose:b"].apply(grads, BATCH) is None  # not square: not applicable
-    zeroed = mutants["zero-row:W"].apply(grads, BATCH)["W"]
+    zeroed = mutated("zero-row:W")["W"]
     assert zeroed[2].abs().sum() == 0 and torch.equal(zeroed[:2], grads["W"][:2])
-    assert torch.equal(mutants["times-B:b"].apply(grads, BATCH)["b"], 4 * grads["b"])
-    assert torch.equal(mutants["times-T:b"].apply(grads, BATCH)["b"], 3 * grads["b"])
-    swapped = mutants["swap-steps:h.1,h.2"].apply(grads, BATCH)
+    assert torch.equal(mutated("times-B:b")["b"], 4 * grads["b"])
+    assert torch.equal(mutated("times-T:b")["b"], 3 * grads["b"])
+    swapped = mutated("swap-steps:h.1,h.2")
     assert torch.equal(swapped["h.1"], grads["h.2"]) and torch.equal(swapped["h.2"], grads["h.1"])
-    element = mutants["element:b"].apply(grads, BATCH)["b"]
+    element = mutated("element:b")["b"]
     assert (element != grads["b"]).sum() == 1 and element[2] == pytest.approx(3.03)
     assert "swap-steps:h.2,h.3" not in mutants
 
