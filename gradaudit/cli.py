@@ -37,6 +37,12 @@ def cli() -> None:
     help="Fail (exit 2) instead of skipping when DEVICE is absent.",
 )
 @click.option("--shard", metavar="K/N", help="Run shard K of N (batches k with k % N == K-1).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Per-case limit: a batch that runs longer is an error, and the run moves on.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print a line per batch and tensor.")
 @click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
@@ -48,6 +54,7 @@ def run_command(
     dtypes: tuple[str, ...],
     require_devices: tuple[str, ...],
     shard: str | None,
+    timeout: float | None,
     quiet: bool,
     verbose: bool,
     color: bool | None,
@@ -65,6 +72,7 @@ def run_command(
         dtypes=dtypes,
         require_devices=require_devices,
         shard=shard,
+        timeout=timeout,
         color=tty if color is None else color,
         progress=sys.stderr.isatty(),
         verbosity=-1 if quiet else 1 if verbose else 0,

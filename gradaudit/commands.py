@@ -27,6 +27,7 @@ class RunOptions:
     dtypes: tuple[str, ...] = ()
     require_devices: tuple[str, ...] = ()
     shard: str | None = None
+    timeout: float | None = None
     color: bool = False
     progress: bool = False
     verbosity: int = 0
@@ -74,6 +75,8 @@ def run(spec_path: str, options: RunOptions) -> int:
             raise UsageError(f"--require-device {device}: {reason}")
 
     audit = Audit(loaded)
+    audit.timeout = options.timeout
+    audit.check_memory(dtypes)
     versions = {
         "gradaudit_version": gradaudit.__version__,
         "torch_version": torch.__version__,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,10 +149,29 @@ class Audit:
             raise PluginError(
                 f"model plugin '{spec.model.plugin}' failed to build: {_why(exc)}"
             ) from None
-        self.tensor_names = self._select(self._probe_names())
+        self.all_names = self._probe_names()
+        self.tensor_names = self._select(self.all_names)
         self.current: list[GroupResult] = []  # the groups of the (device, dtype) in progress
         self.mutants: list[Mutant] | None = None  # set by `gradaudit mutate`
+        self.timeout: float | None = None  # seconds per case (--timeout)
         self.mutation_reports: list[MutationReport] = []
+
+    def check_memory(self, dtypes: list[str]) -> None:
+        """Refuse, before running, a batch whose tensors cannot fit in this machine's memory."""
+        available = _available_memory()
+        if available is None or self.probe_numel == 0:
+            return
+        b = self.loaded.spec.batches
+        rows = b.size or max(self.probe_rows_total, 1)
+        widest = max(torch.finfo(getattr(torch, d)).bits // 8 for d in dtypes)
+        # forward, reference, manual and the float64 truth's copies, roughly
+        needed = self.probe_numel * rows * (3 * widest + 2 * 8)
+        if needed > 0.8 * available:
+            raise DataError(
+                f"a batch of {rows} x {b.block_size} needs about {needed / 2**30:.1f} GiB for its "
+                f"tensors; this machine has {available / 2**30:.1f} GiB available: "
+                "lower batches.size or block_size"
+            )
 
     def batches(self) -> Iterator[Batch]:
         b = self.loaded.spec.batches
@@ -164,6 +186,7 @@ class Audit:
         if first is None:
             raise DataError("the data plugin gave no batches")
         probe = Batch(first.inputs[:1], first.targets[:1], first.index, first.seed)
+        self.probe_rows_total = first.inputs.shape[0]
         try:
             forward = self.master(probe.inputs, probe.targets)
         except Exception as exc:
@@ -176,6 +199,7 @@ class Audit:
                 f"gradaudit.Forward, got {type(forward).__name__}"
             )
         params = [name for name, _ in self.master.named_parameters()]
+        self.probe_numel = sum(t.numel() for t in forward.intermediates.values())
         clash = set(params) & set(forward.intermediates)
         if clash:
             raise PluginError(f"intermediate names clash with parameter names: {sorted(clash)}")
@@ -303,6 +327,8 @@ class _Case:
             )
             audit.mutation_reports.append(self.mutation)
         self.fd_batches_done = 0
+        self.timeout = audit.timeout
+        self.all_names = set(audit.all_names)
         self.setup_error: str | None = None
         self.truth_model: torch.nn.Module | None = None
         try:
@@ -374,8 +400,17 @@ class _Case:
         return manual
 
     def run(self, batch: Batch) -> None:
-        """One batch: forward, autograd reference, manual gradients, then every comparison."""
+        """One batch under the per-case time limit; a timeout is an error for that case."""
+        try:
+            with _deadline(self.timeout):
+                self._run(batch)
+        except CaseTimeout:
+            self._fail_all(batch, f"timed out after {self.timeout:g}s (--timeout)")
+
+    def _run(self, batch: Batch) -> None:
+        """Forward, autograd reference, manual gradients, then every comparison."""
         names = list(self.summaries)
+        inputs = (batch.inputs.clone(), batch.targets.clone())
         try:
             forward, _, reference = self._reference(self.model, batch, names)
             truth: list[torch.Tensor] | None = None
@@ -385,11 +420,26 @@ class _Case:
         except Exception as exc:
             self._fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {_why(exc)}")
             return
+        if not (torch.equal(batch.inputs, inputs[0]) and torch.equal(batch.targets, inputs[1])):
+            self._fail_all(batch, f"model '{self.spec.model.plugin}' modified the batch in place")
+            return
+        before = _snapshot(self.model, forward)
         try:
             manual = self._manual(batch, forward)
         except Exception as exc:
             self._fail_all(batch, f"gradients '{self.spec.gradients.plugin}' raised {_why(exc)}")
             return
+        touched = _changed(before, self.model, forward)
+        if not (torch.equal(batch.inputs, inputs[0]) and torch.equal(batch.targets, inputs[1])):
+            touched.append("the batch")
+        if touched:
+            _restore(before, self.model)
+            self._fail_all(
+                batch,
+                f"gradients '{self.spec.gradients.plugin}' modified {', '.join(touched)} in place",
+            )
+            return
+        self._unknown_names(batch, manual)
         checks: dict[str, Check] = {}
         for i, (name, ref) in enumerate(zip(names, reference, strict=True)):
             result = self._compare(
@@ -422,6 +472,15 @@ class _Case:
         if not isinstance(got, torch.Tensor):
             self._error(name, batch, f"gradient is a {type(got).__name__}, not a tensor", kind)
             return None
+        if got.requires_grad:
+            self._error(name, batch, "gradient requires grad: return plain tensors", kind)
+            return None
+        alias = self._aliased(got)
+        if alias:
+            self._error(
+                name, batch, f"gradient shares memory with {alias}: return a new tensor", kind
+            )
+            return None
         summary = next(s for s in self.groups[kind].tensors if s.tensor == name)
         try:
             result = check(got, reference, tol or summary.tol, truth)
@@ -431,6 +490,28 @@ class _Case:
         summary.add(result, batch.index, batch.seed)
         self._emit(kind, name, batch, check=result)
         return result
+
+    def _aliased(self, tensor: torch.Tensor) -> str | None:
+        """The parameter whose memory this gradient shares (a view, or the parameter itself)."""
+        pointer = tensor.untyped_storage().data_ptr()
+        for name, param in self.model.named_parameters():
+            if param.untyped_storage().data_ptr() == pointer:
+                return f"parameter {name}"
+        return None
+
+    def _unknown_names(self, batch: Batch, manual: Mapping[str, torch.Tensor]) -> None:
+        """A gradient for a tensor the model does not have is a mistake worth a test case."""
+        group = self.groups["gradients"]
+        for name in manual:
+            if name in self.all_names:
+                continue
+            if name not in self.summaries:
+                summary = TensorSummary(str(name), Tol("allclose"))
+                self.summaries[name] = summary
+                group.tensors.append(summary)
+            plugin = self.spec.gradients.plugin
+            message = f"gradients '{plugin}' returned '{name}', which the model does not have"
+            self._error(str(name), batch, message)
 
     def _mutate(
         self,
@@ -556,3 +637,65 @@ class _Case:
 def _dot(gradients: list[torch.Tensor], direction: list[torch.Tensor]) -> float:
     """<g, v> over all parameters."""
     return sum(float((g * v).sum()) for g, v in zip(gradients, direction, strict=True))
+
+
+class CaseTimeout(Exception):
+    """A case ran past --timeout."""
+
+
+@contextmanager
+def _deadline(seconds: float | None) -> Iterator[None]:
+    """SIGALRM-based limit (Unix, main thread); a no-op elsewhere or when unset."""
+    usable = (
+        seconds
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise CaseTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+Snapshot = dict[str, torch.Tensor]
+
+
+def _snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:
+    """Copies of what a manual gradient must only read: parameters and forward tensors."""
+    state = {f"parameter {n}": p.detach().clone() for n, p in model.named_parameters()}
+    state |= {f"intermediate {n}": t.detach().clone() for n, t in forward.intermediates.items()}
+    return state
+
+
+def _changed(before: Snapshot, model: torch.nn.Module, forward: Forward) -> list[str]:
+    now: dict[str, torch.Tensor] = {f"parameter {n}": p for n, p in model.named_parameters()}
+    now |= {f"intermediate {n}": t for n, t in forward.intermediates.items()}
+    return [k for k, v in before.items() if not torch.equal(v, now[k].detach())]
+
+
+def _restore(before: Snapshot, model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(before[f"parameter {name}"])
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -21,6 +21,7 @@ from pydantic import (
 
 from gradaudit.errors import SpecError
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 Dtype = Literal["float64", "float32", "bfloat16", "float16"]
 DEVICE_PATTERN = r"^(cpu|mps|(cuda|xpu)(:\d+)?)$"
@@ -295,6 +296,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
     """Read and validate a spec file."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}:1: the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
