@@ -49,8 +49,10 @@ def main() -> int:
         print(f"{dtype}: done in {time.perf_counter() - start:.0f}s", file=sys.stderr)
 
     groups = sorted({g for _, g in worst}, key=lambda g: (g != "logits", g != "h.*", g))
-    print(f"worst budget used over {args.batches} batches of {spec.batches.size}x"
-          f"{spec.batches.block_size} ({spec.name}, tolerance mode {spec.tolerance.mode})")
+    print(
+        f"worst budget used over {args.batches} batches of {spec.batches.size}x"
+        f"{spec.batches.block_size} ({spec.name}, tolerance mode {spec.tolerance.mode})"
+    )
     print("| dtype | " + " | ".join(groups) + " | false failures |")
     print("|---|" + "---|" * (len(groups) + 1))
     for dtype in spec.dtypes:

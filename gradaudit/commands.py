@@ -16,7 +16,7 @@ from gradaudit.spec import load_spec
 from gradaudit.write import check_writable
 
 if TYPE_CHECKING:
-    from gradaudit.runner import CaseResult, Shard
+    from gradaudit.results import CaseResult, Shard
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ EXIT_SIGTERM = 143
 
 
 def parse_shard(text: str) -> Shard:
-    from gradaudit.runner import Shard
+    from gradaudit.results import Shard
 
     match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
     if not match or not 1 <= int(match[1]) <= int(match[2]):
@@ -53,7 +53,7 @@ def parse_shard(text: str) -> Shard:
 def run(spec_path: str, options: RunOptions) -> int:
     """Audit one spec. Reports are written even when the run breaks or is interrupted."""
     loaded = load_spec(spec_path)
-    shard = parse_shard(options.shard) if options.shard else None
+    shard = parse_shard(options.shard) if options.shard is not None else None
     for path in (options.junit_xml, options.json_path):
         if path:
             check_writable(path)
@@ -63,7 +63,8 @@ def run(spec_path: str, options: RunOptions) -> int:
     from gradaudit.report.base import Reporter, RunInfo
     from gradaudit.report.console import ConsoleReporter
     from gradaudit.report.github import GitHubReporter
-    from gradaudit.runner import Audit, RunSummary, device_unavailable
+    from gradaudit.results import RunSummary
+    from gradaudit.runner import Audit, device_unavailable
 
     devices = _subset("--device", options.devices, loaded.spec.devices)
     dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
@@ -212,7 +213,8 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
 
     from gradaudit.mutate import generic_mutants
     from gradaudit.report import mutation
-    from gradaudit.runner import Audit, RunSummary
+    from gradaudit.results import RunSummary
+    from gradaudit.runner import Audit
 
     loaded = load_spec(spec_path)
     if options.junit_xml:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gradaudit.spec import Tolerance
+from gradaudit.text import clean
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +27,7 @@ EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64":
 DEFAULT_K = 2.0
 DEFAULT_FLOOR_ULPS = 2.0
 MAX_ERRORS_KEPT = 5
+MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ class TensorSummary:
     def add_error(self, message: str) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
-            self.errors.append(message)
+            self.errors.append(clean(message, MAX_ERROR_CHARS))
 
     @property
     def budget(self) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 from gradaudit.compare import TensorSummary
 from gradaudit.errors import UsageError
-from gradaudit.runner import GroupResult, RunSummary
+from gradaudit.results import GroupResult, RunSummary
 
 Key = tuple[str, str, str]  # (device, dtype, check)
 
@@ -27,6 +27,16 @@ class _Groups:
         self.tensors: dict[Key, dict[str, TensorSummary]] = {}
         self.stopped: list[str] = []
         self.spec_sha: str | None = None
+        self.shards: dict[str, str] = {}  # shard -> the report it came from
+
+    def check_shard(self, shard: str, where: str) -> None:
+        """Each shard once: merging a report twice would double its batches."""
+        key = shard or where
+        if key in self.shards and self.shards[key] != where:
+            raise UsageError(f"{where}: shard {key} is already merged from {self.shards[key]}")
+        if key in self.shards:
+            raise UsageError(f"{where}: given twice")
+        self.shards[key] = where
 
     def check_spec(self, sha: str, where: str) -> None:
         if self.spec_sha is None:
@@ -71,6 +81,7 @@ def merge_junit(out: str, inputs: list[str]) -> RunSummary:
     shards = []
     for path in inputs:
         suites = _read(path, read_suites)
+        merged.check_shard(suites[0][0].get("shard", "") if suites else "", path)
         for props, tensors, stopped in suites:
             merged.check_spec(props.get("spec_sha256", ""), path)
             spec_name = spec_name or props.get("spec_name", "")
@@ -108,6 +119,7 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise UsageError(f"{path}: not a gradaudit JSON report")
         merged.check_spec(data["run"].get("spec_sha256", ""), path)
+        merged.check_shard(data["run"].get("shard", ""), path)
         run = run or dict(data["run"])
         cases += data["cases"]
         if data.get("stopped"):

@@ -31,7 +31,8 @@ class BadTanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (h,) = ctx.saved_tensors
-        return grad * (1 + h * h)  # the bug: tanh' is 1 - h^2
+        wrong: torch.Tensor = grad * (1 + h * h)  # the bug: tanh' is 1 - h^2
+        return wrong
 
 
 class BadTanhRNN(CharRNN):
@@ -41,7 +42,7 @@ class BadTanhRNN(CharRNN):
         h = self.h0.expand(batch, -1)
         hidden = []
         for t in range(steps):
-            h = BadTanh.apply(self.U(emb[:, t]) + self.W(h))
+            h = BadTanh.apply(self.U(emb[:, t]) + self.W(h))  # type: ignore[no-untyped-call]
             hidden.append(h)
         logits = self.V(torch.stack(hidden, dim=1))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

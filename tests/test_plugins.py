@@ -92,7 +92,11 @@ def test_entry_points_register_the_shipped_plugins() -> None:
     assert registry.get("data", "text") is gradaudit_text.load_text
     assert ("charrnn", "built in (gradaudit_charrnn)", dist_version) in registry.plugins
     assert ("text", "built in (gradaudit_text)", dist_version) in registry.plugins
-    assert [r.kind for r in registry.all()] == ["model", "model", "gradients", "gradients", "data"]
+    from gradaudit_charrnn.gallery import GALLERY
+
+    shipped = [r for r in registry.all() if r.name not in GALLERY]
+    assert [r.kind for r in shipped] == ["model", "model", "gradients", "gradients", "data"]
+    assert set(GALLERY) <= set(registry.entries["gradients"])
 
 
 def test_allow_list_loads_only_the_named_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,7 +120,9 @@ def test_empty_allow_list_loads_none(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_allow_list_is_comma_separated_and_trims(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ALLOW_ENV, " charrnn , ,text ")
     registry = plugin_manager()
-    assert {r.name for r in registry.all()} == {"charrnn", "charrnn-bptt", "text"}
+    from gradaudit_charrnn.gallery import GALLERY
+
+    assert {r.name for r in registry.all()} == {"charrnn", "charrnn-bptt", "text", *GALLERY}
 
 
 def test_allow_list_matches_whole_names(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
-from gradaudit.runner import CaseResult, GroupResult, RunSummary, Shard
+from gradaudit.results import CaseResult, GroupResult, RunSummary, Shard
 from gradaudit.spec import LoadedSpec
 
 

@@ -11,7 +11,7 @@ import click
 from gradaudit.compare import TensorSummary
 from gradaudit.report.base import RunInfo
 from gradaudit.report.describe import detail, fmt
-from gradaudit.runner import CaseResult, GroupResult, RunSummary
+from gradaudit.results import CaseResult, GroupResult, RunSummary
 
 COLUMNS = (
     ("device", 8),

@@ -9,7 +9,7 @@ from typing import TextIO
 from gradaudit.report.base import RunInfo
 from gradaudit.report.console import budget
 from gradaudit.report.describe import fmt, verdict_line
-from gradaudit.runner import CaseResult, GroupResult, RunSummary
+from gradaudit.results import CaseResult, GroupResult, RunSummary
 
 MAX_ANNOTATIONS = 10
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gradaudit.report.base import RunInfo
-from gradaudit.runner import CaseResult, GroupResult, RunSummary
+from gradaudit.results import CaseResult, GroupResult, RunSummary
 from gradaudit.write import temp_beside
 
 SCHEMA = "gradaudit-run"

@@ -10,7 +10,6 @@ reports can be merged exactly (`gradaudit merge`).
 from __future__ import annotations
 
 import json
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,22 +20,18 @@ from gradaudit.compare import TensorSummary
 from gradaudit.report.base import RunInfo
 from gradaudit.report.describe import detail, verdict_line
 from gradaudit.report.jsonfile import dumps, unfinite
-from gradaudit.runner import CaseResult, GroupResult, RunSummary
+from gradaudit.results import CaseResult, GroupResult, RunSummary
+from gradaudit.text import clean as clean_text
 from gradaudit.write import write_atomic
 
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
-_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
 MAX_BODY = 64_000
 MAX_MESSAGE = 300
 SUMMARY_PROPERTY = "gradaudit.summary"
 
 
 def clean(text: str, limit: int = MAX_BODY) -> str:
-    """Strip ANSI escapes and XML-illegal characters, then cap the length."""
-    text = _ILLEGAL.sub("", _ANSI.sub("", text))
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f"\n... ({len(text) - limit} characters cut)"
+    """Report text: no ANSI escapes, no XML-illegal characters, capped."""
+    return clean_text(text, limit)
 
 
 def suite_name(spec_name: str, device: str, dtype: str, check: str = "gradients") -> str:
@@ -119,8 +114,8 @@ def document(suites: Iterable[ET.Element]) -> str:
         root.set(key, str(value))
     root.set("time", f"{seconds:.3f}")
     for element in root.iter():
-        if "time" in element.attrib:
-            element.set("time", f"{float(element.get('time', 0)):.3f}")
+        if element.tag in ("testsuite", "testcase") or "time" in element.attrib:
+            element.set("time", f"{float(element.get('time', 0) or 0):.3f}")
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -1,0 +1,314 @@
+"""gradaudit's cost against the bare computations it must do, measured side by side.
+
+Every target is a ratio of two things measured in this one run on this machine, so
+noise from other load affects both sides. Prints a table; exits 0 (it reports, it
+does not gate). `--quick` runs small sizes only, to prove the script works (CI).
+
+    python benchmarks/bench.py            # the full table (several minutes on 2 cores)
+    python benchmarks/bench.py --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+import torch  # noqa: E402
+from gradaudit_charrnn.bptt import charrnn_bptt  # noqa: E402
+from gradaudit_charrnn.model import build_charrnn  # noqa: E402
+
+from gradaudit.types import Batch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GRADAUDIT = str(Path(sys.executable).with_name("gradaudit"))
+ROWS: list[tuple[str, str, str, str]] = []  # what, measured, baseline, ratio + target
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def row(what: str, measured: float, baseline: float, target: str, unit: str = "ms") -> None:
+    scale = 1000.0 if unit == "ms" else 1.0
+    ratio = measured / baseline if baseline else float("inf")
+    ROWS.append(
+        (
+            what,
+            f"{measured * scale:.3g} {unit}",
+            f"{baseline * scale:.3g} {unit}",
+            f"{ratio:.2f}x ({target})",
+        )
+    )
+
+
+def bench_bptt(sizes: list[tuple[int, int, int]], repeat: int) -> None:
+    """Manual BPTT against autograd's backward of the same forward (float32, CPU)."""
+    vocab = 65
+    for B, T, H in sizes:
+        torch.manual_seed(0)
+        model = build_charrnn(vocab, d_model=24, n_hidden=H)
+        x = torch.randint(0, vocab, (B, T))
+        y = torch.randint(0, vocab, (B, T))
+        batch = Batch(x, y)
+        forward = model(x, y)
+        params = list(model.parameters())
+        detached = forward.detached()
+
+        def autograd_backward() -> object:
+            f = model(x, y)
+            return torch.autograd.grad(f.loss, params)
+
+        def forward_only() -> object:
+            return model(x, y)
+
+        def manual() -> object:
+            with torch.no_grad():
+                return charrnn_bptt(model, batch, detached)
+
+        r = max(3, repeat // max(1, (B * T * H) // 20000))
+        t_fwd = median_time(forward_only, r)
+        t_auto = median_time(autograd_backward, r) - t_fwd  # the backward alone
+        t_manual = median_time(manual, r)
+        row(
+            f"manual BPTT vs autograd backward, B,T,H={B},{T},{H}",
+            t_manual,
+            t_auto,
+            "target <= 1.0",
+        )
+        del forward
+
+
+def bench_overhead(batches: int) -> None:
+    """`gradaudit run` in-process against a bare loop doing the same work."""
+    from gradaudit.compare import DEFAULT_TOLERANCES
+    from gradaudit.runner import Audit
+    from gradaudit.spec import LoadedSpec, parse_spec
+
+    text = f"""
+name: overhead
+model: {{plugin: charrnn, options: {{d_model: 24, n_hidden: 200}}}}
+gradients: {{plugin: charrnn-bptt}}
+batches: {{count: {batches}, size: 32, block_size: 8, seed: 64}}
+devices: [cpu]
+dtypes: [float32]
+tolerance: {{mode: allclose}}
+"""
+    loaded = LoadedSpec(parse_spec(text, "overhead.yaml"), REPO / "overhead.yaml", "0" * 64)
+    audit = Audit(loaded)
+    rtol, atol = DEFAULT_TOLERANCES["float32"]
+
+    def gradaudit_run() -> object:
+        return audit.run_groups("cpu", "float32")
+
+    def bare_loop() -> object:
+        model = copy.deepcopy(audit.master)
+        names = audit.tensor_names
+        ok = True
+        for batch in audit.batches():
+            f = model(batch.inputs, batch.targets)
+            tensors = {**f.intermediates, **dict(model.named_parameters())}
+            ref = torch.autograd.grad(f.loss, [tensors[n] for n in names])
+            with torch.no_grad():
+                manual = charrnn_bptt(model, batch, f.detached())
+            for n, r in zip(names, ref, strict=True):
+                ok &= torch.allclose(manual[n], r, rtol=rtol, atol=atol)
+        return ok
+
+    t_run = median_time(gradaudit_run, 3)
+    t_bare = median_time(bare_loop, 3)
+    row(
+        f"gradaudit run vs bare loop, {batches} batches of 32x8",
+        t_run,
+        t_bare,
+        "target <= 1.25",
+        "s",
+    )
+
+
+def subprocess_time(args: list[str], repeat: int) -> float:
+    def call() -> object:
+        return subprocess.run(args, capture_output=True, check=True, cwd=REPO)
+
+    return median_time(call, repeat)
+
+
+def bench_startup(repeat: int) -> None:
+    """Commands that must not import torch, against importing torch."""
+    t_torch = subprocess_time([sys.executable, "-c", "import torch"], repeat)
+    t_help = subprocess_time([GRADAUDIT, "--help"], repeat)
+    t_validate = subprocess_time([GRADAUDIT, "validate", "specs/charrnn.yaml"], repeat)
+    row("gradaudit --help vs python -c 'import torch'", t_help, t_torch, "target <= 0.25")
+    row("gradaudit validate vs python -c 'import torch'", t_validate, t_torch, "target <= 0.25")
+
+
+def peak_rss_kib(spec_text: str) -> int:
+    """Peak RSS of one `gradaudit run` child process (ru_maxrss of the children)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "spec.yaml"
+        spec.write_text(spec_text)
+        code = (
+            "import resource, subprocess, sys;"
+            f"subprocess.run([{GRADAUDIT!r}, 'run', {str(spec)!r}, '-q', '--json', "
+            f"{str(Path(tmp) / 'r.json')!r}], check=True, stdout=subprocess.DEVNULL);"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip())
+
+
+def bench_memory(small: int, large: int) -> None:
+    def spec(count: int) -> str:
+        return (
+            "name: memory\nmodel: {plugin: charrnn, options: {d_model: 4, n_hidden: 8}}\n"
+            "gradients: {plugin: charrnn-bptt}\n"
+            f"batches: {{count: {count}, size: 2, block_size: 4, seed: 0}}\n"
+            "devices: [cpu]\ndtypes: [float32]\ntolerance: {mode: allclose}\n"
+        )
+
+    rss_small = peak_rss_kib(spec(small))
+    rss_large = peak_rss_kib(spec(large))
+    ROWS.append(
+        (
+            f"peak RSS, {large} batches vs {small} batches (with --json)",
+            f"{rss_large / 1024:.0f} MiB",
+            f"{rss_small / 1024:.0f} MiB",
+            f"{rss_large / rss_small:.2f}x (target <= 1.10)",
+        )
+    )
+
+
+def bench_finite_difference(full_gradcheck: bool) -> None:
+    """gradaudit's finite-difference check vs torch.autograd.gradcheck, notebook-sized, float64."""
+    from gradaudit.runner import Audit
+    from gradaudit.spec import LoadedSpec, parse_spec
+
+    text = """
+name: fd
+model: {plugin: charrnn, options: {d_model: 24, n_hidden: 200}}
+gradients: {plugin: charrnn-bptt}
+batches: {count: 1, size: 1, block_size: 8, seed: 64}
+devices: [cpu]
+dtypes: [float64]
+checks: {finite_difference: {directions: 8}}
+"""
+    audit = Audit(LoadedSpec(parse_spec(text, "fd.yaml"), REPO / "fd.yaml", "0" * 64))
+    groups = audit.run_groups("cpu", "float64")
+    fd_group = next(g for g in groups if g.check == "finite_difference")
+    assert all(s.status == "pass" for s in fd_group.tensors)
+    fd_seconds = fd_group.seconds  # gradients + fd for the batch: an upper bound for fd alone
+
+    model = copy.deepcopy(audit.master).double()
+    batch = next(audit.batches())
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+
+    def loss_of(*values: torch.Tensor) -> torch.Tensor:
+        state = dict(zip(names, values, strict=True))
+        return torch.func.functional_call(model, state, (batch.inputs, batch.targets)).loss
+
+    start = time.perf_counter()
+    assert torch.autograd.gradcheck(loss_of, params, fast_mode=True)
+    fast = time.perf_counter() - start
+    row(
+        "finite-difference check vs gradcheck fast_mode (float64, notebook size)",
+        fd_seconds,
+        fast,
+        "info",
+        "s",
+    )
+    if full_gradcheck:
+        start = time.perf_counter()
+        assert torch.autograd.gradcheck(loss_of, params)
+        full = time.perf_counter() - start
+        ROWS.append(
+            (
+                "finite-difference check vs gradcheck full (float64, notebook size)",
+                f"{fd_seconds:.3g} s",
+                f"{full:.3g} s",
+                f"{full / fd_seconds:.0f}x faster (target >= 50x)",
+            )
+        )
+
+
+def bench_threads(batches: int) -> None:
+    """What torch's intra-op threads give, and whether dtype groups in parallel help."""
+    spec = REPO / "specs" / "charrnn.yaml"
+    base = [GRADAUDIT, "run", str(spec), "--device", "cpu", "-q", "--dtype"]
+    env1 = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run_one(threads_env: dict[str, str], dtypes: list[str]) -> None:
+        procs = [
+            subprocess.Popen(base + [d], env=threads_env, stdout=subprocess.DEVNULL) for d in dtypes
+        ]
+        for p in procs:
+            assert p.wait() == 0
+
+    def sequential(env: dict[str, str]) -> float:
+        start = time.perf_counter()
+        run_one(env, ["float32"])
+        run_one(env, ["float64"])
+        return time.perf_counter() - start
+
+    t1 = sequential(env1)
+    t2 = sequential(dict(os.environ))
+    start = time.perf_counter()
+    run_one(env1, ["float32", "float64"])  # two processes at once, one thread each
+    parallel = time.perf_counter() - start
+    row("specs/charrnn.yaml cpu float32+float64: 2 threads vs 1 thread", t2, t1, "info", "s")
+    row(
+        "same, 2 processes x 1 thread in parallel vs sequential 2 threads",
+        parallel,
+        t2,
+        "info",
+        "s",
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus")
+    if args.quick:
+        bench_bptt([(1, 8, 200), (32, 8, 200)], 5)
+        bench_overhead(10)
+        bench_startup(2)
+        bench_memory(20, 200)
+        bench_finite_difference(full_gradcheck=False)
+    else:
+        bench_bptt([(1, 8, 200), (32, 8, 200), (64, 64, 512), (128, 256, 1024)], 20)
+        bench_overhead(200)
+        bench_startup(5)
+        bench_memory(100, 10_000)
+        bench_finite_difference(full_gradcheck=True)
+        bench_threads(8)
+    width = [max(len(r[i]) for r in ROWS) for i in range(4)]
+    header = ("what", "measured", "baseline", "ratio")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, width, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in width) + "|")
+    for r in ROWS:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""What a run produces: per-case results, per-group summaries and the run's totals.
+
+Torch-free, so that reports, `gradaudit merge` and argument checks start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gradaudit.compare import Check, TensorSummary, Tol
+
+
+@dataclass
+class GroupResult:
+    """Every audited tensor on one (device, dtype), over all batches (of this shard)."""
+
+    device: str
+    dtype: str
+    tensors: list[TensorSummary]
+    skipped: str | None = None
+    seconds: float = 0.0
+    device_name: str = ""
+    done: bool = False  # False while running, and for a group cut short by an interrupt
+    check: str = "gradients"  # gradients | repeat | finite_difference
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One tensor on one batch: a comparison, or the error that prevented it."""
+
+    device: str
+    dtype: str
+    tensor: str
+    batch: int
+    seed: int
+    check: Check | None = None
+    error: str | None = None
+    tol: Tol | None = None
+    kind: str = "gradients"  # which check: gradients | repeat | finite_difference
+
+
+CaseListener = Callable[[CaseResult], None]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `total` (1-based) takes every batch k with k % total == index - 1."""
+
+    index: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.total}"
+
+    def takes(self, batch_index: int) -> bool:
+        return batch_index % self.total == self.index - 1
+
+
+@dataclass
+class RunSummary:
+    """Counts over a whole run; decides the exit code."""
+
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    groups: list[GroupResult] = field(default_factory=list)
+    stopped: str | None = None  # why the run ended early: interrupted, internal error
+
+    def add(self, group: GroupResult) -> None:
+        self.groups.append(group)
+        for tensor in group.tensors:
+            status = tensor.status
+            if status == "pass":
+                self.passed += 1
+            elif status == "fail":
+                self.failed += 1
+            elif status == "error":
+                self.errors += 1
+            else:
+                self.skipped += 1
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.errors or self.stopped)
