@@ -22,10 +22,13 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {  # dtype -> (rtol, atol)
 }
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 # FlashAttention's factor: a manual gradient may be at most twice as far from the float64
-# truth as autograd in the same dtype is. Measured on the CharRNN over 50 batches, the
-# worst ratio was 1.45 (float32), 0.59 (bfloat16) and 0.59 (float16).
+# truth as autograd in the same dtype is, plus a floor in ULPs of the truth's magnitude.
+# In float32, autograd's own error is often under 2 ULPs while a manual gradient that sums
+# in another order lands a few ULPs away: with a 2-ULP floor, 1 of 300 CharRNN batches
+# failed a correct U.weight (115% of budget); 8 ULPs covers that order-of-summation noise.
+# In bfloat16 and float16 autograd's error already dominates, so 2 ULPs suffice.
 DEFAULT_K = 2.0
-DEFAULT_FLOOR_ULPS = 2.0
+DEFAULT_FLOOR_ULPS = {"float64": 8.0, "float32": 8.0, "bfloat16": 2.0, "float16": 2.0}
 MAX_ERRORS_KEPT = 5
 MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
 
@@ -38,7 +41,7 @@ class Tol:
     rtol: float = 0.0
     atol: float = 0.0
     k: float = DEFAULT_K
-    floor_ulps: float = DEFAULT_FLOOR_ULPS
+    floor_ulps: float = 2.0
     eps: float = 0.0  # machine epsilon of the tested dtype (baseline's floor unit)
 
     def describe(self) -> str:
@@ -79,7 +82,7 @@ def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
         atol=float(atol if settings["atol"] is None else settings["atol"]),
         k=float(DEFAULT_K if settings["k"] is None else settings["k"]),
         floor_ulps=float(
-            DEFAULT_FLOOR_ULPS if settings["floor_ulps"] is None else settings["floor_ulps"]
+            DEFAULT_FLOOR_ULPS[dtype] if settings["floor_ulps"] is None else settings["floor_ulps"]
         ),
         eps=EPS[dtype],
     )

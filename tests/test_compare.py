@@ -331,7 +331,8 @@ def test_override_by_glob() -> None:
     assert _rtol_atol(tolerance_for(spec, "Wxh", "cpu", "float32")) == (0.1, 1e-5)
     assert _rtol_atol(tolerance_for(spec, "h.3", "cpu", "float32")) == (0.1, 1e-5)
     assert _rtol_atol(tolerance_for(spec, "h.10", "cpu", "float32")) == (1e-4, 1e-5)
-    assert _rtol_atol(tolerance_for(spec, "wxh", "cpu", "float32")) == (1e-4, 1e-5)  # case-sensitive
+    # globs are case-sensitive
+    assert _rtol_atol(tolerance_for(spec, "wxh", "cpu", "float32")) == (1e-4, 1e-5)
     assert _rtol_atol(tolerance_for(spec, "bias", "cpu", "float32")) == (1e-4, 1e-5)
 
 
