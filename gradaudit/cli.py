@@ -166,7 +166,9 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        message = " ".join(exc.format_message().split())
+        hint = " (see gradaudit --help)" if isinstance(exc, click.UsageError) else ""
+        click.echo(f"gradaudit: error: {message}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("gradaudit: aborted", err=True)
@@ -178,8 +180,9 @@ def main() -> None:
     except Exception as exc:  # an internal error: still one line unless asked for more
         if os.environ.get("GRADAUDIT_DEBUG"):
             traceback.print_exc()
+        detail = " ".join(str(exc).split())
         click.echo(
-            f"gradaudit: internal error: {type(exc).__name__}: {exc} "
+            f"gradaudit: internal error: {type(exc).__name__}: {detail} "
             "(set GRADAUDIT_DEBUG=1 for the traceback)",
             err=True,
         )

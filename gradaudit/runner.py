@@ -84,10 +84,10 @@ class Audit:
     def check_memory(self, dtypes: list[str]) -> None:
         """Refuse, before running, a batch whose tensors cannot fit in this machine's memory."""
         available = _available_memory()
-        if available is None or self.probe_numel == 0:
-            return
         b = self.loaded.spec.batches
-        rows = b.size or max(self.probe_rows_total, 1)
+        if available is None or self.probe_numel == 0 or b.size is None:
+            return  # val with every window: its size is the data's, checked by the data plugin
+        rows = b.size
         widest = max(torch.finfo(getattr(torch, d)).bits // 8 for d in dtypes)
         # forward, reference, manual and the float64 truth's copies, roughly
         needed = self.probe_numel * rows * (3 * widest + 2 * 8)
@@ -107,11 +107,14 @@ class Audit:
 
     def _probe_names(self) -> list[str]:
         """Learn the intermediate names from one small CPU forward."""
-        first = next(self.batches(), None)
+        b = self.loaded.spec.batches
+        try:  # one row: never the whole (possibly huge) first batch
+            first = next(iter(self.dataset.batches(b.split, 1, 1, b.block_size, b.seed)), None)
+        except ValueError as exc:
+            raise DataError(f"data plugin '{self.loaded.spec.data.plugin}': {exc}") from None
         if first is None:
             raise DataError("the data plugin gave no batches")
         probe = Batch(first.inputs[:1], first.targets[:1], first.index, first.seed)
-        self.probe_rows_total = first.inputs.shape[0]
         try:
             forward = self.master(probe.inputs, probe.targets)
         except Exception as exc:
@@ -242,6 +245,7 @@ class _Case:
         self.on_case = on_case
         self.groups = {g.check: g for g in groups}
         self.summaries = {s.tensor: s for s in self.groups["gradients"].tensors}
+        self.names = list(self.summaries)  # the audited tensors (unknown names join summaries)
         self.mutation: MutationReport | None = None
         if audit.mutants is not None:
             self.mutation = MutationReport(
@@ -334,7 +338,7 @@ class _Case:
 
     def _run(self, batch: Batch) -> None:
         """Forward, autograd reference, manual gradients, then every comparison."""
-        names = list(self.summaries)
+        names = self.names
         inputs = (batch.inputs.clone(), batch.targets.clone())
         try:
             forward, _, reference = self._reference(self.model, batch, names)
@@ -564,7 +568,7 @@ def _dot(gradients: list[torch.Tensor], direction: list[torch.Tensor]) -> float:
     return sum(float((g * v).sum()) for g, v in zip(gradients, direction, strict=True))
 
 
-class CaseTimeout(Exception):
+class CaseTimeout(BaseException):  # not an Exception: plugin error handlers must not eat it
     """A case ran past --timeout."""
 
 

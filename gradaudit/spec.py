@@ -160,7 +160,21 @@ class LoadedSpec:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-6` as a float (YAML 1.2 style) instead of a string."""
+    """SafeLoader that reads `1e-6` as a float (YAML 1.2 style) instead of a string.
+
+    It also puts a line on values PyYAML cannot build (`2024-02-30`, `!!int eight`), which
+    PyYAML reports as plain ValueErrors with no position.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({_one_line(str(exc))})", node.start_mark
+            ) from None
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -198,7 +212,7 @@ def _key_lines(
             key = str(key_node.value)
             if key in keys:
                 line = key_node.start_mark.line + 1
-                path = ".".join(str(p) for p in loc + (key,))
+                path = _dotted(loc + (key,))
                 raise SpecError(f"{where}:{line}: {path}: duplicate key")
             keys.add(key)
             lines[loc + (key,)] = key_node.start_mark.line + 1
@@ -206,6 +220,62 @@ def _key_lines(
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _key_lines(item, loc + (i,), lines, where, seen)
+
+
+MAX_EXPANDED_NODES = 10_000
+
+
+def _check_expansion(node: yaml.Node, where: str) -> None:
+    """Refuse alias bombs and cycles before anything expands them (plugin options included)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(f"{where}:{n.start_mark.line + 1}: a recursive alias")
+        active.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [part for pair in n.value for part in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                raise SpecError(
+                    f"{where}:{n.start_mark.line + 1}: aliases expand to more than "
+                    f"{MAX_EXPANDED_NODES} values"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(node)
+
+
+def _deep_line(text: str, limit: int = 100) -> int:
+    """The line where bracket nesting first passes `limit` (for the nested-too-deeply error)."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        for char in line:
+            depth += char in "[{"
+            depth -= char in "]}"
+            if depth > limit:
+                return number
+    return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _dotted(loc: Loc) -> str:
+    """A field path for messages; odd keys (line breaks, control characters) are escaped."""
+    return ".".join(str(p).encode("unicode_escape").decode("ascii") for p in loc)
 
 
 def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:
@@ -255,23 +325,34 @@ def parse_spec(text: str, where: str) -> Spec:
 
 
 def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             raise SpecError(f"{where}:1: the spec is empty")
         lines: dict[Loc, int] = {}
         _key_lines(node, (), lines, where)
+        _check_expansion(node, where)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         problem = exc.problem or exc.context or "not valid YAML"
-        raise SpecError(f"{where}:{line}: not valid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{where}:1: not valid YAML: {exc}") from None
+        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(problem)}") from None
+    except SpecError:
+        raise
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(str(exc.reason))}") from None
+    except RecursionError:
+        line = _deep_line(text)
+        raise SpecError(f"{where}:{line}: not valid YAML: nested too deeply") from None
+    except Exception as exc:  # PyYAML raises plain ValueError etc. for unbuildable scalars
+        raise SpecError(f"{where}:1: not valid YAML: {_one_line(str(exc))}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data is None:
         raise SpecError(f"{where}:1: the spec is empty")
     if not isinstance(data, dict):
@@ -282,7 +363,7 @@ def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
         messages = []
         for err in exc.errors(include_url=False):
             loc = tuple(err["loc"])
-            dotted = ".".join(str(p) for p in loc) or "spec"
+            dotted = _dotted(loc) or "spec"
             key = err["type"]
             if key == "string_pattern_mismatch":
                 key = "devices" if "devices" in loc else str(loc[-1] if loc else "")

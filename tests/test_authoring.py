@@ -21,8 +21,18 @@ GUIDE = REPO / "docs" / "plugins.md"
 def _pip_install_target(package: Path, target: Path) -> None:
     """A real installation (dist-info with entry points), kept out of the test venv."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(package)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(package),
+        ],
         check=True,
         capture_output=True,
     )

@@ -281,12 +281,6 @@ def test_merging_reports_of_different_specs_is_refused(sharded: dict[str, Any]) 
     assert not (sharded["tmp"] / "mixed.xml").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: gradaudit/merge.py _Groups.add folds every input in, with no "
-    "check that the shards are distinct: `merge out s1 s1` exits 0/1 with each batch counted "
-    "twice (batches, numel, mismatched doubled; cases duplicated)",
-)
 def test_merging_the_same_shard_twice_does_not_double_count(sharded: dict[str, Any]) -> None:
     proc = sharded["merges"]["duplicate"]
     if proc.returncode == 2:  # refused: fine
@@ -299,15 +293,7 @@ def test_merging_the_same_shard_twice_does_not_double_count(sharded: dict[str, A
     assert len(merged["cases"]) == len(shard["cases"])
 
 
-EMPTY_SHARD_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="product bug: gradaudit/commands.py run() tests `if options.shard`, so "
-    "`--shard ''` (an unset CI matrix variable) silently runs every batch, exit 0, instead "
-    "of a usage error; merging N such 'shards' then counts each batch N times",
-)
-
-
-@pytest.mark.parametrize("shard", ["0/3", "4/3", "x", pytest.param("", marks=EMPTY_SHARD_BUG)])
+@pytest.mark.parametrize("shard", ["0/3", "4/3", "x", ""])
 def test_bad_shard_is_a_usage_error(
     tmp_path: Path, shard: str, run_cli: CliRun, spec_dict: Callable[..., dict[str, Any]]
 ) -> None:

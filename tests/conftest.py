@@ -1,0 +1,87 @@
+"""Shared fixtures: the repo root, a small CharRNN spec writer and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+# The console script installed next to this interpreter (there is no `python -m gradaudit`).
+GRADAUDIT = Path(sys.executable).with_name("gradaudit")
+
+SpecWriter = Callable[..., Path]
+CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def small_spec(**overrides: Any) -> dict[str, Any]:
+    """A charrnn spec small enough to audit in well under a second (after torch's import)."""
+    spec: dict[str, Any] = {
+        "name": "small",
+        "model": {"plugin": "charrnn", "options": {"d_model": 8, "n_hidden": 16, "h0": 0.1}},
+        "gradients": {"plugin": "charrnn-bptt"},
+        "data": {"plugin": "text", "options": {"source": "builtin"}},
+        "batches": {"split": "train", "count": 2, "size": 4, "block_size": 5, "seed": 3},
+        "devices": ["cpu"],
+        "dtypes": ["float32", "float64"],
+        "tensors": ["*"],
+    }
+    spec.update(overrides)
+    return spec
+
+
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment without gradaudit's own variables, plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GRADAUDIT_")}
+    base.pop("NO_COLOR", None)
+    base.update(env or {})
+    return base
+
+
+def run_gradaudit(
+    *args: str | Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `gradaudit` console script in a subprocess and capture its output."""
+    assert GRADAUDIT.is_file(), f"no gradaudit console script at {GRADAUDIT}"
+    return subprocess.run(
+        [str(GRADAUDIT), *map(str, args)],
+        cwd=cwd or REPO,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def spec_dict() -> Callable[..., dict[str, Any]]:
+    """spec_dict(**overrides) -> the small charrnn spec as a dict (top-level keys replaced)."""
+    return small_spec
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> SpecWriter:
+    """write_spec(filename="spec.yaml", **overrides) -> path of a small charrnn spec."""
+
+    def write(filename: str = "spec.yaml", **overrides: Any) -> Path:
+        path = tmp_path / filename
+        path.write_text(yaml.safe_dump(small_spec(**overrides), sort_keys=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> CliRunner:
+    """run_cli(*args, cwd=None, env=None) -> CompletedProcess of the gradaudit console script."""
+    return run_gradaudit
