@@ -223,7 +223,9 @@ checks: {finite_difference: {directions: 8}}
 
     def loss_of(*values: torch.Tensor) -> torch.Tensor:
         state = dict(zip(names, values, strict=True))
-        return torch.func.functional_call(model, state, (batch.inputs, batch.targets)).loss
+        forward = torch.func.functional_call(model, state, (batch.inputs, batch.targets))
+        loss: torch.Tensor = forward.loss
+        return loss
 
     start = time.perf_counter()
     assert torch.autograd.gradcheck(loss_of, params, fast_mode=True)
