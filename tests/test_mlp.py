@@ -398,10 +398,15 @@ def test_cli_fails_exactly_the_wrong_tensors(
     results = junit_results(junit, "mlp-batchnorm")
     assert list(results) == [f"mlp-batchnorm[cpu,{dtype}]" for dtype in DTYPES]
     expected = nc.EXPECTED_WRONG[name]
+    n_wrong = 0
     for suite, cases in results.items():
         failing = {tensor for tensor, status in cases.items() if status != "pass"}
-        assert failing == expected, suite
-        assert all(cases[tensor] == "failure" for tensor in expected), suite
-    n_wrong = len(expected) * len(DTYPES)
-    n_right = (len(TENSORS) - len(expected)) * len(DTYPES)
+        # b1's true gradient is exactly zero (batch norm removes it), so autograd's b1 is pure
+        # rounding noise; a manual gradient B times too large has B times that noise, which
+        # float32's baseline tolerance (2x autograd's own error) may flag. Not in float64.
+        maybe = {"b1"} if name == "mlp-dlogits-not-averaged" and "float32" in suite else set()
+        assert expected <= failing <= expected | maybe, suite
+        assert all(cases[tensor] == "failure" for tensor in failing), suite
+        n_wrong += len(failing)
+    n_right = len(TENSORS) * len(DTYPES) - n_wrong
     assert f"{n_right} passed, {n_wrong} failed, 0 errors, 0 skipped" in proc.stdout
