@@ -40,6 +40,21 @@ class RunInfo:
         }
 
 
+class EndOfRunReporter:
+    """Base for formats written once at the end: keeps the run's facts, ignores progress."""
+
+    info: RunInfo | None = None
+
+    def start(self, info: RunInfo) -> None:
+        self.info = info
+
+    def case(self, result: CaseResult) -> None:
+        """Per-case results are not needed by end-of-run formats."""
+
+    def group(self, group: GroupResult) -> None:
+        """Groups are read from the summary at the end."""
+
+
 class Reporter(Protocol):
     """A report format. `finish` runs even when the run stops early (`summary.stopped`)."""
 

@@ -6,10 +6,10 @@ import os
 import sys
 from typing import TextIO
 
-from gradaudit.report.base import RunInfo
+from gradaudit.report.base import EndOfRunReporter
 from gradaudit.report.console import budget
 from gradaudit.report.describe import fmt, verdict_line
-from gradaudit.results import CaseResult, GroupResult, RunSummary
+from gradaudit.results import RunSummary
 
 MAX_ANNOTATIONS = 10
 
@@ -23,27 +23,17 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-class GitHubReporter:
+class GitHubReporter(EndOfRunReporter):
     """Active when GITHUB_ACTIONS=true (annotations) or GITHUB_STEP_SUMMARY is set (summary)."""
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
-        self.info: RunInfo | None = None
 
     @staticmethod
     def wanted() -> bool:
         return os.environ.get("GITHUB_ACTIONS") == "true" or bool(
             os.environ.get("GITHUB_STEP_SUMMARY")
         )
-
-    def start(self, info: RunInfo) -> None:
-        self.info = info
-
-    def case(self, result: CaseResult) -> None:
-        pass
-
-    def group(self, group: GroupResult) -> None:
-        pass
 
     def finish(self, summary: RunSummary) -> None:
         assert self.info is not None

@@ -17,10 +17,10 @@ from pathlib import Path
 import junit_xml
 
 from gradaudit.compare import TensorSummary
-from gradaudit.report.base import RunInfo
+from gradaudit.report.base import EndOfRunReporter
 from gradaudit.report.describe import detail, verdict_line
 from gradaudit.report.jsonfile import dumps, unfinite
-from gradaudit.results import CaseResult, GroupResult, RunSummary
+from gradaudit.results import GroupResult, RunSummary
 from gradaudit.text import clean as clean_text
 from gradaudit.write import write_atomic
 
@@ -120,21 +120,11 @@ def document(suites: Iterable[ET.Element]) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
-class JUnitReporter:
+class JUnitReporter(EndOfRunReporter):
     """Writes the JUnit file at the end of the run, also when the run stops early."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.info: RunInfo | None = None
-
-    def start(self, info: RunInfo) -> None:
-        self.info = info
-
-    def case(self, result: CaseResult) -> None:
-        pass
-
-    def group(self, group: GroupResult) -> None:
-        pass
 
     def finish(self, summary: RunSummary) -> None:
         assert self.info is not None
