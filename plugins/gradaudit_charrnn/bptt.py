@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradaudit import Batch, Forward
@@ -22,39 +21,44 @@ from gradaudit_charrnn.model import CharRNN
 
 
 def charrnn_bptt(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[str, torch.Tensor]:
-    """Gradients of the loss for every parameter and intermediate of `CharRNN`."""
+    """Gradients of the loss for every parameter and intermediate of `CharRNN`.
+
+    Works time-major, (T, B, ...), so that each step of the backward loop reads and writes
+    contiguous memory; sums over all positions do not care about the order.
+    """
     rnn = cast(CharRNN, model)
     x, y = batch.inputs, batch.targets
     B, T = x.shape
-    logits = forward.intermediates["logits"]
-    hs = torch.stack([forward.intermediates[f"h.{t}"] for t in range(1, T + 1)], dim=1)
-    h_prev = torch.cat([rnn.h0.expand(B, 1, -1), hs[:, :-1]], dim=1)  # h_0 .. h_{T-1}
+    N = B * T
+    hs = torch.stack([forward.intermediates[f"h.{t}"] for t in range(1, T + 1)])  # (T, B, H)
     U, W, V = rnn.U.weight, rnn.W.weight, rnn.V.weight
-    emb = rnn.C.weight[x]  # (B, T, d_model)
+    ids = x.T.reshape(-1)  # time-major token ids
 
-    one_hot = F.one_hot(y, num_classes=logits.shape[-1]).to(logits.dtype)
-    dlogits = (torch.softmax(logits, dim=-1) - one_hot) / (B * T)
-    dh_local = dlogits @ V  # (B, T, H): each step's own path to the loss
+    # dlogits = (softmax - onehot) / N, without materialising the one-hot
+    dlogits = torch.softmax(forward.intermediates["logits"].transpose(0, 1), dim=-1)
+    dlogits.view(N, -1)[torch.arange(N, device=x.device), y.T.reshape(-1)] -= 1
+    dlogits /= N
 
-    dh = torch.empty_like(hs)
+    dh = dlogits @ V  # (T, B, H): each step's own path to the loss; the carry is added below
+    dtanh = 1 - hs * hs
     da = torch.empty_like(hs)
-    carry = torch.zeros_like(hs[:, 0])
-    for t in reversed(range(T)):
-        dh[:, t] = dh_local[:, t] + carry
-        da[:, t] = dh[:, t] * (1 - hs[:, t] ** 2)
-        carry = da[:, t] @ W
+    torch.mul(dh[T - 1], dtanh[T - 1], out=da[T - 1])
+    for t in range(T - 2, -1, -1):
+        dh[t].addmm_(da[t + 1], W)  # dh_t += da_{t+1} W: the path through later steps
+        torch.mul(dh[t], dtanh[t], out=da[t])
 
-    flat_da = da.reshape(B * T, -1)
+    H = hs.shape[-1]
+    flat_da = da.view(N, H)
+    dW = da[1:].reshape(-1, H).T @ hs[:-1].reshape(-1, H)  # steps 2..T pair with h_1..h_{T-1}
+    dW.addr_(da[0].sum(dim=0), rnn.h0[0])  # step 1 pairs with the constant h_0
     grads = {
-        "logits": dlogits,
-        "V.weight": dlogits.reshape(B * T, -1).T @ hs.reshape(B * T, -1),
+        "logits": dlogits.transpose(0, 1),
+        "V.weight": dlogits.view(N, -1).T @ hs.view(N, H),
         "V.bias": dlogits.sum(dim=(0, 1)),
-        "W.weight": flat_da.T @ h_prev.reshape(B * T, -1),
-        "U.weight": flat_da.T @ emb.reshape(B * T, -1),
+        "W.weight": dW,
+        "U.weight": flat_da.T @ rnn.C.weight[ids],
         "U.bias": flat_da.sum(dim=0),
-        "C.weight": torch.zeros_like(rnn.C.weight).index_add_(
-            0, x.reshape(-1), (flat_da @ U).to(rnn.C.weight.dtype)
-        ),
+        "C.weight": torch.zeros_like(rnn.C.weight).index_add_(0, ids, flat_da @ U),
     }
-    grads |= {f"h.{t + 1}": dh[:, t] for t in range(T)}
+    grads |= {f"h.{t + 1}": dh[t] for t in range(T)}
     return grads
