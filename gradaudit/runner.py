@@ -246,6 +246,7 @@ class _Case:
         self.groups = {g.check: g for g in groups}
         self.summaries = {s.tensor: s for s in self.groups["gradients"].tensors}
         self.names = list(self.summaries)  # the audited tensors (unknown names join summaries)
+        self.param_storage: dict[int, str] = {}
         self.mutation: MutationReport | None = None
         if audit.mutants is not None:
             self.mutation = MutationReport(
@@ -262,6 +263,10 @@ class _Case:
         self.truth_model: torch.nn.Module | None = None
         try:
             self.model = copy.deepcopy(audit.master).to(device=device, dtype=getattr(torch, dtype))
+            self.param_storage = {
+                p.untyped_storage().data_ptr(): f"parameter {n}"
+                for n, p in self.model.named_parameters()
+            }
             needs_truth = any(s.tol.mode == "baseline" for s in self.summaries.values())
             if needs_truth or "finite_difference" in self.groups:
                 # Built from the tested dtype's weights, so only arithmetic differs.
@@ -304,7 +309,7 @@ class _Case:
         self, model: torch.nn.Module, batch: Batch, names: list[str]
     ) -> tuple[Forward, list[torch.Tensor], list[torch.Tensor]]:
         """Forward and autograd's gradient of the loss w.r.t. each named tensor."""
-        torch.manual_seed(batch.seed)
+        _seed(batch.seed, batch.inputs.device)
         forward = model(batch.inputs, batch.targets)
         if not isinstance(forward, Forward):
             raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
@@ -422,11 +427,7 @@ class _Case:
 
     def _aliased(self, tensor: torch.Tensor) -> str | None:
         """The parameter whose memory this gradient shares (a view, or the parameter itself)."""
-        pointer = tensor.untyped_storage().data_ptr()
-        for name, param in self.model.named_parameters():
-            if param.untyped_storage().data_ptr() == pointer:
-                return f"parameter {name}"
-        return None
+        return self.param_storage.get(tensor.untyped_storage().data_ptr())
 
     def _unknown_names(self, batch: Batch, manual: Mapping[str, torch.Tensor]) -> None:
         """A gradient for a tensor the model does not have is a mistake worth a test case."""
@@ -546,7 +547,7 @@ class _Case:
                 for sign in (1.0, -1.0):
                     for p, p0, v in zip(params.values(), originals, vs, strict=True):
                         p.copy_(p0 + sign * fd.eps * v)
-                    torch.manual_seed(batch.seed)
+                    _seed(batch.seed, batch64.inputs.device)
                     losses.append(float(model(batch64.inputs, batch64.targets).loss))
                 numeric.append((losses[0] - losses[1]) / (2 * fd.eps))
                 loss_scale = max(loss_scale, abs(losses[0]), abs(losses[1]))
@@ -628,3 +629,13 @@ def _available_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+def _seed(seed: int, device: torch.device) -> None:
+    """Seed what a forward on `device` may draw from (dropout), so every pass sees the same.
+
+    torch.manual_seed would also queue seeds for every accelerator backend, at ~2 ms a call.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
