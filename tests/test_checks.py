@@ -96,16 +96,23 @@ def test_low_precision_dtypes_pass_with_no_overrides(
     assert record["tolerance"]["mode"] == "baseline" and record["allowed"] > 0
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16", "float16"])
-def test_negative_control_fails_in_every_dtype(
-    write_spec: SpecWriter, tmp_path: Path, dtype: str
+@pytest.mark.parametrize(
+    "control", ["bptt-sign-error", "bptt-over-T", "bptt-W-transposed", "bptt-no-recurrence"]
+)
+def test_negative_controls_fail_in_every_dtype(
+    write_spec: SpecWriter, tmp_path: Path, control: str
 ) -> None:
-    code, report = _run(
-        write_spec, tmp_path, gradients={"plugin": "bptt-W-transposed"}, dtypes=[dtype]
-    )
+    """The foundation issue's four controls, under `auto` tolerances, down to float16."""
+    dtypes = ["float64", "float32", "bfloat16", "float16"]
+    code, report = _run(write_spec, tmp_path, gradients={"plugin": control}, dtypes=dtypes)
     assert code == 1
-    failing = {t for (_, t), s in _statuses(report, "gradients").items() if s == "fail"}
-    assert {"W.weight", "h.1"} <= failing and "logits" not in failing
+    statuses = _statuses(report, "gradients")
+    for dtype in dtypes:
+        failing = {t for (d, t), s in statuses.items() if d == dtype and s == "fail"}
+        if control in ("bptt-sign-error", "bptt-over-T"):
+            assert {"logits", "W.weight", "V.bias"} <= failing, (dtype, failing)
+        else:  # the recurrence: wrong below the last step, right at it
+            assert {"W.weight", "h.1"} <= failing and "logits" not in failing, (dtype, failing)
 
 
 def test_finite_differences_catch_a_wrong_custom_backward(
