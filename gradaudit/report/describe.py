@@ -18,7 +18,7 @@ def verdict_line(s: TensorSummary) -> str:
     if w is None:
         return "no batches compared"
     share = 100.0 * s.mismatched / max(s.numel, 1)
-    tol = f"rtol={s.tol.rtol:g} atol={s.tol.atol:g}"
+    tol = s.tol.describe()
     if s.status == "fail":
         return (
             f"{s.mismatched}/{s.numel} elements ({share:.3g}%) beyond {tol} in "
@@ -42,12 +42,30 @@ def detail(s: TensorSummary) -> str:
             f"exact (bitwise) on every batch: {s.exact}",
             f"max abs diff: {s.max_abs:.6e}",
             f"max rel diff: {s.max_rel:.6e}",
-            f"tolerance: rtol={s.tol.rtol:g} atol={s.tol.atol:g}",
-            f"budget used: {100 * s.budget:.3g}% (max |diff| / (atol + rtol*|autograd|))",
+            f"tolerance: {s.tol.describe()}; {_allowed(s)}",
+            f"budget used: {100 * s.budget:.3g}% (max over elements of |diff| / allowed)",
             f"mismatched elements: {s.mismatched} of {s.numel}",
             f"NaN/Inf disagreements: {s.nonfinite}",
+            f"symmetric relative error: {s.max_sym_rel:.3g}; lowest cosine: {s.min_cosine:.6f}",
             f"worst element: [{index}] in batch {s.worst_batch} (seed {s.worst_seed}): "
-            f"manual {w.manual_value:.9g}, autograd {w.reference_value:.9g}",
+            f"manual {w.manual_value:.9g}, {_compared_with(s)} {w.reference_value:.9g}",
             f"reproduce: batches: {{seed: {s.worst_seed}, count: 1}}",
         ]
     return "\n".join(lines)
+
+
+def _compared_with(s: TensorSummary) -> str:
+    return "float64 truth" if s.tol.mode == "baseline" else "autograd"
+
+
+def _allowed(s: TensorSummary) -> str:
+    """The numbers the worst batch was actually held to."""
+    w = s.worst
+    if w is None:
+        return ""
+    if s.tol.mode == "baseline":
+        return (
+            f"allowed {w.allowed:.3g} = {s.tol.k:g} x autograd's own error {w.reference_error:.3g} "
+            f"+ {s.tol.floor_ulps:g} ULPs of the truth's largest entry"
+        )
+    return f"allowed at the worst element {w.allowed:.3g}"
