@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gradaudit.compare import Tol
+from gradaudit.compare import BATCH_FLOOR_SHARE, Tol
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,7 @@ def generic_mutants(tensors: list[str]) -> list[Mutant]:
     return mutants
 
 
-def sensitivity(tol: Tol, scale: float, reference_error: float) -> float:
+def sensitivity(tol: Tol, scale: float, reference_error: float, batch_scale: float = 0.0) -> float:
     """The smallest relative error (1 + d) * g that this tolerance still catches on a tensor.
 
     allclose: d > rtol + atol / max|g|; baseline: d > (k * autograd's error + floor) / max|g|.
@@ -128,7 +128,8 @@ def sensitivity(tol: Tol, scale: float, reference_error: float) -> float:
     if tol.mode == "exact":
         return tol.eps or 0.0
     if tol.mode == "baseline":
-        return (tol.k * reference_error + tol.floor_ulps * tol.eps * scale) / scale
+        floor_scale = max(scale, BATCH_FLOOR_SHARE * batch_scale)
+        return (tol.k * reference_error + tol.floor_ulps * tol.eps * floor_scale) / scale
     return tol.rtol + tol.atol / scale
 
 

@@ -247,6 +247,7 @@ class _Case:
         self.summaries = {s.tensor: s for s in self.groups["gradients"].tensors}
         self.names = list(self.summaries)  # the audited tensors (unknown names join summaries)
         self.param_storage: dict[int, str] = {}
+        self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
         self.mutation: MutationReport | None = None
         if audit.mutants is not None:
             self.mutation = MutationReport(
@@ -351,6 +352,7 @@ class _Case:
             if self.truth_model is not None:
                 truth_batch = batch.to(_float64_device(self.device))
                 truth = self._reference(self.truth_model, truth_batch, names)[2]
+                self.batch_scale = max(float(t.abs().max()) for t in truth if t.numel())
         except Exception as exc:
             self._fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {_why(exc)}")
             return
@@ -417,7 +419,7 @@ class _Case:
             return None
         summary = next(s for s in self.groups[kind].tensors if s.tensor == name)
         try:
-            result = check(got, reference, tol or summary.tol, truth)
+            result = check(got, reference, tol or summary.tol, truth, self.batch_scale)
         except GradientMismatch as exc:
             self._error(name, batch, f"gradient has {exc}", kind)
             return None
@@ -459,7 +461,7 @@ class _Case:
             base = truth[i] if truth else reference[i]
             scale = float(base.double().abs().max()) if base.numel() else 0.0
             error = checks[name].reference_error if name in checks else 0.0
-            found = sensitivity(self.summaries[name].tol, scale, error)
+            found = sensitivity(self.summaries[name].tol, scale, error, self.batch_scale)
             previous = self.mutation.sensitivity.get(name, float("inf"))
             self.mutation.sensitivity[name] = min(previous, found)
         for result in self.mutation.results:
@@ -479,7 +481,9 @@ class _Case:
                 result.changed = True
                 tol = self.summaries[name].tol
                 try:
-                    outcome = check(mutated, reference[i], tol, truth[i] if truth else None)
+                    outcome = check(
+                        mutated, reference[i], tol, truth[i] if truth else None, self.batch_scale
+                    )
                 except GradientMismatch:
                     continue
                 result.budget = max(result.budget, outcome.budget)

@@ -79,8 +79,8 @@ class Tolerance(_Strict):
 
     exact: bitwise. allclose: |manual - autograd| <= atol + rtol*|autograd| elementwise,
     defaults from torch.testing.assert_close. baseline: max|manual - truth| <=
-    k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth|, truth = autograd in
-    float64. auto: allclose for float64, baseline for every lower precision.
+    k * max|autograd - truth| + floor_ulps * eps(dtype) * max(max|truth|, batch's largest / 16),
+    truth = autograd in float64. auto: allclose for float64, baseline for lower precisions.
     """
 
     mode: Mode = "auto"

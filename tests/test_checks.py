@@ -69,6 +69,18 @@ def test_baseline_floor_is_ulps_of_the_truths_magnitude() -> None:
     assert result.passed  # 3e-6 < 4 ulps of 8 (3.8e-6)
 
 
+def test_baseline_floor_follows_the_batch_for_a_gradient_that_cancels_to_zero() -> None:
+    truth = torch.tensor([1e-18, -1e-18], dtype=torch.float64)  # zero, up to float64 noise
+    autograd = torch.tensor([2e-9, -1e-9], dtype=torch.float32)  # float32 rounding noise
+    manual = torch.tensor([5e-9, 3e-9], dtype=torch.float32)  # noise of another summation
+    tol = Tol("baseline", k=2.0, floor_ulps=8.0, eps=2.0**-23)
+    alone = check(manual, autograd, tol, truth)
+    assert not alone.passed  # held to twice autograd's own noise
+    in_batch = check(manual, autograd, tol, truth, batch_scale=0.03)
+    assert in_batch.passed  # 8 ulps of 0.03/16 = 1.8e-9, plus 2 x 2e-9
+    assert in_batch.allowed == pytest.approx(2 * 2e-9 + 8 * 2.0**-23 * 0.03 / 16, rel=1e-3)
+
+
 def test_exact_mode_is_bitwise() -> None:
     a = torch.tensor([1.0, 2.0])
     assert check(a, a.clone(), Tol("exact")).passed
