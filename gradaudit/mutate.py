@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gradaudit.compare import BATCH_FLOOR_SHARE, Tol
+from gradaudit.compare import Tol, _floor_scale
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +128,7 @@ def sensitivity(tol: Tol, scale: float, reference_error: float, batch_scale: flo
     if tol.mode == "exact":
         return tol.eps or 0.0
     if tol.mode == "baseline":
-        floor_scale = max(scale, BATCH_FLOOR_SHARE * batch_scale)
+        floor_scale = _floor_scale(scale, reference_error, batch_scale)
         return (tol.k * reference_error + tol.floor_ulps * tol.eps * floor_scale) / scale
     return tol.rtol + tol.atol / scale
 

@@ -79,7 +79,7 @@ class Tolerance(_Strict):
 
     exact: bitwise. allclose: |manual - autograd| <= atol + rtol*|autograd| elementwise,
     defaults from torch.testing.assert_close. baseline: max|manual - truth| <=
-    k * max|autograd - truth| + floor_ulps * eps(dtype) * max(max|truth|, batch's largest / 16),
+    k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth| (see compare._floor_scale),
     truth = autograd in float64. auto: allclose for float64, baseline for lower precisions.
     """
 
