@@ -80,9 +80,9 @@ def test_baseline_floor_follows_the_batch_for_a_gradient_that_cancels_to_zero() 
     assert in_batch.passed  # 8 ulps of 0.03/16 = 1.8e-9, plus 2 x 2e-9
     assert in_batch.allowed == pytest.approx(2 * 2e-9 + 8 * 2.0**-23 * 0.03 / 16, rel=1e-3)
     # A gradient autograd resolves keeps its own scale, whatever the rest of the batch holds.
-    resolved = torch.tensor([1e-3, -2e-3], dtype=torch.float64)
+    resolved = torch.tensor([2.0**-10, -(2.0**-9)], dtype=torch.float64)  # exact in float32
     own = check(resolved.float(), resolved.float(), tol, resolved, batch_scale=10.0)
-    assert own.allowed == pytest.approx(8 * 2.0**-23 * 2e-3, rel=1e-6)
+    assert own.allowed == pytest.approx(8 * 2.0**-23 * 2.0**-9, rel=1e-9)
 
 
 def test_exact_mode_is_bitwise() -> None:
