@@ -144,7 +144,10 @@ def check(
         if truth is None:
             raise ValueError("baseline mode needs the float64 truth")
         t = truth.double().to(m.device)
-        reference_error = _max_finite((r - t).abs())
+        gap = (r - t).abs()
+        reference_error = float(gap.max()) if gap.numel() else 0.0
+        if not math.isfinite(reference_error):
+            reference_error = _max_finite(gap)
         r = t
     signed = m - r  # finite exactly when both are (inf - inf and NaN give NaN)
     all_finite = bool(signed.isfinite().all())
@@ -160,38 +163,43 @@ def check(
         zero = torch.zeros_like(m)
         diff = torch.where(finite, (m - r).abs(), torch.where(agree, zero, math.inf))
         magnitude = torch.where(finite, r.abs(), zero)
+    allowed: torch.Tensor | float  # a single number in baseline and exact mode
     if tol.mode == "baseline":
-        scale = _floor_scale(_max_finite(magnitude), reference_error, batch_scale)
-        limit = tol.k * reference_error + tol.floor_ulps * tol.eps * scale
-        allowed = torch.full_like(m, limit)
+        largest = float(magnitude.max()) if magnitude.numel() else 0.0
+        scale = _floor_scale(largest, reference_error, batch_scale)
+        allowed = tol.k * reference_error + tol.floor_ulps * tol.eps * scale
     elif tol.mode == "exact":
-        allowed = torch.zeros_like(m)
+        allowed = 0.0
     else:
         allowed = tol.atol + tol.rtol * magnitude
     bad = diff > allowed
     if nonfinite_bad is not None:
         bad |= nonfinite_bad
-    ratio = _safe_ratio(diff, allowed)
+    if isinstance(allowed, float):
+        ratio = diff / allowed if allowed > 0 else _safe_ratio(diff, torch.zeros_like(diff))
+    else:
+        ratio = _safe_ratio(diff, allowed)
     rel = _safe_ratio(diff, magnitude)
-    sym = _safe_ratio(2 * diff, m.abs().nan_to_num(posinf=0.0) + magnitude)
+    sym = _safe_ratio(2 * diff, m.abs().nan_to_num_(posinf=0.0).add_(magnitude))
     numel = manual.numel()
     if numel == 0:
         return Check(exact, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)
     flat = int(ratio.reshape(-1).argmax())
     index = _unravel(flat, tuple(manual.shape))
+    mismatched = int(bad.sum())
     return Check(
         exact=exact,
-        passed=not bool(bad.any()),
+        passed=mismatched == 0,
         max_abs=float(diff.max()),
         max_rel=float(rel.max()),
         budget=float(ratio.reshape(-1)[flat]),
         worst_index=index,
         manual_value=float(m.reshape(-1)[flat]),
         reference_value=float(r.reshape(-1)[flat]),
-        mismatched=int(bad.sum()),
+        mismatched=mismatched,
         nonfinite=0 if nonfinite_bad is None else int(nonfinite_bad.sum()),
         numel=numel,
-        allowed=float(allowed.reshape(-1)[flat]),
+        allowed=allowed if isinstance(allowed, float) else float(allowed.reshape(-1)[flat]),
         reference_error=reference_error,
         sym_rel=float(sym.max()),
         cosine=_cosine(m, r, all_finite),
