@@ -19,7 +19,7 @@ from junitparser import Error, Failure, JUnitXml, Skipped
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPEC = REPO / "specs" / "charrnn.yaml"
-TINY_SPEC = REPO / "specs" / "charrnn-tinyshakespeare.yaml"
+TINY_SPEC = REPO / "specs" / "charrnn-shakespeare.yaml"
 SHARED_DATA = REPO.parent / "shared" / "data"
 CHARRNN_T8 = [
     "logits",
@@ -301,7 +301,7 @@ NO_TORCH_PROBE = textwrap.dedent(
         (["--help"], "Exit codes"),
         (["run", "--help"], "--junit-xml"),
         (["validate", "specs/charrnn.yaml"], "specs/charrnn.yaml: ok"),
-        (["validate", "specs/charrnn.yaml", "specs/charrnn-tinyshakespeare.yaml"], ": ok"),
+        (["validate", "specs/charrnn.yaml", "specs/charrnn-shakespeare.yaml"], ": ok"),
     ],
 )
 def test_help_and_validate_do_not_import_torch(args: list[str], expect: str) -> None:

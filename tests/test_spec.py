@@ -28,7 +28,7 @@ def errors(text: str) -> list[str]:
 # --- valid specs -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["charrnn", "charrnn-tinyshakespeare"])
+@pytest.mark.parametrize("name", ["charrnn", "charrnn-shakespeare"])
 def test_shipped_specs_validate(name: str) -> None:
     loaded = load_spec(REPO / "specs" / f"{name}.yaml")
     spec = loaded.spec
