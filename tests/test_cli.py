@@ -17,20 +17,13 @@ import torch
 import yaml
 from junitparser import Error, Failure, JUnitXml, Skipped
 
+from tests.negative_controls import tensor_names
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPEC = REPO / "specs" / "charrnn.yaml"
 TINY_SPEC = REPO / "specs" / "charrnn-shakespeare.yaml"
 SHARED_DATA = REPO.parent / "shared" / "data"
-CHARRNN_T8 = [
-    "logits",
-    *(f"h.{t}" for t in range(1, 9)),
-    "C.weight",
-    "U.weight",
-    "U.bias",
-    "W.weight",
-    "V.weight",
-    "V.bias",
-]
+CHARRNN_T8 = tensor_names(8)
 CUDA = torch.cuda.is_available()
 DTYPES = ["float32", "float64"]
 CliRun = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -36,6 +36,7 @@ from gradaudit_charrnn.model import CharRNN, build_charrnn
 
 from gradaudit import Batch
 from gradaudit.plugins import ALLOW_ENV, plugin_manager
+from tests.negative_controls import tensor_names
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPEC = REPO / "specs" / "charrnn.yaml"
@@ -43,20 +44,6 @@ DTYPES = ["float64", "float32", "bfloat16", "float16"]
 CliRun = Callable[..., "subprocess.CompletedProcess[str]"]
 
 # --- what each bug affects ---------------------------------------------------------------------
-
-
-def tensor_names(T: int) -> list[str]:
-    """The CharRNN's audited tensors, in the order gradaudit reports them."""
-    return [
-        "logits",
-        *(f"h.{t}" for t in range(1, T + 1)),
-        "C.weight",
-        "U.weight",
-        "U.bias",
-        "W.weight",
-        "V.weight",
-        "V.bias",
-    ]
 
 
 def hidden(first: int, last: int) -> set[str]:

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.negative_controls import tensor_names
+
 REPO = Path(__file__).resolve().parents[1]
 GRADAUDIT = Path(sys.executable).with_name("gradaudit")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -55,16 +57,7 @@ CASE_KEYS = {
     "sym_rel",
     "cosine",
 }
-TENSORS_T5 = [
-    "logits",
-    *(f"h.{t}" for t in range(1, 6)),
-    "C.weight",
-    "U.weight",
-    "U.bias",
-    "W.weight",
-    "V.weight",
-    "V.bias",
-]
+TENSORS_T5 = tensor_names(5)
 DTYPES = ("float32", "float64")
 # What the plugin below gets wrong: scaled gradients below the output layer, a NaN in the
 # logits' gradient and an infinity in V.bias's. Only V.weight stays right.

@@ -17,24 +17,17 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.negative_controls import expected_wrong, tensor_names
+
 REPO = Path(__file__).resolve().parents[1]
 NEGATIVE_CONTROLS = REPO / "tests" / "negative_controls.py"
 CliRun = Callable[..., "subprocess.CompletedProcess[str]"]
 Proc = subprocess.CompletedProcess[str]
 COUNT = 6
 DTYPES = ("float32", "float64")
-TENSORS_T5 = [
-    "logits",
-    *(f"h.{t}" for t in range(1, 6)),
-    "C.weight",
-    "U.weight",
-    "U.bias",
-    "W.weight",
-    "V.weight",
-    "V.bias",
-]
+TENSORS_T5 = tensor_names(5)
 # bptt-tanh-sign (tanh' taken as 1 + h^2) is wrong below the last step (T = 5).
-TANH_SIGN_WRONG = {"h.1", "h.2", "h.3", "h.4", "C.weight", "U.weight", "U.bias", "W.weight"}
+TANH_SIGN_WRONG = expected_wrong("bptt-tanh-sign", 5)
 
 
 def run_many(run_cli: CliRun, jobs: Mapping[str, list[Any]]) -> dict[str, Proc]:

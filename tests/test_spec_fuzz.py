@@ -85,7 +85,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
-KNOWN_BUGS: Counter[str] = Counter()
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -170,11 +169,10 @@ def check_suggestions(errors: list[str], where: str, keys: set[str] | None = Non
     return checked
 
 
-def report(name: str, counts: Counter[str], bugs_before: Counter[str]) -> None:
-    total = sum(v for k, v in counts.items() if k in ("valid", "error", "known bug"))
+def report(name: str, counts: Counter[str]) -> None:
+    total = sum(v for k, v in counts.items() if k in ("valid", "error"))
     detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    bugs = dict(KNOWN_BUGS - bugs_before)
-    print(f"\n{name}: {total} hypothesis examples ({detail}); known bugs hit: {bugs}")
+    print(f"\n{name}: {total} hypothesis examples ({detail})")
 
 
 # --- (a) random YAML-ish text and random YAML documents ----------------------------------------
@@ -250,17 +248,15 @@ def _random_documents(doc: Any, flow: bool | None) -> None:
 
 def test_random_yaml_text_gives_a_spec_or_file_line_errors() -> None:
     COUNTS["random text"].clear()
-    before = KNOWN_BUGS.copy()
     _random_text()
-    report("random text", COUNTS["random text"], before)
+    report("random text", COUNTS["random text"])
     assert COUNTS["random text"]["error"] > 0
 
 
 def test_random_yaml_documents_give_a_spec_or_file_line_errors() -> None:
     COUNTS["random documents"].clear()
-    before = KNOWN_BUGS.copy()
     _random_documents()
-    report("random documents", COUNTS["random documents"], before)
+    report("random documents", COUNTS["random documents"])
     assert COUNTS["random documents"]["error"] > 0
 
 
@@ -280,9 +276,8 @@ def test_random_bytes_give_a_spec_or_file_line_errors(scratch: Path) -> None:
         COUNTS["random bytes"][outcome] += 1
 
     COUNTS["random bytes"].clear()
-    before = KNOWN_BUGS.copy()
     random_bytes()
-    report("random bytes", COUNTS["random bytes"], before)
+    report("random bytes", COUNTS["random bytes"])
     assert COUNTS["random bytes"]["error"] > 0
 
 
@@ -415,9 +410,8 @@ def test_mutated_specs_give_a_spec_or_file_line_errors_with_suggestions(scratch:
             counts["did you mean"] += check_suggestions(errors, str(path), mutant.renamed)
 
     counts.clear()
-    before = KNOWN_BUGS.copy()
     mutants()
-    report("mutants", counts, before)
+    report("mutants", counts)
     assert counts["error"] > 0 and counts["did you mean"] > 0
 
 
@@ -756,10 +750,3 @@ def test_a_missing_file(console: Background, command: str) -> None:
     path, _ = console["missing", command]
     message = one_line(console["missing", command])
     assert message == f"{path}: cannot read spec: No such file or directory"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _known_bugs_summary() -> Iterator[None]:
-    yield
-    if KNOWN_BUGS:
-        print(f"\nspec fuzz: known bugs hit by generated inputs: {dict(KNOWN_BUGS)}")
