@@ -114,6 +114,49 @@ class Check:
     cosine: float = 1.0  # cosine similarity of the flattened tensors
 
 
+class Scratch:
+    """Float64 work buffers kept from one batch to the next.
+
+    The comparison's buffers run to megabytes; allocating them afresh for every batch costs
+    page faults that took longer than the arithmetic (W.weight's check ran twice as long).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, str], torch.Tensor] = {}
+
+    def take(self, name: str, rows: int, numel: int, device: torch.device) -> torch.Tensor:
+        """A (rows, numel) float64 tensor with arbitrary contents."""
+        import torch
+
+        key = (name, str(device))
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < rows * numel:
+            buffer = torch.empty(rows * numel, dtype=torch.float64, device=device)
+            self._buffers[key] = buffer
+        return buffer[: rows * numel].view(rows, numel)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One tensor's manual gradient, autograd's, and (baseline mode) the float64 truth."""
+
+    manual: torch.Tensor
+    reference: torch.Tensor
+    tol: Tol
+    truth: torch.Tensor | None = None
+
+
+def mismatch(manual: torch.Tensor, reference: torch.Tensor) -> str | None:
+    """Why the two cannot be compared elementwise at all, or None."""
+    if manual.shape != reference.shape:
+        return f"shape {tuple(manual.shape)}, autograd's is {tuple(reference.shape)}"
+    if manual.dtype != reference.dtype:
+        return f"dtype {manual.dtype}, autograd's is {reference.dtype}"
+    if manual.device != reference.device:
+        return f"device {manual.device}, autograd's is {reference.device}"
+    return None
+
+
 def check(
     manual: torch.Tensor,
     reference: torch.Tensor,
@@ -121,89 +164,198 @@ def check(
     truth: torch.Tensor | None = None,
     batch_scale: float = 0.0,
 ) -> Check:
+    """Compare one tensor; see check_all."""
+    return check_all([Comparison(manual, reference, tol, truth)], batch_scale)[0]
+
+
+def check_all(
+    items: list[Comparison], batch_scale: float = 0.0, scratch: Scratch | None = None
+) -> list[Check]:
     """Compare in float64. NaN/Inf agree only with the same NaN/Inf; anything else fails.
 
     `batch_scale` (baseline mode) is the largest truth entry among all of the batch's
-    gradients; see _floor_scale.
+    gradients; see _floor_scale. Raises GradientMismatch when a pair cannot be compared.
+
+    This runs for every batch, and at gradient sizes each torch call costs more than its
+    arithmetic, so all of a batch's tensors are laid end to end and go through each
+    elementwise step together; only the reductions run per tensor, on views.
     """
+
+    for item in items:
+        problem = mismatch(item.manual, item.reference)
+        if problem:
+            raise GradientMismatch(problem)
+        if item.tol.mode == "baseline" and item.truth is None:
+            raise ValueError("baseline mode needs the float64 truth")
+    devices = {item.manual.device for item in items}
+    if len(devices) > 1:  # the flat layout needs one device; keep the order
+        return [check_all([item], batch_scale, scratch)[0] for item in items]
+    live = [item for item in items if item.manual.numel()]
+    computed = iter(_Flat(live, batch_scale, scratch or Scratch()).results() if live else [])
+    empty = Check(True, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)
+    return [next(computed) if item.manual.numel() else empty for item in items]
+
+
+class _Flat:
+    """The tensors of one check_all call, end to end in float64 buffers.
+
+    `pair` holds manual and reference (the truth, in baseline mode). `rows` holds, per
+    element, |diff| divided by [allowed, |m| + |r|, |r|] (the `bounds`), then |diff|, |m|
+    and |r|: so one amax per tensor over the first four rows gives the budget, half the
+    symmetric relative error, the relative error and the max abs diff, and one norm over
+    the last three gives what the cosine needs.
+    """
+
+    def __init__(self, items: list[Comparison], batch_scale: float, scratch: Scratch) -> None:
+        import torch
+
+        self.items = items
+        self.sizes = [item.manual.numel() for item in items]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(items))]
+        numel = sum(self.sizes)
+        device = items[0].manual.device
+        self.pair = scratch.take("pair", 2, numel, device)
+        torch.cat([item.manual.reshape(-1) for item in items], out=self.pair[0])
+        torch.cat([_second(item).reshape(-1) for item in items], out=self.pair[1])
+        m, r = self.pair.unbind(0)
+        self.rows = scratch.take("rows", 6, numel, device)
+        _, _, _, diff, _, magnitude = self.rows.unbind(0)
+        self.diff = torch.sub(m, r, out=diff).abs_()
+        magnitudes = self.rows.narrow(0, 4, 2)
+        torch.abs(self.pair, out=magnitudes)
+        self.disagree: torch.Tensor | None = None  # one side NaN/Inf, or different ones
+        self.norm_rows = self.rows.narrow(0, 3, 3)  # |diff|, |m|, |r|
+        if not math.isfinite(float(diff.max())):
+            self.disagree, finite = _nonfinite(m, r, diff, magnitudes)
+            self.norm_rows = torch.stack([diff.masked_fill(~finite, 0.0), *magnitudes])
+        self.bounds = scratch.take("bounds", 3, numel, device)
+        allowed, both, own = self.bounds.unbind(0)
+        own.copy_(magnitude)
+        torch.add(magnitudes[0], magnitude, out=both)
+        self.reference_errors = [
+            _reference_error(item) if item.tol.mode == "baseline" else 0.0 for item in items
+        ]
+        self.allowed: list[float | None] = []  # per tensor: one number, or None (elementwise)
+        tols = {item.tol for item in items}
+        if len(tols) == 1 and items[0].tol.mode == "allclose":  # the usual case: one call
+            tol = items[0].tol
+            torch.mul(magnitude, tol.rtol, out=allowed).add_(tol.atol)
+            self.allowed = [None] * len(items)
+        else:
+            for item, error, row, scale in zip(
+                items,
+                self.reference_errors,
+                allowed.split_with_sizes(self.sizes),
+                magnitude.split_with_sizes(self.sizes),
+                strict=True,
+            ):
+                self.allowed.append(_fill_allowed(item.tol, row, scale, error, batch_scale))
+        ratios = self.rows.narrow(0, 0, 3)
+        torch.div(self.diff, self.bounds, out=ratios).nan_to_num_(nan=0.0, posinf=math.inf)
+
+    def results(self) -> list[Check]:
+        import torch
+
+        maxima = self.rows.narrow(0, 0, 4).split_with_sizes(self.sizes, dim=1)
+        worst = torch.stack([piece.amax(dim=1) for piece in maxima]).tolist()
+        budget_row = self.rows[0].split_with_sizes(self.sizes)
+        where = torch.stack([row.argmax() for row in budget_row])
+        at = where + torch.tensor(self.offsets, device=where.device)
+        flat_index = where.tolist()
+        values = self.pair[:, at].tolist()
+        allowed_at = self.bounds[0, at].tolist()
+        pieces = self.norm_rows.split_with_sizes(self.sizes, dim=1)
+        norms = torch.stack([torch.linalg.vector_norm(p, dim=1) for p in pieces]).tolist()
+        checks = []
+        for i, item in enumerate(self.items):
+            budget, half_sym, max_rel, max_abs = worst[i]
+            mismatched, nonfinite = self._mismatched(i, budget)
+            allowed = self.allowed[i]
+            checks.append(
+                Check(
+                    exact=bool(torch.equal(item.manual, item.reference)),
+                    passed=mismatched == 0,
+                    max_abs=max_abs,
+                    max_rel=max_rel,
+                    budget=budget,
+                    worst_index=_unravel(flat_index[i], tuple(item.manual.shape)),
+                    manual_value=values[0][i],
+                    reference_value=values[1][i],
+                    mismatched=mismatched,
+                    nonfinite=nonfinite,
+                    numel=self.sizes[i],
+                    allowed=allowed_at[i] if allowed is None else allowed,
+                    reference_error=self.reference_errors[i],
+                    sym_rel=2.0 * half_sym,
+                    cosine=_cosine(*norms[i]),
+                )
+            )
+        return checks
+
+    def _mismatched(self, i: int, budget: float) -> tuple[int, int]:
+        """Elements beyond the allowed difference, and NaN/Inf disagreements among them.
+
+        diff/allowed rounds monotonically, so a worst ratio under 1 means no diff > allowed.
+        """
+        if budget < 1.0 and self.disagree is None:
+            return 0, 0
+        start, size = self.offsets[i], self.sizes[i]
+        bad = self.diff.narrow(0, start, size) > self.bounds[0].narrow(0, start, size)
+        if self.disagree is None:
+            return int(bad.sum()), 0
+        disagree = self.disagree.narrow(0, start, size)
+        return int((bad | disagree).sum()), int(disagree.sum())
+
+
+def _fill_allowed(
+    tol: Tol, row: torch.Tensor, magnitude: torch.Tensor, error: float, batch_scale: float
+) -> float | None:
+    """Write one tensor's allowed differences into `row`; return it when it is one number."""
     import torch
 
-    if manual.shape != reference.shape:
-        raise GradientMismatch(
-            f"shape {tuple(manual.shape)}, autograd's is {tuple(reference.shape)}"
-        )
-    if manual.dtype != reference.dtype:
-        raise GradientMismatch(f"dtype {manual.dtype}, autograd's is {reference.dtype}")
-    if manual.device != reference.device:
-        raise GradientMismatch(f"device {manual.device}, autograd's is {reference.device}")
-    exact = bool(torch.equal(manual, reference))
-    m = manual.double()
-    r = reference.double()
-    reference_error = 0.0
+    if tol.mode == "allclose":
+        torch.mul(magnitude, tol.rtol, out=row).add_(tol.atol)
+        return None
+    value = 0.0
     if tol.mode == "baseline":
-        if truth is None:
-            raise ValueError("baseline mode needs the float64 truth")
-        t = truth.double().to(m.device)
-        gap = (r - t).abs()
-        reference_error = float(gap.max()) if gap.numel() else 0.0
-        if not math.isfinite(reference_error):
-            reference_error = _max_finite(gap)
-        r = t
-    signed = m - r  # finite exactly when both are (inf - inf and NaN give NaN)
-    all_finite = bool(signed.isfinite().all())
-    if all_finite:  # the common case, with a third of the elementwise work
-        diff = signed.abs_()
-        magnitude = r.abs()
-        nonfinite_bad = None
-    else:
-        finite = torch.isfinite(m) & torch.isfinite(r)
-        # NaN where autograd has NaN, or the same infinity, agrees; any other non-finite fails.
-        agree = (m.isnan() & r.isnan()) | (torch.isinf(m) & (m == r))
-        nonfinite_bad = ~finite & ~agree
-        zero = torch.zeros_like(m)
-        diff = torch.where(finite, (m - r).abs(), torch.where(agree, zero, math.inf))
-        magnitude = torch.where(finite, r.abs(), zero)
-    allowed: torch.Tensor | float  # a single number in baseline and exact mode
-    if tol.mode == "baseline":
-        largest = float(magnitude.max()) if magnitude.numel() else 0.0
-        scale = _floor_scale(largest, reference_error, batch_scale)
-        allowed = tol.k * reference_error + tol.floor_ulps * tol.eps * scale
-    elif tol.mode == "exact":
-        allowed = 0.0
-    else:
-        allowed = tol.atol + tol.rtol * magnitude
-    bad = diff > allowed
-    if nonfinite_bad is not None:
-        bad |= nonfinite_bad
-    if isinstance(allowed, float):
-        ratio = diff / allowed if allowed > 0 else _safe_ratio(diff, torch.zeros_like(diff))
-    else:
-        ratio = _safe_ratio(diff, allowed)
-    rel = _safe_ratio(diff, magnitude)
-    sym = _safe_ratio(2 * diff, m.abs().nan_to_num_(posinf=0.0).add_(magnitude))
-    numel = manual.numel()
-    if numel == 0:
-        return Check(exact, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)
-    flat = int(ratio.reshape(-1).argmax())
-    index = _unravel(flat, tuple(manual.shape))
-    mismatched = int(bad.sum())
-    return Check(
-        exact=exact,
-        passed=mismatched == 0,
-        max_abs=float(diff.max()),
-        max_rel=float(rel.max()),
-        budget=float(ratio.reshape(-1)[flat]),
-        worst_index=index,
-        manual_value=float(m.reshape(-1)[flat]),
-        reference_value=float(r.reshape(-1)[flat]),
-        mismatched=mismatched,
-        nonfinite=0 if nonfinite_bad is None else int(nonfinite_bad.sum()),
-        numel=numel,
-        allowed=allowed if isinstance(allowed, float) else float(allowed.reshape(-1)[flat]),
-        reference_error=reference_error,
-        sym_rel=float(sym.max()),
-        cosine=_cosine(m, r, all_finite),
-    )
+        floor = _floor_scale(float(magnitude.max()), error, batch_scale)
+        value = tol.k * error + tol.floor_ulps * tol.eps * floor
+    row.fill_(value)
+    return value
+
+
+def _second(item: Comparison) -> torch.Tensor:
+    """What the manual gradient is measured against: the truth in baseline mode."""
+    if item.tol.mode == "baseline" and item.truth is not None:
+        return item.truth.to(item.manual.device)
+    return item.reference
+
+
+def _reference_error(item: Comparison) -> float:
+    """max |autograd in the tested dtype - float64 truth|, over the finite differences."""
+    import torch
+
+    assert item.truth is not None
+    gap = torch.sub(item.reference, item.truth.to(item.reference.device)).abs_()
+    error = float(gap.max())
+    return error if math.isfinite(error) else _max_finite(gap)
+
+
+def _nonfinite(
+    m: torch.Tensor, r: torch.Tensor, diff: torch.Tensor, magnitudes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewrite |m - r| in place so that NaN in both, or the same infinity, agrees (0) and
+    any other non-finite element differs infinitely; zero `magnitudes` (|m| and |r|)
+    wherever either side is not finite. Returns the masks of the disagreements and of the
+    elements finite on both sides."""
+    import torch
+
+    finite = torch.isfinite(m) & torch.isfinite(r)
+    agree = (m.isnan() & r.isnan()) | (torch.isinf(m) & (m == r))
+    disagree = ~finite & ~agree
+    magnitudes.masked_fill_(~finite, 0.0)
+    diff.masked_fill_(agree, 0.0).masked_fill_(disagree, math.inf)
+    return disagree, finite
 
 
 def _floor_scale(own: float, reference_error: float, batch_scale: float) -> float:
@@ -231,20 +383,13 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """numerator / denominator with 0/0 = 0 and x/0 = inf (numerator is never negative)."""
-    return (numerator / denominator).nan_to_num(nan=0.0, posinf=math.inf)
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor, all_finite: bool) -> float:
-    if not all_finite:
-        keep = a.isfinite() & b.isfinite()
-        a, b = a[keep], b[keep]
-    a, b = a.reshape(-1), b.reshape(-1)
-    norms = math.sqrt(float(a.dot(a)) * float(b.dot(b)))
-    if norms == 0.0:
-        return 1.0 if float(a.abs().sum() + b.abs().sum()) == 0.0 else 0.0
-    return max(-1.0, min(1.0, float(a.dot(b)) / norms))
+def _cosine(diff_norm: float, m_norm: float, r_norm: float) -> float:
+    """Cosine similarity of m and r from the norms of m - r, m and r (law of cosines):
+    accurate to a few ULPs of 1, since the norms come from the same float64 sums."""
+    if m_norm == 0.0 or r_norm == 0.0:
+        return 1.0 if m_norm == r_norm else 0.0
+    cosine = (m_norm * m_norm + r_norm * r_norm - diff_norm * diff_norm) / (2 * m_norm * r_norm)
+    return max(-1.0, min(1.0, cosine))
 
 
 @dataclass

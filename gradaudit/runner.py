@@ -8,13 +8,24 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from gradaudit.compare import Check, GradientMismatch, TensorSummary, Tol, check, tolerance_for
+from gradaudit.compare import (
+    Check,
+    Comparison,
+    GradientMismatch,
+    Scratch,
+    TensorSummary,
+    Tol,
+    check,
+    check_all,
+    mismatch,
+    tolerance_for,
+)
 from gradaudit.errors import DataError, PluginError, SpecError
 from gradaudit.mutate import Mutant, MutantResult, MutationReport, sensitivity
 from gradaudit.plugins import Registry, plugin_manager
@@ -258,6 +269,7 @@ class _Case:
             )
             audit.mutation_reports.append(self.mutation)
         self.fd_batches_done = 0
+        self.scratch = Scratch()  # comparison buffers, reused batch after batch
         self.timeout = audit.timeout
         self.all_names = set(audit.all_names)
         self.setup_error: str | None = None
@@ -376,13 +388,14 @@ class _Case:
             )
             return
         self._unknown_names(batch, manual)
-        checks: dict[str, Check] = {}
-        for i, (name, ref) in enumerate(zip(names, reference, strict=True)):
-            result = self._compare(
-                "gradients", name, batch, manual.get(name), ref, truth[i] if truth else None
-            )
-            if result is not None:
-                checks[name] = result
+        checks = self._compare(
+            "gradients",
+            batch,
+            [
+                (name, manual.get(name), ref, truth[i] if truth else None)
+                for i, (name, ref) in enumerate(zip(names, reference, strict=True))
+            ],
+        )
         if self.mutation is not None:
             self._mutate(batch, manual, names, reference, truth, checks)
         if "repeat" in self.groups:
@@ -393,39 +406,50 @@ class _Case:
     def _compare(
         self,
         kind: str,
-        name: str,
         batch: Batch,
-        got: object,
-        reference: torch.Tensor,
-        truth: torch.Tensor | None = None,
+        wanted: Sequence[tuple[str, object, torch.Tensor, torch.Tensor | None]],
         tol: Tol | None = None,
-    ) -> Check | None:
+    ) -> dict[str, Check]:
+        """Check each (name, manual gradient, reference, truth) in one check_all call, then
+        record and report them in the given order; unusable gradients become errors."""
+        group = {s.tensor: s for s in self.groups[kind].tensors}
+        problems: dict[str, str] = {}
+        ready: dict[str, Comparison] = {}
+        for name, got, reference, truth in wanted:
+            problem = self._unusable(got)
+            if problem is None:
+                assert isinstance(got, torch.Tensor)
+                problem = mismatch(got, reference)
+                if problem is not None:
+                    problem = f"gradient has {problem}"
+            if problem is not None:
+                problems[name] = problem
+            else:
+                assert isinstance(got, torch.Tensor)
+                ready[name] = Comparison(got, reference, tol or group[name].tol, truth)
+        results = dict(
+            zip(ready, check_all(list(ready.values()), self.batch_scale, self.scratch), strict=True)
+        )
+        for name, *_ in wanted:
+            if name in problems:
+                self._error(name, batch, problems[name], kind)
+            else:
+                group[name].add(results[name], batch.index, batch.seed)
+                self._emit(kind, name, batch, check=results[name])
+        return results
+
+    def _unusable(self, got: object) -> str | None:
+        """Why a plugin's gradient cannot be compared, or None."""
         if got is None:
-            self._error(
-                name, batch, f"gradients '{self.spec.gradients.plugin}' gave no gradient", kind
-            )
-            return None
+            return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
         if not isinstance(got, torch.Tensor):
-            self._error(name, batch, f"gradient is a {type(got).__name__}, not a tensor", kind)
-            return None
+            return f"gradient is a {type(got).__name__}, not a tensor"
         if got.requires_grad:
-            self._error(name, batch, "gradient requires grad: return plain tensors", kind)
-            return None
+            return "gradient requires grad: return plain tensors"
         alias = self._aliased(got)
         if alias:
-            self._error(
-                name, batch, f"gradient shares memory with {alias}: return a new tensor", kind
-            )
-            return None
-        summary = next(s for s in self.groups[kind].tensors if s.tensor == name)
-        try:
-            result = check(got, reference, tol or summary.tol, truth, self.batch_scale)
-        except GradientMismatch as exc:
-            self._error(name, batch, f"gradient has {exc}", kind)
-            return None
-        summary.add(result, batch.index, batch.seed)
-        self._emit(kind, name, batch, check=result)
-        return result
+            return f"gradient shares memory with {alias}: return a new tensor"
+        return None
 
     def _aliased(self, tensor: torch.Tensor) -> str | None:
         """The parameter whose memory this gradient shares (a view, or the parameter itself)."""
@@ -503,10 +527,12 @@ class _Case:
                 for name in names:
                     self._error(name, batch, f"repeat raised {_why(exc)}", "repeat")
                 return
-            for name in names:
-                reference = first.get(name)
-                if isinstance(reference, torch.Tensor):
-                    self._compare("repeat", name, batch, again.get(name), reference)
+            wanted = [
+                (name, again.get(name), reference, None)
+                for name in names
+                if isinstance(reference := first.get(name), torch.Tensor)
+            ]
+            self._compare("repeat", batch, wanted)
 
     def _finite_difference(self, batch: Batch) -> None:
         """Central differences of the float64 loss along random unit directions.
@@ -565,7 +591,7 @@ class _Case:
         tol = Tol("allclose", fd.rtol, fd.atol + rounding)
         for name, values in projected.items():
             got = torch.tensor(values, dtype=torch.float64)
-            self._compare("finite_difference", name, batch, got, truth, tol=tol)
+            self._compare("finite_difference", batch, [(name, got, truth, None)], tol=tol)
 
 
 def _dot(gradients: list[torch.Tensor], direction: list[torch.Tensor]) -> float:
@@ -614,13 +640,23 @@ def _snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:
 def _changed(before: Snapshot, model: torch.nn.Module, forward: Forward) -> list[str]:
     now: dict[str, torch.Tensor] = {f"parameter {n}": p for n, p in model.named_parameters()}
     now |= {f"intermediate {n}": t for n, t in forward.intermediates.items()}
-    return [k for k, v in before.items() if not torch.equal(v, now[k].detach())]
+    return [k for k, v in before.items() if not _same_bits(v, now[k].detach())]
 
 
 def _restore(before: Snapshot, model: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(before[f"parameter {name}"])
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality; torch.equal first, since it is fast and NaN is the only value it
+    calls unequal to itself."""
+    if a.shape != b.shape:
+        return False
+    if torch.equal(a, b):
+        return True
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def _available_memory() -> int | None:

@@ -518,3 +518,19 @@ def test_slow_gradient_through_the_console_script(audit_subprocess: Runner) -> N
     assert run.code == 1 and "Traceback" not in run.out + run.err, run.out + run.err
     assert {r for (d, _), r in run.rows().items() if d == "float64"} == {"ERROR"}
     assert {r for (d, _), r in run.rows().items() if d == "float32"} == {"PASS"}
+
+
+def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change() -> None:
+    """The in-place guard compares bits: NaN equals itself there, a real change does not."""
+    from gradaudit.runner import _changed, _snapshot
+    from gradaudit.types import Forward
+
+    model = torch.nn.Linear(2, 2)
+    hidden = torch.tensor([float("nan"), 1.0])
+    forward = Forward(torch.tensor(0.0), {"h": hidden})
+    before = _snapshot(model, forward)
+    assert _changed(before, model, forward) == []
+    hidden[1] = 2.0
+    with torch.no_grad():
+        model.weight[0, 0] += 1.0
+    assert _changed(before, model, forward) == ["parameter weight", "intermediate h"]
