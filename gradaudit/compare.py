@@ -30,6 +30,7 @@ EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64":
 DEFAULT_K = 2.0
 DEFAULT_FLOOR_ULPS = {"float64": 8.0, "float32": 8.0, "bfloat16": 2.0, "float16": 2.0}
 BATCH_FLOOR_SHARE = 1.0 / 16
+TRIAGE_MARGIN = 1e-4  # float32 measurements this close to the allowance are redone in float64
 MAX_ERRORS_KEPT = 5
 MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
 
@@ -122,16 +123,18 @@ class Scratch:
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, str], torch.Tensor] = {}
+        self._buffers: dict[tuple[str, str, str], torch.Tensor] = {}
 
-    def take(self, name: str, rows: int, numel: int, device: torch.device) -> torch.Tensor:
-        """A (rows, numel) float64 tensor with arbitrary contents."""
+    def take(
+        self, name: str, rows: int, numel: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """A (rows, numel) tensor with arbitrary contents."""
         import torch
 
-        key = (name, str(device))
+        key = (name, str(device), str(dtype))
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < rows * numel:
-            buffer = torch.empty(rows * numel, dtype=torch.float64, device=device)
+            buffer = torch.empty(rows * numel, dtype=dtype, device=device)
             self._buffers[key] = buffer
         return buffer[: rows * numel].view(rows, numel)
 
@@ -171,7 +174,8 @@ def check(
 def check_all(
     items: list[Comparison], batch_scale: float = 0.0, scratch: Scratch | None = None
 ) -> list[Check]:
-    """Compare in float64. NaN/Inf agree only with the same NaN/Inf; anything else fails.
+    """Compare; verdicts are float64's (see _measure). NaN/Inf agree only with the same
+    NaN/Inf; anything else fails.
 
     `batch_scale` (baseline mode) is the largest truth entry among all of the batch's
     gradients; see _floor_scale. Raises GradientMismatch when a pair cannot be compared.
@@ -191,13 +195,41 @@ def check_all(
     if len(devices) > 1:  # the flat layout needs one device; keep the order
         return [check_all([item], batch_scale, scratch)[0] for item in items]
     live = [item for item in items if item.manual.numel()]
-    computed = iter(_Flat(live, batch_scale, scratch or Scratch()).results() if live else [])
+    computed = iter(_measure(live, batch_scale, scratch or Scratch()) if live else [])
     empty = Check(True, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)
     return [next(computed) if item.manual.numel() else empty for item in items]
 
 
+def _measure(items: list[Comparison], batch_scale: float, scratch: Scratch) -> list[Check]:
+    """Float32 first where that is enough to decide, float64 where it is not.
+
+    allclose and exact tolerances on float32 or narrower gradients are measured in float32
+    (half the memory traffic of float64). Its rounding moves a ratio by under 1e-6, so a
+    tensor whose worst element stays more than TRIAGE_MARGIN under its allowance passes in
+    float64 too; any other (and any non-finite norm) is measured again in float64, so
+    every verdict and mismatch count is float64's. Baseline compares with the float64
+    truth, so it is float64 throughout.
+    """
+    import torch
+
+    narrow = {torch.float32, torch.float16, torch.bfloat16}
+    if any(item.tol.mode == "baseline" or item.manual.dtype not in narrow for item in items):
+        return _Flat(items, batch_scale, scratch, torch.float64).results()
+    checks = _Flat(items, batch_scale, scratch, torch.float32).results()
+    again = [
+        i
+        for i, c in enumerate(checks)
+        if not c.budget < 1.0 - TRIAGE_MARGIN or not math.isfinite(c.cosine + c.max_abs)
+    ]
+    if again:
+        redone = _Flat([items[i] for i in again], batch_scale, scratch, torch.float64).results()
+        for i, result in zip(again, redone, strict=True):
+            checks[i] = result
+    return checks
+
+
 class _Flat:
-    """The tensors of one check_all call, end to end in float64 buffers.
+    """The tensors of one check_all call, end to end in buffers of one dtype.
 
     `pair` holds manual and reference (the truth, in baseline mode). `rows` holds, per
     element, |diff| divided by [allowed, |m| + |r|, |r|] (the `bounds`), then |diff|, |m|
@@ -206,7 +238,13 @@ class _Flat:
     the last three gives what the cosine needs.
     """
 
-    def __init__(self, items: list[Comparison], batch_scale: float, scratch: Scratch) -> None:
+    def __init__(
+        self,
+        items: list[Comparison],
+        batch_scale: float,
+        scratch: Scratch,
+        dtype: torch.dtype,
+    ) -> None:
         import torch
 
         self.items = items
@@ -214,11 +252,11 @@ class _Flat:
         self.offsets = [sum(self.sizes[:i]) for i in range(len(items))]
         numel = sum(self.sizes)
         device = items[0].manual.device
-        self.pair = scratch.take("pair", 2, numel, device)
+        self.pair = scratch.take("pair", 2, numel, device, dtype)
         torch.cat([item.manual.reshape(-1) for item in items], out=self.pair[0])
         torch.cat([_second(item).reshape(-1) for item in items], out=self.pair[1])
         m, r = self.pair.unbind(0)
-        self.rows = scratch.take("rows", 6, numel, device)
+        self.rows = scratch.take("rows", 6, numel, device, dtype)
         _, _, _, diff, _, magnitude = self.rows.unbind(0)
         self.diff = torch.sub(m, r, out=diff).abs_()
         magnitudes = self.rows.narrow(0, 4, 2)
@@ -228,7 +266,7 @@ class _Flat:
         if not math.isfinite(float(diff.max())):
             self.disagree, finite = _nonfinite(m, r, diff, magnitudes)
             self.norm_rows = torch.stack([diff.masked_fill(~finite, 0.0), *magnitudes])
-        self.bounds = scratch.take("bounds", 3, numel, device)
+        self.bounds = scratch.take("bounds", 3, numel, device, dtype)
         allowed, both, own = self.bounds.unbind(0)
         own.copy_(magnitude)
         torch.add(magnitudes[0], magnitude, out=both)

@@ -574,3 +574,26 @@ def test_error_with_no_batches() -> None:
     summary.add_error("moving the model to cuda/float16 failed")
     assert summary.status == "error"
     assert summary.batches == 0
+
+
+def test_float32_measurement_matches_float64_and_defers_close_calls_to_it() -> None:
+    """allclose on float32 is measured in float32 first: its numbers agree with float64's to
+    float32 precision, and a tensor near its allowance gets float64's exact verdict."""
+    from gradaudit.compare import TRIAGE_MARGIN, Comparison, check_all
+
+    gen = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(shape, generator=gen) for shape in ((40, 7), (300,), (5, 6, 7))]
+    allowed = [1e-5 + 1.3e-6 * t.double().abs() for t in tensors]
+    # well inside the allowance, then straddling it element by element
+    scales = [0.3, 0.9, 1.0 + 10 * TRIAGE_MARGIN]
+    triples = zip(tensors, allowed, scales, strict=True)
+    manuals = [(t.double() + a * s).float() for t, a, s in triples]
+    pairs = list(zip(manuals, tensors, strict=True))
+    as32 = check_all([Comparison(m, t, F32) for m, t in pairs])
+    as64 = check_all([Comparison(m.double(), t.double(), F32) for m, t in pairs])
+    for a, b in zip(as32, as64, strict=True):
+        assert (a.passed, a.mismatched, a.worst_index) == (b.passed, b.mismatched, b.worst_index)
+        for name in ("max_abs", "max_rel", "budget", "sym_rel", "cosine", "allowed"):
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-6), name
+    assert as32[0].passed and as32[1].passed and not as32[2].passed
+    assert as32[2].budget == as64[2].budget  # redone in float64: the very same number
