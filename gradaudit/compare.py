@@ -207,8 +207,9 @@ def _measure(items: list[Comparison], batch_scale: float, scratch: Scratch) -> l
     (half the memory traffic of float64). Its rounding moves a ratio by under 1e-6, so a
     tensor whose worst element stays more than TRIAGE_MARGIN under its allowance passes in
     float64 too; any other (and any non-finite norm) is measured again in float64, so
-    every verdict and mismatch count is float64's. Baseline compares with the float64
-    truth, so it is float64 throughout.
+    every verdict and mismatch count is float64's, and the other numbers of a passing
+    tensor carry float32's precision (about 1e-6 relative). Baseline compares with the
+    float64 truth, so it is float64 throughout.
     """
     import torch
 
@@ -422,8 +423,10 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _cosine(diff_norm: float, m_norm: float, r_norm: float) -> float:
-    """Cosine similarity of m and r from the norms of m - r, m and r (law of cosines):
-    accurate to a few ULPs of 1, since the norms come from the same float64 sums."""
+    """Cosine similarity of m and r from the norms of m - r, m and r (law of cosines); NaN
+    where a norm overflowed, so that it is measured again in float64 (see _measure)."""
+    if not math.isfinite(diff_norm + m_norm + r_norm):
+        return math.nan
     if m_norm == 0.0 or r_norm == 0.0:
         return 1.0 if m_norm == r_norm else 0.0
     cosine = (m_norm * m_norm + r_norm * r_norm - diff_norm * diff_norm) / (2 * m_norm * r_norm)

@@ -21,7 +21,6 @@ from gradaudit.compare import (
     Scratch,
     TensorSummary,
     Tol,
-    check,
     check_all,
     mismatch,
     tolerance_for,
@@ -505,9 +504,8 @@ class _Case:
                 result.changed = True
                 tol = self.summaries[name].tol
                 try:
-                    outcome = check(
-                        mutated, reference[i], tol, truth[i] if truth else None, self.batch_scale
-                    )
+                    pair = Comparison(mutated, reference[i], tol, truth[i] if truth else None)
+                    outcome = check_all([pair], self.batch_scale, self.scratch)[0]
                 except GradientMismatch:
                     continue
                 result.budget = max(result.budget, outcome.budget)

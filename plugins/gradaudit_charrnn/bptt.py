@@ -40,12 +40,12 @@ def charrnn_bptt(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[st
     dlogits /= N
 
     dh = dlogits @ V  # (T, B, H): each step's own path to the loss; the carry is added below
-    dtanh = 1 - hs * hs
-    da = torch.empty_like(hs)
-    torch.mul(dh[T - 1], dtanh[T - 1], out=da[T - 1])
+    # tanh' = 1 - h^2, turned into da in place step by step (one buffer, one pass to fill)
+    da = torch.addcmul(hs.new_ones(()), hs, hs, value=-1)
+    da[T - 1].mul_(dh[T - 1])
     for t in range(T - 2, -1, -1):
         dh[t].addmm_(da[t + 1], W)  # dh_t += da_{t+1} W: the path through later steps
-        torch.mul(dh[t], dtanh[t], out=da[t])
+        da[t].mul_(dh[t])
 
     H = hs.shape[-1]
     flat_da = da.view(N, H)
