@@ -415,12 +415,7 @@ class _Case:
         problems: dict[str, str] = {}
         ready: dict[str, Comparison] = {}
         for name, got, reference, truth in wanted:
-            problem = self._unusable(got)
-            if problem is None:
-                assert isinstance(got, torch.Tensor)
-                problem = mismatch(got, reference)
-                if problem is not None:
-                    problem = f"gradient has {problem}"
+            problem = self._unusable(got, reference)
             if problem is not None:
                 problems[name] = problem
             else:
@@ -437,8 +432,8 @@ class _Case:
                 self._emit(kind, name, batch, check=results[name])
         return results
 
-    def _unusable(self, got: object) -> str | None:
-        """Why a plugin's gradient cannot be compared, or None."""
+    def _unusable(self, got: object, reference: torch.Tensor) -> str | None:
+        """Why a plugin's gradient cannot be compared with autograd's, or None."""
         if got is None:
             return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
         if not isinstance(got, torch.Tensor):
@@ -448,7 +443,8 @@ class _Case:
         alias = self._aliased(got)
         if alias:
             return f"gradient shares memory with {alias}: return a new tensor"
-        return None
+        problem = mismatch(got, reference)
+        return f"gradient has {problem}" if problem else None
 
     def _aliased(self, tensor: torch.Tensor) -> str | None:
         """The parameter whose memory this gradient shares (a view, or the parameter itself)."""
