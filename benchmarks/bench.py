@@ -45,11 +45,14 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+Ratio = tuple[float, float, float]  # median, lowest and highest of the per-round ratios
+
+
 def paired_times(
     measured: Callable[[], object], baseline: Callable[[], object], rounds: int
-) -> tuple[float, float, float]:
-    """Median times of two computations run alternately, and the median of the per-round
-    ratios: a burst of load on a shared machine then hits both sides of a round alike."""
+) -> tuple[float, float, Ratio]:
+    """Median times of two computations run alternately, and the per-round ratios: a burst
+    of load on a shared machine then hits both sides of a round alike."""
     measured()  # warm-up
     baseline()
     pairs = []
@@ -62,8 +65,12 @@ def paired_times(
     return (
         statistics.median(p[0] for p in pairs),
         statistics.median(p[1] for p in pairs),
-        statistics.median(p[0] / p[1] for p in pairs),
+        spread([p[0] / p[1] for p in pairs]),
     )
+
+
+def spread(ratios: list[float]) -> Ratio:
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def row(
@@ -72,23 +79,27 @@ def row(
     baseline: float,
     target: str,
     unit: str = "ms",
-    ratio: float | None = None,
+    ratio: Ratio | None = None,
 ) -> None:
+    """One table row; a paired ratio shows as its median [lowest-highest round]."""
     scale = 1000.0 if unit == "ms" else 1.0
     if ratio is None:
-        ratio = measured / baseline if baseline else float("inf")
+        text = f"{measured / baseline if baseline else float('inf'):.2f}x"
+    else:
+        text = f"{ratio[0]:.2f}x [{ratio[1]:.2f}-{ratio[2]:.2f}]"
     ROWS.append(
         (
             what,
             f"{measured * scale:.3g} {unit}",
             f"{baseline * scale:.3g} {unit}",
-            f"{ratio:.2f}x ({target})",
+            f"{text} ({target})",
         )
     )
 
 
-def bptt_times(B: int, T: int, H: int, repeat: int) -> tuple[float, float, float]:
-    """Median forward, autograd backward (alone) and manual BPTT times at one size."""
+def bptt_times(B: int, T: int, H: int, repeat: int) -> tuple[float, float, float, Ratio]:
+    """Median forward, autograd backward (alone) and manual BPTT times at one size, and the
+    per-round ratios manual / autograd (the two run back to back in each round)."""
     vocab = 65
     torch.manual_seed(0)
     model = build_charrnn(vocab, d_model=24, n_hidden=H)
@@ -112,16 +123,22 @@ def bptt_times(B: int, T: int, H: int, repeat: int) -> tuple[float, float, float
             forwards.append(middle - start)
             backwards.append(end - middle)
             manuals.append(done - begin)
-    return statistics.median(forwards), statistics.median(backwards), statistics.median(manuals)
+    ratios = spread([m / b for m, b in zip(manuals, backwards, strict=True)])
+    return (
+        statistics.median(forwards),
+        statistics.median(backwards),
+        statistics.median(manuals),
+        ratios,
+    )
 
 
 def bench_bptt(sizes: list[tuple[int, int, int]], repeat: int) -> None:
     """Manual BPTT against autograd's backward of the same forward (float32, CPU)."""
     for B, T, H in sizes:
-        r = max(3, repeat // max(1, (B * T * H) // 200_000))
-        t_fwd, t_auto, t_manual = bptt_times(B, T, H, r)
+        r = max(5, repeat // max(1, (B * T * H) // 200_000))
+        t_fwd, t_auto, t_manual, ratio = bptt_times(B, T, H, r)
         what = f"manual BPTT vs autograd backward, B,T,H={B},{T},{H} (forward {t_fwd * 1e3:.3g} ms)"
-        row(what, t_manual, t_auto, "target <= 1.0")
+        row(what, t_manual, t_auto, "target <= 1.0", ratio=ratio)
 
 
 def bench_overhead(batches: int, rounds: int, mode: str = "allclose") -> None:
