@@ -343,6 +343,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus")
     if args.quick:
+        print("--quick: too small to judge the targets; it proves the script runs")
         bench_bptt([(1, 8, 200), (32, 8, 200)], 5)
         bench_overhead(10, 2)
         bench_startup(2)
