@@ -29,19 +29,11 @@ import yaml
 from junitparser import Error, Failure, JUnitXml, Skipped
 
 from tests.conftest import run_gradaudit, small_spec
+from tests.negative_controls import tensor_names
 
 PLUGINS = Path(__file__).resolve().with_name("misbehaving_plugins.py")
 T = 5  # the small spec's block_size
-TENSORS = [
-    "logits",
-    *(f"h.{t}" for t in range(1, T + 1)),
-    "C.weight",
-    "U.weight",
-    "U.bias",
-    "W.weight",
-    "V.weight",
-    "V.bias",
-]
+TENSORS = tensor_names(T)
 DTYPES = ["float32", "float64"]
 BATCHES = [(0, 3), (1, 4)]  # (index, seed) of the small spec's two batches
 ROW = re.compile(r"^(cpu) +(float32|float64) +(\S+) .* (PASS|FAIL|ERROR|SKIP)\b")
