@@ -11,7 +11,6 @@ message on an `<error>` testcase in the JUnit, and the well-behaved dtype passin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -20,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ import torch
 import yaml
 from junitparser import Error, Failure, JUnitXml, Skipped
 
+import tests.misbehaving_plugins as mis
 from tests.conftest import run_gradaudit, small_spec
 from tests.negative_controls import tensor_names
 
@@ -37,17 +36,6 @@ TENSORS = tensor_names(T)
 DTYPES = ["float32", "float64"]
 BATCHES = [(0, 3), (1, 4)]  # (index, seed) of the small spec's two batches
 ROW = re.compile(r"^(cpu) +(float32|float64) +(\S+) .* (PASS|FAIL|ERROR|SKIP)\b")
-
-
-def _load_plugin_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("misbehaving_plugins_under_test", PLUGINS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mis = _load_plugin_module()
 
 
 @pytest.fixture(scope="module", autouse=True)

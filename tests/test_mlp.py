@@ -8,12 +8,10 @@ exactly the tensors it really gets wrong (measured in-process first).
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from gradaudit_mlp.backward import mlp_batchnorm_backward
 from gradaudit_mlp.model import MLPBatchNorm, build_mlp_batchnorm
 from junitparser import Error, Failure, JUnitXml, Skipped
 
+import tests.mlp_negative_controls as nc
 from gradaudit import Batch, Forward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,17 +42,6 @@ TORCH_DTYPES = [
 ]
 
 
-def load_negative_controls() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "mlp_negative_controls_under_test", NEGATIVE_CONTROLS
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-nc = load_negative_controls()
 TENSORS: list[str] = nc.TENSORS
 WRONG = list(nc.EXPECTED_WRONG)
 

@@ -7,12 +7,10 @@ really are wrong, and by how much); then the CLI must report exactly those tenso
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from gradaudit_charrnn.bptt import charrnn_bptt
 from gradaudit_charrnn.model import build_charrnn
 from junitparser import Error, Failure, JUnitXml, Skipped
 
+import tests.negative_controls as nc
 from gradaudit import Batch
 
 NEGATIVE_CONTROLS = Path(__file__).resolve().with_name("negative_controls.py")
@@ -35,17 +34,6 @@ WRONG = [
 ]
 DTYPES = ["float32", "float64"]
 CliRun = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
-def load_negative_controls() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("negative_controls_under_test", NEGATIVE_CONTROLS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-nc = load_negative_controls()
 
 
 # --- the controls themselves, measured in-process -------------------------------------------
