@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -250,7 +251,7 @@ class _Flat:
 
         self.items = items
         self.sizes = [item.manual.numel() for item in items]
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(items))]
+        self.offsets = [0, *itertools.accumulate(self.sizes)][:-1]
         numel = sum(self.sizes)
         device = items[0].manual.device
         self.pair = scratch.take("pair", 2, numel, device, dtype)
