@@ -13,14 +13,32 @@ from gradaudit import __version__
 from gradaudit.errors import EXIT_INTERNAL, GradauditError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Seconds > 0; inf means no limit; nan is refused (exit 2)."""
+    if value is None or value == float("inf"):
+        return None
+    if value != value or value <= 0:
+        raise click.BadParameter(f"{value} is not a number of seconds > 0", ctx, param)
+    return value
+
+
+SET_HELP = "Change one spec key, validated like the file (repeatable): --set batches.count=2"
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True
+)
+@click.pass_context
 @click.version_option(__version__, prog_name="gradaudit")
-def cli() -> None:
+def cli(ctx: click.Context) -> None:
     """Check hand-written gradients against torch autograd, and gate CI on the result.
 
     Exit codes: 0 all checks passed, 1 a gradient check failed or errored,
-    2 bad spec or usage, 3 internal error.
+    2 bad spec or usage, 3 internal error, 5 nothing was compared.
     """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
 
 
 @cli.command("run")
@@ -39,10 +57,12 @@ def cli() -> None:
 @click.option("--shard", metavar="K/N", help="Run shard K of N (batches k with k % N == K-1).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=_timeout,
     metavar="SECONDS",
     help="Per-case limit: a batch that runs longer is an error, and the run moves on.",
 )
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print a line per batch and tensor.")
 @click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
@@ -55,6 +75,7 @@ def run_command(
     require_devices: tuple[str, ...],
     shard: str | None,
     timeout: float | None,
+    sets: tuple[str, ...],
     quiet: bool,
     verbose: bool,
     color: bool | None,
@@ -76,8 +97,31 @@ def run_command(
         color=tty if color is None else color,
         progress=sys.stderr.isatty(),
         verbosity=-1 if quiet else 1 if verbose else 0,
+        sets=sets,
     )
     sys.exit(commands.run(spec, options))
+
+
+@cli.command("plan")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
+@click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
+@click.option("--shard", metavar="K/N", help="Plan shard K of N.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def plan_command(
+    spec: str,
+    devices: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    shard: str | None,
+    sets: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Print every check `run` would make, with tolerances and skip reasons; runs no batch."""
+    from gradaudit import commands
+
+    options = commands.RunOptions(devices=devices, dtypes=dtypes, shard=shard, sets=sets)
+    sys.exit(commands.plan(spec, options, as_json))
 
 
 @cli.command("mutate")
@@ -86,17 +130,28 @@ def run_command(
 @click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
 @click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
 @click.option("--fail-on-survivor", is_flag=True, help="Exit 1 when a mutant survives.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
 def mutate_command(
     spec: str,
     junit_xml: str | None,
     devices: tuple[str, ...],
     dtypes: tuple[str, ...],
     fail_on_survivor: bool,
+    sets: tuple[str, ...],
+    color: bool | None,
 ) -> None:
     """Prove SPEC's audit catches bugs: run it against mutated manual gradients."""
     from gradaudit import commands
 
-    options = commands.RunOptions(junit_xml=junit_xml, devices=devices, dtypes=dtypes)
+    tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    options = commands.RunOptions(
+        junit_xml=junit_xml,
+        devices=devices,
+        dtypes=dtypes,
+        sets=sets,
+        color=tty if color is None else color,
+    )
     sys.exit(commands.mutate(spec, options, fail_on_survivor))
 
 
@@ -115,11 +170,12 @@ def merge_command(out: str, inputs: tuple[str, ...]) -> None:
 
 @cli.command("validate")
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate_command(specs: tuple[str, ...]) -> None:
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def validate_command(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check SPECS for errors without running anything (torch is not imported)."""
     from gradaudit import commands
 
-    sys.exit(commands.validate(specs))
+    sys.exit(commands.validate(specs, sets))
 
 
 @cli.command("plugins")

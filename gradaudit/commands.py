@@ -1,22 +1,36 @@
-"""What each CLI command does; cli.py only parses arguments and calls these."""
+"""What each CLI command does; cli.py only parses arguments and calls these.
+
+`run` is plan, then run, then report: the plan is made before any batch, the runner's
+events go to every registered reporter, and the exit code comes from the fold of them.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
-from gradaudit.spec import load_spec
+from gradaudit.guards import Interrupted
+from gradaudit.spec import LoadedSpec, load_spec
 from gradaudit.write import check_writable
 
 if TYPE_CHECKING:
-    from gradaudit.results import CaseResult, Shard
+    from gradaudit.audit import Audit
+    from gradaudit.plan import Plan
+    from gradaudit.report.base import Reporter
+    from gradaudit.results import RunSummary, Shard
+
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+EXIT_NOTHING_COMPARED = 5  # pytest's "no tests ran"
 
 
 @dataclass(frozen=True)
@@ -31,14 +45,7 @@ class RunOptions:
     color: bool = False
     progress: bool = False
     verbosity: int = 0
-
-
-class Interrupted(BaseException):
-    """Raised from the SIGTERM handler (a cancelled CI job), like KeyboardInterrupt for SIGINT."""
-
-
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
+    sets: tuple[str, ...] = ()
 
 
 def parse_shard(text: str) -> Shard:
@@ -50,21 +57,43 @@ def parse_shard(text: str) -> Shard:
     return Shard(int(match[1]), int(match[2]))
 
 
-def run(spec_path: str, options: RunOptions) -> int:
-    """Audit one spec. Reports are written even when the run breaks or is interrupted."""
-    loaded = load_spec(spec_path)
-    shard = parse_shard(options.shard) if options.shard is not None else None
-    for path in (options.junit_xml, options.json_path):
+def _report_paths(spec_path: str, options: RunOptions, loaded: LoadedSpec | None) -> None:
+    """Refuse, before any work, a report path that would overwrite the spec, a plugin
+    file or another report, or that cannot be written."""
+    paths = {"--junit-xml": options.junit_xml, "--json": options.json_path}
+    given = {k: Path(v).resolve() for k, v in paths.items() if v}
+    inputs = [Path(spec_path).resolve()]
+    if loaded is not None:
+        inputs += [(loaded.base_dir / p).resolve() for p in loaded.spec.plugins if p.endswith(".py")]
+    for option, path in given.items():
+        if path in inputs:
+            raise UsageError(f"{option} {paths[option]}: is an input of this run (spec or plugin)")
+    if len(set(given.values())) < len(given):
+        raise UsageError("--junit-xml and --json name the same file: give each its own path")
+    for path in paths.values():
         if path:
             check_writable(path)
-    import torch
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            check_writable(summary)
+        except Exception as exc:
+            raise UsageError(f"GITHUB_STEP_SUMMARY: {exc}") from None
 
-    import gradaudit
-    from gradaudit.report.base import Reporter, RunInfo
-    from gradaudit.report.console import ConsoleReporter
-    from gradaudit.report.github import GitHubReporter
-    from gradaudit.results import RunSummary
-    from gradaudit.runner import Audit, device_unavailable
+
+def prepare(
+    spec_path: str, options: RunOptions, before_loading: Callable[[], None] | None = None
+) -> tuple[Audit, Plan, dict[str, Any]]:
+    """Load the spec, its plugins, data and model, and plan the run (no batch runs).
+
+    `before_loading` runs once the spec and the report paths are known to be good."""
+    loaded = load_spec(spec_path, options.sets)
+    shard = parse_shard(options.shard) if options.shard is not None else None
+    _report_paths(spec_path, options, loaded)
+    if before_loading is not None:
+        before_loading()
+    from gradaudit.audit import Audit
+    from gradaudit.plan import device_unavailable, make_plan
 
     devices = _subset("--device", options.devices, loaded.spec.devices)
     dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
@@ -74,46 +103,99 @@ def run(spec_path: str, options: RunOptions) -> int:
         reason = device_unavailable(device)
         if reason:
             raise UsageError(f"--require-device {device}: {reason}")
-
     audit = Audit(loaded)
-    audit.timeout = options.timeout
     audit.check_memory(dtypes)
+    checks = {name: kind() for name, kind in audit.registry.objects("check").items()}
+    return audit, make_plan(audit, devices, dtypes, shard, checks), checks
+
+
+def plan(spec_path: str, options: RunOptions, as_json: bool) -> int:
+    """Print the plan without running a batch (the CI dry run)."""
+    import json
+
+    from gradaudit.plan import plan_lines
+
+    _, made, _ = prepare(spec_path, options)
+    if as_json:
+        _echo(json.dumps(made.to_dict(), indent=2))
+    else:
+        for line in plan_lines(made):
+            _echo(line)
+    return EXIT_OK
+
+
+def run(spec_path: str, options: RunOptions) -> int:
+    """Audit one spec. Reports exist from before the first batch to the end, whatever
+    happens: they say "did not finish" until the run replaces them with its results."""
+    interrupts = _Interrupts()
+    interrupts.install()  # first: a cancelled job in the first seconds still writes reports
+    try:
+        return _run(spec_path, options, interrupts)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        return EXIT_SIGTERM if isinstance(exc, Interrupted) else EXIT_SIGINT
+    finally:
+        interrupts.uninstall()
+
+
+def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
+    from gradaudit.report.placeholder import write_placeholders
+
+    audit, made, checks = prepare(
+        spec_path,
+        options,
+        lambda: write_placeholders(spec_path, options.junit_xml, options.json_path, options.sets),
+    )
+    import torch
+
+    import gradaudit
+    from gradaudit.report.base import NOT_FINISHED, ReportOptions, RunInfo, provisional
+    from gradaudit.results import CaseResult, GroupResult, RunSummary
+    from gradaudit.runner import CaseStarted
+    from gradaudit.runner import run as run_plan
+
     versions = {
         "gradaudit_version": gradaudit.__version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
-    info = RunInfo(loaded, audit.tensor_names, versions, shard)
-    reporters: list[Reporter] = [
-        ConsoleReporter(options.verbosity, options.color, options.progress)
-    ]
-    if options.junit_xml:
-        from gradaudit.report.junit import JUnitReporter
-
-        reporters.append(JUnitReporter(options.junit_xml))
-    if options.json_path:
-        from gradaudit.report.jsonfile import JsonReporter
-
-        reporters.append(JsonReporter(options.json_path))
-    if GitHubReporter.wanted():
-        reporters.append(GitHubReporter())
-
-    def on_case(result: CaseResult) -> None:
-        for reporter in reporters:
-            reporter.case(result)
-
-    for reporter in reporters:
-        reporter.start(info)
+    info = RunInfo(audit.loaded, audit.tensor_names, versions, made.shard, made)
+    report_options = ReportOptions(
+        options.junit_xml, options.json_path, options.verbosity, options.color, options.progress
+    )
+    reporters: list[Reporter] = []
+    for factory in audit.registry.objects("reporter").values():
+        reporter = factory(report_options)
+        if reporter is not None:
+            reporters.append(reporter)
+            reporter.start(info)
     summary = RunSummary()
+
+    def checkpoint() -> None:
+        for reporter in reporters:
+            reporter.checkpoint(provisional(summary, made))
+
+    def finish() -> None:
+        if summary.stopped:
+            summary.complete(made, summary.stopped)
+        for reporter in reporters:
+            reporter.finish(summary)
+
+    interrupts.on_second = finish
+    checkpoint()
     exit_code: int | None = None
     internal: Exception | None = None
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        groups = audit.groups(devices, dtypes, on_case, shard)
-        for group in groups:
-            summary.add(group)
-            for reporter in reporters:
-                reporter.group(group)
+        for event in run_plan(audit, made, checks, options.timeout):
+            if isinstance(event, CaseResult):
+                for reporter in reporters:
+                    reporter.case(event)
+            elif isinstance(event, GroupResult):
+                summary.add(event)
+                for reporter in reporters:
+                    reporter.group(event)
+                checkpoint()
+            elif not isinstance(event, CaseStarted):
+                raise TypeError(f"unexpected event {type(event).__name__}")
     except (KeyboardInterrupt, Interrupted) as exc:
         sigterm = isinstance(exc, Interrupted)
         summary.stopped = f"interrupted by {'SIGTERM' if sigterm else 'SIGINT (Ctrl-C)'}"
@@ -122,19 +204,43 @@ def run(spec_path: str, options: RunOptions) -> int:
         summary.stopped = f"internal error: {type(exc).__name__}: {exc}"
         internal = exc
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        unfinished = [g for g in audit.current if not g.done] if summary.stopped else []
-        for group in unfinished:  # the batches they finished still count
-            summary.add(group)
-            for reporter in reporters:
-                reporter.group(group)
-        for reporter in reporters:
-            reporter.finish(summary)
+        if exit_code is None and internal is None and len(summary.groups) < len(made.cases):
+            summary.stopped = NOT_FINISHED  # never reached: every case yields a group
+        finish()
     if internal is not None:
         raise internal
     if exit_code is not None:
         return exit_code
+    if summary.ok and summary.passed == 0:
+        _echo("gradaudit: no tensor was compared (every case skipped): nothing was proven")
+        return EXIT_NOTHING_COMPARED
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
+
+
+class _Interrupts:
+    """SIGTERM raises Interrupted (like Ctrl-C's KeyboardInterrupt); a second SIGTERM, when
+    plugin code swallowed the first, writes the reports and exits at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous: Any = None
+        self.on_second: Any = None
+
+    def install(self) -> None:
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count > 1:
+            try:
+                if self.on_second is not None:
+                    self.on_second()
+            finally:
+                os._exit(EXIT_SIGTERM)
+        raise Interrupted()
 
 
 def _subset(option: str, chosen: tuple[str, ...], allowed: Sequence[str]) -> list[str]:
@@ -145,15 +251,14 @@ def _subset(option: str, chosen: tuple[str, ...], allowed: Sequence[str]) -> lis
     return [a for a in allowed if a in chosen] if chosen else list(allowed)
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted()
-
-
-def validate(spec_paths: tuple[str, ...]) -> int:
-    """Validate specs without importing torch or any plugin."""
+def validate(spec_paths: tuple[str, ...], sets: tuple[str, ...] = ()) -> int:
+    """Validate specs without importing torch or any plugin, and say what that leaves out."""
     for path in spec_paths:
-        load_spec(path)
-        _echo(f"{path}: ok")
+        load_spec(path, sets)
+        _echo(
+            f"{path}: ok (schema). Not checked without loading plugins: plugin names, "
+            f"tensor globs, plugin options; `gradaudit plan {path}` checks those"
+        )
     return EXIT_OK
 
 
@@ -164,13 +269,12 @@ def _echo(text: str) -> None:
 def list_plugins(spec_path: str | None, as_json: bool = False) -> int:
     """Print what every loaded plugin registers: name, kind, plugin, version, where from."""
     import json
-    from pathlib import Path
 
     from gradaudit.plugins import plugin_manager
 
     loaded = load_spec(spec_path) if spec_path else None
     registry = plugin_manager(
-        loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd()
+        loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd(), loaded
     )
     keys = ("name", "kind", "plugin", "version", "source")
     rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all()]
@@ -201,7 +305,7 @@ def merge(out: str, inputs: list[str]) -> int:
 
     check_writable(out)
     as_json = out.endswith(".json")
-    summary = (merging.merge_json if as_json else merging.merge_junit)(out, inputs)
+    summary: RunSummary = (merging.merge_json if as_json else merging.merge_junit)(out, inputs)
     _echo(closing_line(summary, sum(g.seconds for g in summary.groups)))
     _echo(f"merged {len(inputs)} reports into {out}")
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
@@ -211,38 +315,41 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
     """Run the audit against generic mutants of the manual gradients; report who survived."""
     import time
 
-    from gradaudit.mutate import generic_mutants
+    from gradaudit.mutate import MutationReport, generic_mutants
     from gradaudit.report import mutation
-    from gradaudit.results import RunSummary
-    from gradaudit.runner import Audit
+    from gradaudit.results import GroupResult, RunSummary
+    from gradaudit.runner import run as run_plan
 
-    loaded = load_spec(spec_path)
-    if options.junit_xml:
-        check_writable(options.junit_xml)
-    devices = _subset("--device", options.devices, loaded.spec.devices)
-    dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
     start = time.perf_counter()
-    audit = Audit(loaded)
-    audit.mutants = generic_mutants(audit.tensor_names)
-    spec = loaded.spec
+    audit, made, _ = prepare(spec_path, RunOptions(devices=options.devices, dtypes=options.dtypes,
+                                                   sets=options.sets, junit_xml=options.junit_xml))
+    mutants = generic_mutants(audit.tensor_names)
+    spec = audit.loaded.spec
     _echo(
-        f"gradaudit mutate: {spec.name} ({loaded.path}): {len(audit.mutants)} generic mutants "
+        f"gradaudit mutate: {spec.name} ({audit.loaded.path}): {len(mutants)} generic mutants "
         f"of {spec.gradients.plugin}, {spec.batches.count or 'all'} batches per device/dtype"
     )
     summary = RunSummary()
-    for group in audit.groups(devices, dtypes):
-        summary.add(group)
-    if not summary.ok:
-        _echo(
-            f"gradaudit: the audit itself is not green ({summary.failed} failed, "
-            f"{summary.errors} errors): run `gradaudit run {spec_path}` and fix that first"
+    reports: list[MutationReport] = []
+    for event in run_plan(audit, made, {}, options.timeout, mutants):
+        if isinstance(event, GroupResult):
+            summary.add(event)
+        elif isinstance(event, MutationReport):
+            reports.append(event)
+    if not summary.ok or summary.passed == 0:
+        why = (
+            f"the audit itself is not green ({summary.failed} failed, {summary.errors} errors)"
+            if not summary.ok
+            else "no tensor was compared (every case skipped)"
         )
+        _echo(f"gradaudit: {why}: run `gradaudit run {spec_path}` and fix that first")
+        if options.junit_xml:
+            mutation.write_not_green(options.junit_xml, audit.loaded, why)
         return EXIT_CHECK_FAILED
-    reports = audit.mutation_reports
-    for line in mutation.console_lines(reports, audit.tensor_names):
+    for line in mutation.console_lines(reports, audit.tensor_names, options.color):
         _echo(line)
     if options.junit_xml:
-        mutation.write_junit(options.junit_xml, loaded, reports, fail_on_survivor)
+        mutation.write_junit(options.junit_xml, audit.loaded, reports, fail_on_survivor)
     survivors = sum(len(r.survivors) for r in reports)
     _echo(f"{survivors} survivors in {time.perf_counter() - start:.1f}s")
     return EXIT_CHECK_FAILED if survivors and fail_on_survivor else EXIT_OK

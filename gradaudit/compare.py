@@ -2,93 +2,28 @@
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gradaudit.spec import Tolerance
 from gradaudit.text import clean
+from gradaudit.tolerance import (  # noqa: F401  (re-exported: the old home of these names)
+    DEFAULT_FLOOR_ULPS,
+    DEFAULT_K,
+    DEFAULT_TOLERANCES,
+    EPS,
+    Tol,
+    floor_scale,
+    tolerance_for,
+)
 
 if TYPE_CHECKING:
     import torch
 
-# torch.testing.assert_close's defaults, so `allclose` with no numbers means what torch means.
-DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {  # dtype -> (rtol, atol)
-    "float16": (1e-3, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
-    "float32": (1.3e-6, 1e-5),
-    "float64": (1e-7, 1e-7),
-}
-EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
-# FlashAttention's factor: a manual gradient may be at most twice as far from the float64
-# truth as autograd in the same dtype is, plus a floor in ULPs of the truth's magnitude.
-# In float32, autograd's own error is often under 2 ULPs while a manual gradient that sums
-# in another order lands a few ULPs away: with a 2-ULP floor, 1 of 300 CharRNN batches
-# failed a correct U.weight (115% of budget); 8 ULPs covers that order-of-summation noise.
-# In bfloat16 and float16 autograd's error already dominates, so 2 ULPs suffice.
-DEFAULT_K = 2.0
-DEFAULT_FLOOR_ULPS = {"float64": 8.0, "float32": 8.0, "bfloat16": 2.0, "float16": 2.0}
-BATCH_FLOOR_SHARE = 1.0 / 16
 TRIAGE_MARGIN = 1e-4  # float32 measurements this close to the allowance are redone in float64
 MAX_ERRORS_KEPT = 5
 MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
-
-
-@dataclass(frozen=True)
-class Tol:
-    """The tolerance applied to one tensor, with `auto` already resolved for its dtype."""
-
-    mode: str = "allclose"  # exact | allclose | baseline
-    rtol: float = 0.0
-    atol: float = 0.0
-    k: float = DEFAULT_K
-    floor_ulps: float = 2.0
-    eps: float = 0.0  # machine epsilon of the tested dtype (baseline's floor unit)
-
-    def describe(self) -> str:
-        if self.mode == "exact":
-            return "exact (bitwise)"
-        if self.mode == "baseline":
-            return f"baseline k={self.k:g} floor={self.floor_ulps:g} ulps"
-        return f"allclose rtol={self.rtol:g} atol={self.atol:g}"
-
-
-def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
-    """Spec-wide settings, then matching overrides (last one wins), then dtype defaults."""
-    settings = {
-        "mode": spec.mode,
-        "rtol": spec.rtol,
-        "atol": spec.atol,
-        "k": spec.k,
-        "floor_ulps": spec.floor_ulps,
-    }
-    for rule in spec.overrides:
-        if not any(fnmatch.fnmatchcase(tensor, glob) for glob in rule.tensors):
-            continue
-        if rule.devices is not None and device not in rule.devices:
-            continue
-        if rule.dtypes is not None and dtype not in rule.dtypes:
-            continue
-        for key in settings:
-            value = getattr(rule, key)
-            if value is not None:
-                settings[key] = value
-    mode = settings["mode"]
-    if mode == "auto":
-        mode = "allclose" if dtype == "float64" else "baseline"
-    rtol, atol = DEFAULT_TOLERANCES[dtype]
-    return Tol(
-        mode=str(mode),
-        rtol=float(rtol if settings["rtol"] is None else settings["rtol"]),
-        atol=float(atol if settings["atol"] is None else settings["atol"]),
-        k=float(DEFAULT_K if settings["k"] is None else settings["k"]),
-        floor_ulps=float(
-            DEFAULT_FLOOR_ULPS[dtype] if settings["floor_ulps"] is None else settings["floor_ulps"]
-        ),
-        eps=EPS[dtype],
-    )
 
 
 class GradientMismatch(ValueError):
@@ -179,7 +114,7 @@ def check_all(
     NaN/Inf; anything else fails.
 
     `batch_scale` (baseline mode) is the largest truth entry among all of the batch's
-    gradients; see _floor_scale. Raises GradientMismatch when a pair cannot be compared.
+    gradients; see tolerance.floor_scale. Raises GradientMismatch when a pair cannot be compared.
 
     This runs for every batch, and at gradient sizes each torch call costs more than its
     arithmetic, so all of a batch's tensors are laid end to end and go through each
@@ -358,8 +293,7 @@ def _fill_allowed(
         return None
     value = 0.0
     if tol.mode == "baseline":
-        floor = _floor_scale(float(magnitude.max()), error, batch_scale)
-        value = tol.k * error + tol.floor_ulps * tol.eps * floor
+        value = tol.baseline_allowed(float(magnitude.max()), error, batch_scale)
     row.fill_(value)
     return value
 
@@ -396,17 +330,6 @@ def _nonfinite(
     magnitudes.masked_fill_(~finite, 0.0)
     diff.masked_fill_(agree, 0.0).masked_fill_(disagree, math.inf)
     return disagree, finite
-
-
-def _floor_scale(own: float, reference_error: float, batch_scale: float) -> float:
-    """What the baseline floor counts ULPs of: the tensor's own largest truth entry, unless
-    autograd in the tested dtype cannot resolve the tensor at all (its error exceeds the true
-    values: a gradient that is zero by cancellation, like a bias before batch norm). Such a
-    tensor is rounding noise, held to a share of the batch's largest gradient instead of to
-    autograd's own noise, which another summation order legitimately exceeds."""
-    if own > reference_error:
-        return own
-    return max(own, BATCH_FLOOR_SHARE * batch_scale)
 
 
 def _max_finite(values: torch.Tensor) -> float:

@@ -24,7 +24,11 @@ class TokenCorpus:
     """
 
     def __init__(
-        self, tokens: torch.Tensor, vocab: Sequence[str], train_fraction: float = 0.9
+        self,
+        tokens: torch.Tensor,
+        vocab: Sequence[str],
+        train_fraction: float = 0.9,
+        block_size: int = 8,
     ) -> None:
         if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
             raise ValueError(
@@ -33,6 +37,9 @@ class TokenCorpus:
             )
         if len(tokens) == 0:
             raise ValueError("the corpus is empty: it has no tokens")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        self.block_size = block_size
         if not 0.0 <= train_fraction <= 1.0:
             raise ValueError(f"train_fraction must be in [0, 1], got {train_fraction}")
         self._tokens = tokens.to(device="cpu", dtype=torch.long)
@@ -48,12 +55,19 @@ class TokenCorpus:
         self._splits = {"train": self._tokens[:n], "val": self._tokens[n:]}
 
     @classmethod
-    def from_text(cls, text: str, train_fraction: float = 0.9) -> TokenCorpus:
+    def from_text(
+        cls, text: str, train_fraction: float = 0.9, block_size: int = 8
+    ) -> TokenCorpus:
         """Character-level corpus: the vocabulary is the sorted set of characters."""
         vocab = sorted(set(text))
         stoi = {ch: i for i, ch in enumerate(vocab)}
         tokens = torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
-        return cls(tokens, vocab, train_fraction)
+        return cls(tokens, vocab, train_fraction, block_size)
+
+    @property
+    def model_args(self) -> dict[str, int]:
+        """What a token model is built from: the vocabulary size and the window length."""
+        return {"vocab_size": self.vocab_size, "block_size": self.block_size}
 
     @property
     def vocab(self) -> tuple[str, ...]:
@@ -89,9 +103,9 @@ class TokenCorpus:
         return "".join(self._vocab[int(i)] for i in ids)
 
     def batches(
-        self, split: str, count: int | None, size: int | None, block_size: int, seed: int
+        self, split: str, count: int | None, size: int | None, seed: int
     ) -> Iterator[Batch]:
-        """Yield `(size, block_size)` batches whose targets are the inputs shifted by one.
+        """Yield `(size, block_size)` batches of tensors `inputs` and `targets`, whose targets are the inputs shifted by one.
 
         train: `count` batches (required) of `size` random windows; batch k is drawn
         from its own generator seeded with `seed + k`, so batch k of seed S equals
@@ -104,8 +118,7 @@ class TokenCorpus:
         Arguments are checked here, before the first batch is drawn.
         """
         data = self.split_tokens(split)
-        if block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        block_size = self.block_size
         windows = len(data) - block_size
         if windows < 1:
             raise ValueError(
@@ -155,4 +168,4 @@ def _window_batch(
 ) -> Batch:
     """Gather the windows starting at `starts` in one indexing op (no loop over windows)."""
     positions = starts[:, None] + torch.arange(block_size)
-    return Batch(data[positions], data[positions + 1], index=index, seed=seed)
+    return Batch({"inputs": data[positions], "targets": data[positions + 1]}, index, seed)

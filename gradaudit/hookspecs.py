@@ -19,8 +19,8 @@ hookimpl = pluggy.HookimplMarker("gradaudit")
 def register_models(register: Callable[[str, Any], None]) -> None:
     """Register model factories: `register(name, factory)`.
 
-    `factory(vocab_size, **options)` returns a `torch.nn.Module` whose
-    `forward(inputs, targets)` returns a `gradaudit.Forward`.
+    `factory(**dataset.model_args, **options)` returns a `torch.nn.Module` whose
+    `forward(**batch.tensors)` returns a `gradaudit.Forward`.
     """
 
 
@@ -38,4 +38,22 @@ def register_data(register: Callable[[str, Any], None]) -> None:
     """Register dataset loaders: `register(name, loader)`.
 
     `loader(options, base_dir)` returns a `gradaudit.Dataset`.
+    """
+
+
+@hookspec
+def register_checks(register: Callable[[str, Any], None]) -> None:
+    """Register check kinds: `register(name, check)`, `check` a `gradaudit.checks.CheckKind`.
+
+    A check kind plans its cases from the spec (`plan_cases`) and runs beside the gradient
+    comparison on every batch (`start(...).batch(context)`); see gradaudit/checks/.
+    """
+
+
+@hookspec
+def register_reporters(register: Callable[[str, Any], None]) -> None:
+    """Register report formats: `register(name, factory)`.
+
+    `factory(options: gradaudit.report.base.ReportOptions)` returns a reporter (start, case,
+    group, checkpoint, finish), or None when the run did not ask for this format.
     """

@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gradaudit.compare import Tol, _floor_scale
+from gradaudit.tolerance import Tol
 
 if TYPE_CHECKING:
     import torch
 
+    from gradaudit.runner import Step
     from gradaudit.types import Batch
 
 Grads = Mapping[str, "torch.Tensor"]
@@ -74,7 +75,9 @@ def _zero_row(tensor: str) -> Apply:
 
 def _factor(tensor: str, which: str) -> Apply:
     def apply(g: Grads, b: Batch) -> dict[str, torch.Tensor] | None:
-        factor = b.inputs.shape[0 if which == "B" else 1]
+        axis = 0 if which == "B" else 1
+        shape = next((t.shape for t in b.tensors.values() if t.dim() > axis), None)
+        factor = 1 if shape is None else int(shape[axis])
         return None if factor == 1 else {tensor: g[tensor] * factor}
 
     return apply
@@ -94,7 +97,15 @@ def _element(tensor: str) -> Apply:
 
 
 def _swap(first: str, second: str) -> Apply:
-    return lambda g, b: {first: g[second], second: g[first]}
+    """Two steps of one sequence swapped; tensors of different shapes (W1, W2 of two
+    layers) are not steps of a sequence, so the mutant does not apply."""
+
+    def apply(g: Grads, b: Batch) -> dict[str, torch.Tensor] | None:
+        if g[first].shape != g[second].shape:
+            return None
+        return {first: g[second], second: g[first]}
+
+    return apply
 
 
 def generic_mutants(tensors: list[str]) -> list[Mutant]:
@@ -119,18 +130,8 @@ def generic_mutants(tensors: list[str]) -> list[Mutant]:
 
 
 def sensitivity(tol: Tol, scale: float, reference_error: float, batch_scale: float = 0.0) -> float:
-    """The smallest relative error (1 + d) * g that this tolerance still catches on a tensor.
-
-    allclose: d > rtol + atol / max|g|; baseline: d > (k * autograd's error + floor) / max|g|.
-    """
-    if scale == 0.0:
-        return float("inf")
-    if tol.mode == "exact":
-        return tol.eps or 0.0
-    if tol.mode == "baseline":
-        floor_scale = _floor_scale(scale, reference_error, batch_scale)
-        return (tol.k * reference_error + tol.floor_ulps * tol.eps * floor_scale) / scale
-    return tol.rtol + tol.atol / scale
+    """The smallest relative error this tolerance still catches (see Tol.sensitivity)."""
+    return tol.sensitivity(scale, reference_error, batch_scale)
 
 
 @dataclass
@@ -179,3 +180,58 @@ class MutationReport:
     @property
     def survivors(self) -> list[MutantResult]:
         return [r for r in self.results if r.status == "survived"]
+
+
+class MutationRun:
+    """Mutation testing on one (device, dtype) pass: every batch, every not-yet-killed
+    mutant of the manual gradients, compared with the same reference as the real check."""
+
+    def __init__(self, device: str, dtype: str, mutants: list[Mutant], run: Any) -> None:
+        self.run = run  # the runner's pass: its tolerances, buffers and batch scale
+        self.report = MutationReport(
+            device,
+            dtype,
+            [MutantResult(m) for m in mutants],
+            tolerances={name: s.tol for name, s in run.summaries.items()},
+        )
+
+    def batch(self, step: Step) -> None:
+        import torch
+
+        from gradaudit.compare import Comparison, GradientMismatch, check_all
+
+        run, report = self.run, self.report
+        index = {name: i for i, name in enumerate(step.names)}
+        for name, i in index.items():
+            base = step.truth[i] if step.truth else step.reference[i]
+            scale = float(base.double().abs().max()) if base.numel() else 0.0
+            error = step.checks[name].reference_error if name in step.checks else 0.0
+            found = run.summaries[name].tol.sensitivity(scale, error, run.batch_scale)
+            report.sensitivity[name] = min(report.sensitivity.get(name, float("inf")), found)
+        batch = step.batch
+        for result in report.results:
+            if result.killed:
+                continue
+            try:
+                changed = result.mutant.apply(step.manual, batch)
+            except (KeyError, RuntimeError, IndexError):
+                changed = None
+            if changed is None:
+                continue
+            result.applicable = True
+            for name, mutated in changed.items():
+                i = index[name]
+                if torch.equal(mutated, step.manual[name]):
+                    continue
+                result.changed = True
+                tol = run.summaries[name].tol
+                truth = step.truth[i] if step.truth else None
+                try:
+                    pair = Comparison(mutated, step.reference[i], tol, truth)
+                    outcome = check_all([pair], run.batch_scale, run.scratch)[0]
+                except GradientMismatch:
+                    continue
+                result.budget = max(result.budget, outcome.budget)
+                if not outcome.passed and not result.killed:
+                    result.killed = True
+                    result.killed_by = f"{name} on batch {batch.index} (seed {batch.seed})"

@@ -13,17 +13,27 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from gradaudit import hookspecs
 from gradaudit.errors import PluginError
 
+if TYPE_CHECKING:
+    from gradaudit.spec import LoadedSpec
+
 ENTRY_POINT_GROUP = "gradaudit"
 ALLOW_ENV = "GRADAUDIT_PLUGINS"  # comma-separated entry-point names; empty loads none
 TRACE_ENV = "GRADAUDIT_TRACE_HOOKS"
-KINDS = ("model", "gradients", "data")
+KINDS = ("model", "gradients", "data", "check", "reporter")
+HOOKS = {
+    "model": "register_models",
+    "gradients": "register_gradients",
+    "data": "register_data",
+    "check": "register_checks",
+    "reporter": "register_reporters",
+}
 
 
 @dataclass(frozen=True)
@@ -47,15 +57,21 @@ class Registry:
     )
     plugins: list[tuple[str, str, str]] = field(default_factory=list)  # name, source, version
 
-    def get(self, kind: str, name: str) -> Any:
-        """The registered object, or a PluginError that lists what is available."""
+    def get(self, kind: str, name: str, where: str = "") -> Any:
+        """The registered object, or a PluginError (at `where`, the spec's file:line) that
+        lists what is available."""
         known = self.entries[kind]
         if name in known:
             return known[name].obj
         available = ", ".join(sorted(known)) or "none"
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise PluginError(f"unknown {kind} plugin '{name}'{hint}; available: {available}")
+        at = f"{where}: " if where else ""
+        raise PluginError(f"{at}unknown {kind} plugin '{name}'{hint}; available: {available}")
+
+    def objects(self, kind: str) -> dict[str, Any]:
+        """Everything registered of one kind, in registration order."""
+        return {name: reg.obj for name, reg in self.entries[kind].items()}
 
     def all(self) -> list[Registration]:
         return [reg for kind in KINDS for reg in self.entries[kind].values()]
@@ -90,11 +106,20 @@ def _load_named(ref: str, base_dir: Path) -> tuple[ModuleType, str]:
     return importlib.import_module(ref), f"module {ref}"
 
 
-def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = None) -> Registry:
-    """Load entry-point plugins (allow-list: $GRADAUDIT_PLUGINS) and the spec's own plugins."""
+def plugin_manager(
+    spec_plugins: Iterable[str] = (), base_dir: Path | None = None, loaded: LoadedSpec | None = None
+) -> Registry:
+    """Load entry-point plugins (allow-list: $GRADAUDIT_PLUGINS) and the spec's own plugins.
+
+    The built-in check kinds and reporters register through the same hooks (gradaudit.builtin).
+    """
     pm = pluggy.PluginManager("gradaudit")
     pm.add_hookspecs(hookspecs)
     sources: dict[str, tuple[str, str]] = {}
+    from gradaudit import builtin
+
+    _register(pm, builtin, "gradaudit.builtin")
+    sources["gradaudit.builtin"] = ("built in (gradaudit.builtin)", _version())
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if not _allowed(ep.name) or pm.has_plugin(ep.name):
@@ -111,13 +136,16 @@ def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = Non
         where = "built in" if dist == "gradaudit" else f"entry point of {dist}"
         sources[ep.name] = (f"{where} ({ep.value})", version)
 
-    for ref in spec_plugins:
+    for i, ref in enumerate(spec_plugins):
+        at = f"{loaded.where('plugins', i)}: " if loaded else ""
         try:
             module, source = _load_named(ref, base_dir or Path.cwd())
-        except PluginError:
-            raise
+        except PluginError as exc:
+            raise PluginError(f"{at}{exc}") from None
         except Exception as exc:
-            raise PluginError(f"plugin '{ref}' failed to import: {_why(exc)}") from None
+            raise PluginError(f"{at}plugin '{ref}' failed to import: {_why(exc)}") from None
+        if pm.is_registered(module):  # an installed plugin's own module, listed again: a no-op
+            continue
         _register(pm, module, ref)
         sources[ref] = (source, getattr(module, "__version__", "-"))
 
@@ -127,12 +155,8 @@ def plugin_manager(spec_plugins: Iterable[str] = (), base_dir: Path | None = Non
         raise PluginError(_one_line(str(exc))) from None
 
     registry = Registry(plugins=[(name, *sources[name]) for name in sources])
-    for kind, hook in (
-        ("model", pm.hook.register_models),
-        ("gradients", pm.hook.register_gradients),
-        ("data", pm.hook.register_data),
-    ):
-        for impl in hook.get_hookimpls():
+    for kind, hook_name in HOOKS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
             source, version = sources.get(impl.plugin_name, ("?", "?"))
             _collect(registry, kind, impl, source, version)
     return registry
@@ -184,3 +208,9 @@ def _one_line(text: str) -> str:
 def _why(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _version() -> str:
+    from gradaudit import __version__
+
+    return __version__

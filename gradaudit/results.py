@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gradaudit.compare import Check, TensorSummary, Tol
+
+if TYPE_CHECKING:
+    from gradaudit.plan import Plan, PlannedCase
 
 
 @dataclass
@@ -23,6 +27,12 @@ class GroupResult:
     device_name: str = ""
     done: bool = False  # False while running, and for a group cut short by an interrupt
     check: str = "gradients"  # gradients | repeat | finite_difference
+
+    @classmethod
+    def planned(cls, case: PlannedCase) -> GroupResult:
+        """The empty result of a planned case; a skipped case is complete as it is."""
+        tensors = [TensorSummary(t.name, t.tol, skipped=case.skip) for t in case.tensors]
+        return cls(case.device, case.dtype, tensors, case.skip, check=case.check)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,19 @@ class RunSummary:
     skipped: int = 0
     groups: list[GroupResult] = field(default_factory=list)
     stopped: str | None = None  # why the run ended early: interrupted, internal error
+
+    def complete(self, plan: Plan, reason: str) -> None:
+        """Add every planned case that produced no result as an error saying why, so no
+        report of a cut-short run can look complete."""
+        seen = {(g.device, g.dtype, g.check) for g in self.groups}
+        for case in plan.cases:
+            if case.key in seen:
+                continue
+            group = GroupResult.planned(case)
+            if case.skip is None:
+                for summary in group.tensors:
+                    summary.add_error(f"not run: {reason}")
+            self.add(group)
 
     def add(self, group: GroupResult) -> None:
         self.groups.append(group)

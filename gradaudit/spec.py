@@ -43,13 +43,28 @@ class PluginRef(_Strict):
 
 
 class Batches(_Strict):
-    """How batches are drawn; batch k is seeded with `seed + k`."""
+    """How batches are drawn; batch k is seeded with `seed + k`.
+
+    `split: val` with `count` or `size` left out means every batch, or every window in
+    one batch (the notebook's exhaustive val batch); `train` needs both."""
 
     split: Literal["train", "val"] = "train"
     count: PositiveInt | None = 8
     size: PositiveInt | None = 32
-    block_size: PositiveInt = 8
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _val_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "block_size" in data:
+                raise ValueError(
+                    "block_size is an option of the text data now: "
+                    "move it to data.options.block_size"
+                )
+            if data.get("split") == "val":
+                data = {"count": None, "size": None, **data}
+        return data
 
     @model_validator(mode="after")
     def _train_needs_sizes(self) -> Batches:
@@ -79,7 +94,7 @@ class Tolerance(_Strict):
 
     exact: bitwise. allclose: |manual - autograd| <= atol + rtol*|autograd| elementwise,
     defaults from torch.testing.assert_close. baseline: max|manual - truth| <=
-    k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth| (see compare._floor_scale),
+    k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth| (see tolerance.floor_scale),
     truth = autograd in float64. auto: allclose for float64, baseline for lower precisions.
     """
 
@@ -128,6 +143,7 @@ class Spec(_Strict):
     batches: Batches = Field(default_factory=Batches)
     devices: list[Device] = Field(default_factory=lambda: ["cpu"], min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: ["float32"], min_length=1)  # type: ignore[arg-type]
+    # Globs of tensor names; "!glob" excludes what an earlier glob included.
     tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
     tolerance: Tolerance = Field(default_factory=Tolerance)
     checks: Checks = Field(default_factory=Checks)
@@ -147,12 +163,17 @@ class LoadedSpec:
 
     spec: Spec
     path: Path
-    sha256: str
+    sha256: str  # of the file, and of the --set options when there are any
     lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
+    sets: tuple[str, ...] = ()
 
     def line_of(self, *loc: str | int) -> int:
         """The line of a key in the file (1 when unknown), for annotations that point at it."""
         return _line_for(tuple(loc), self.lines)
+
+    def where(self, *loc: str | int) -> str:
+        """`file:line` of a key, for one-line errors that point at the spec."""
+        return f"{self.path}:{self.line_of(*loc)}"
 
     @property
     def base_dir(self) -> Path:
@@ -319,12 +340,38 @@ _MESSAGES = {
 }
 
 
-def parse_spec(text: str, where: str) -> Spec:
+def parse_spec(text: str, where: str, sets: tuple[str, ...] = ()) -> Spec:
     """Validate spec text; `where` names the file in error messages."""
-    return _parse(text, where)[0]
+    return _parse(text, where, sets)[0]
 
 
-def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
+def _apply_sets(data: dict[str, Any], sets: tuple[str, ...]) -> dict[Loc, str]:
+    """Apply `--set key.path=value` options (values read as YAML scalars or flow
+    collections by the safe loader) to the spec's data; returns which option set which key."""
+    origin: dict[Loc, str] = {}
+    for option in sets:
+        key, sep, text = option.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"--set {option}: expected key.path=value, e.g. batches.count=2")
+        try:
+            value = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {option}: not a YAML value: {_one_line(str(exc))}") from None
+        node: Any = data
+        for part in parts[:-1]:
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {option}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+        origin[tuple(parts)] = f"--set {option}"
+    return origin
+
+
+def _parse(text: str, where: str, sets: tuple[str, ...] = ()) -> tuple[Spec, dict[Loc, int]]:
     loader: _Loader | None = None
     try:
         loader = _Loader(text)
@@ -357,6 +404,7 @@ def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
         raise SpecError(f"{where}:1: the spec is empty")
     if not isinstance(data, dict):
         raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
+    origin = _apply_sets(data, sets)
     try:
         return Spec.model_validate(data), lines
     except ValidationError as exc:
@@ -369,13 +417,17 @@ def _parse(text: str, where: str) -> tuple[Spec, dict[Loc, int]]:
                 key = "devices" if "devices" in loc else str(loc[-1] if loc else "")
             msg = _MESSAGES.get(key, err["msg"]).removeprefix("Value error, ")
             line = _line_for(loc, lines)
-            messages.append(f"{where}:{line}: {dotted}: {msg}{_suggest(loc, err['type'])}")
+            at = next((o for k, o in origin.items() if loc[: len(k)] == k), None)
+            at = at or f"{where}:{line}"
+            messages.append(f"{at}: {dotted}: {msg}{_suggest(loc, err['type'])}")
         raise SpecError("\n".join(messages)) from None
 
 
-def load_spec(path: str | Path) -> LoadedSpec:
-    """Read and validate a spec file."""
+def load_spec(path: str | Path, sets: tuple[str, ...] = ()) -> LoadedSpec:
+    """Read and validate a spec file, with `--set key.path=value` overrides applied."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read
+        raise SpecError(f"{path}: not a regular file")
     try:
         size = path.stat().st_size
         if size > MAX_SPEC_BYTES:
@@ -387,8 +439,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
-    spec, lines = _parse(text, str(path))
-    return LoadedSpec(spec, path, hashlib.sha256(raw).hexdigest(), lines)
+    spec, lines = _parse(text, str(path), sets)
+    digest = hashlib.sha256(raw + "\n".join(sets).encode()).hexdigest()
+    return LoadedSpec(spec, path, digest, lines, sets)
 
 
 def json_schema() -> str:

@@ -17,19 +17,50 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Batch:
-    """One (B, T) batch of token ids and its targets.
+    """One batch: named tensors of any dtype and shape (token ids, float features, images,
+    masks), plus where it came from.
 
-    `index` and `seed` say where the batch came from, so that a failing
-    batch can be reproduced on its own (`batches: {seed: <seed>, count: 1}`).
+    `index` and `seed` say where the batch came from, so that a failing batch can be
+    reproduced on its own (`batches: {seed: <seed>, count: 1}`). The model's forward is
+    called as `model(**batch.tensors)`.
     """
 
-    inputs: torch.Tensor
-    targets: torch.Tensor
+    tensors: Mapping[str, torch.Tensor]
     index: int = 0
     seed: int = 0
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.inputs.to(device), self.targets.to(device), self.index, self.seed)
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """Shorthand for `batch["inputs"]` (token data names its tensors inputs, targets)."""
+        return self.tensors["inputs"]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """Shorthand for `batch["targets"]`."""
+        return self.tensors["targets"]
+
+    @property
+    def rows(self) -> int:
+        """The leading (batch) dimension shared by the tensors; 1 for scalars only."""
+        return next((int(t.shape[0]) for t in self.tensors.values() if t.dim()), 1)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
+        """On `device`, with floating tensors cast to `dtype` (integer and bool tensors stay)."""
+        moved = {
+            name: t.to(device=device, dtype=dtype)
+            if dtype is not None and t.is_floating_point()
+            else t.to(device)
+            for name, t in self.tensors.items()
+        }
+        return Batch(moved, self.index, self.seed)
+
+    def head(self, rows: int) -> Batch:
+        """The first `rows` rows of every tensor with a leading dimension."""
+        cut = {n: t[:rows] if t.dim() else t for n, t in self.tensors.items()}
+        return Batch(cut, self.index, self.seed)
 
 
 @dataclass(frozen=True)
@@ -50,12 +81,14 @@ class Forward:
 
 
 class ModelFactory(Protocol):
-    """Builds the model a model plugin registers.
+    """Builds the model a model plugin registers: `factory(**dataset.model_args, **options)`.
 
-    The module's `forward(inputs, targets)` must return a `Forward`.
+    The data declares what the model needs to be built (`vocab_size` and `block_size` for
+    text, `shapes` and `classes` for random data); `options` are the spec's model options.
+    The module's `forward(**batch.tensors)` must return a `Forward`.
     """
 
-    def __call__(self, vocab_size: int, **options: Any) -> torch.nn.Module: ...
+    def __call__(self, **kwargs: Any) -> torch.nn.Module: ...
 
 
 class ManualGradient(Protocol):
@@ -71,13 +104,15 @@ class ManualGradient(Protocol):
 
 
 class Dataset(Protocol):
-    """A token corpus that draws seeded batches."""
+    """Draws seeded batches, and declares what a model needs to be built from them."""
 
     @property
-    def vocab_size(self) -> int: ...
+    def model_args(self) -> Mapping[str, Any]:
+        """Keyword arguments for the model factory (e.g. `vocab_size` for text)."""
+        ...
 
     def batches(
-        self, split: str, count: int | None, size: int | None, block_size: int, seed: int
+        self, split: str, count: int | None, size: int | None, seed: int
     ) -> Iterator[Batch]:
         """Yield batches on the CPU; the same arguments always give the same batches."""
         ...

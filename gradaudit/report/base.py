@@ -5,10 +5,25 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gradaudit.results import CaseResult, GroupResult, RunSummary, Shard
 from gradaudit.spec import LoadedSpec
+
+if TYPE_CHECKING:
+    from gradaudit.plan import Plan
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a run asked of its reports (from the CLI, pytest or a Python call); each
+    registered reporter factory reads what concerns it and returns None when not asked."""
+
+    junit_xml: str | None = None
+    json_path: str | None = None
+    verbosity: int = 0
+    color: bool = False
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,7 @@ class RunInfo:
     tensors: list[str]
     versions: dict[str, str]
     shard: Shard | None = None
+    plan: Plan | None = None
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     host: str = field(default_factory=platform.node)
 
@@ -32,7 +48,7 @@ class RunInfo:
             "spec_name": spec.name,
             "spec_sha256": self.loaded.sha256,
             "seed": str(b.seed),
-            "batches": f"{b.split}: count={b.count} size={b.size} block_size={b.block_size}",
+            "batches": f"{b.split}: count={b.count} size={b.size}",
             "tolerance_mode": spec.tolerance.mode,
             "shard": str(self.shard) if self.shard else "",
             "started": self.started,
@@ -54,9 +70,15 @@ class EndOfRunReporter:
     def group(self, group: GroupResult) -> None:
         """Groups are read from the summary at the end."""
 
+    def checkpoint(self, summary: RunSummary) -> None:
+        """Files that must exist while the run goes on override this (see Reporter)."""
+
 
 class Reporter(Protocol):
-    """A report format. `finish` runs even when the run stops early (`summary.stopped`)."""
+    """A report format: the run's events in order. `checkpoint` gets the run so far with
+    every planned case not yet done as an error ("the run did not finish"): a file report
+    writes it, so a run killed at any point leaves a report that says so. `finish` runs
+    even when the run stops early (`summary.stopped`)."""
 
     def start(self, info: RunInfo) -> None: ...
 
@@ -64,4 +86,19 @@ class Reporter(Protocol):
 
     def group(self, group: GroupResult) -> None: ...
 
+    def checkpoint(self, summary: RunSummary) -> None: ...
+
     def finish(self, summary: RunSummary) -> None: ...
+
+
+NOT_FINISHED = "the run did not finish (killed, or still running)"
+
+
+def provisional(summary: RunSummary, plan: Plan) -> RunSummary:
+    """The run so far, with every planned case not done yet as an error."""
+    copy = RunSummary(groups=[])
+    for group in summary.groups:
+        copy.add(group)
+    copy.stopped = NOT_FINISHED
+    copy.complete(plan, NOT_FINISHED)
+    return copy

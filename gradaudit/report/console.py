@@ -116,11 +116,11 @@ class ConsoleReporter:
         spec = info.loaded.spec
         b = spec.batches
         count = b.count if b.count is not None else "all"
-        shape = f"{count} batches of {b.size or 'all'}x{b.block_size}"
+        shape = f"{count} batches of {b.size or 'all'} rows"
         shard = f", shard {info.shard}" if info.shard else ""
-        groups = len(spec.devices) * len(spec.dtypes)
-        if isinstance(b.count, int):
-            self.total_cases = b.count * groups * len(info.tensors)
+        if info.plan is not None and info.plan.batches is not None:
+            runnable = info.plan.runnable
+            self.total_cases = len(info.plan.batches) * sum(len(c.tensors) for c in runnable)
         if self.verbosity >= 0:
             self._echo(
                 f"gradaudit: {spec.name} ({info.loaded.path}): model {spec.model.plugin}, "
@@ -164,6 +164,9 @@ class ConsoleReporter:
         if self.verbosity >= 0:
             for text, result in group_rows(group):
                 self._echo(text, result)
+
+    def checkpoint(self, summary: RunSummary) -> None:
+        """The table is printed as groups finish; nothing to keep on disk."""
 
     def finish(self, summary: RunSummary) -> None:
         self._clear_progress()

@@ -55,17 +55,10 @@ def detail(s: TensorSummary) -> str:
 
 
 def _compared_with(s: TensorSummary) -> str:
-    return "float64 truth" if s.tol.mode == "baseline" else "autograd"
+    return s.tol.compared_with
 
 
 def _allowed(s: TensorSummary) -> str:
     """The numbers the worst batch was actually held to."""
     w = s.worst
-    if w is None:
-        return ""
-    if s.tol.mode == "baseline":
-        return (
-            f"allowed {w.allowed:.3g} = {s.tol.k:g} x autograd's own error {w.reference_error:.3g} "
-            f"+ {s.tol.floor_ulps:g} ULPs of the truth's largest entry"
-        )
-    return f"allowed at the worst element {w.allowed:.3g}"
+    return "" if w is None else s.tol.explain(w.allowed, w.reference_error)

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from gradaudit.report.base import RunInfo
 from gradaudit.results import CaseResult, GroupResult, RunSummary
-from gradaudit.write import temp_beside
+from gradaudit.write import temp_beside, write_atomic
 
 SCHEMA = "gradaudit-run"
 SCHEMA_VERSION = 1
@@ -111,15 +111,17 @@ class JsonReporter:
         self.handle: IO[str] | None = None
         self.tmp = ""
         self.first_case = True
+        self.header = ""
 
     def start(self, info: RunInfo) -> None:
         fd, self.tmp = temp_beside(self.path)
         self.handle = os.fdopen(fd, "w", encoding="utf-8")
         run = info.metadata() | {"tensors": info.tensors}
-        self.handle.write(
+        self.header = (
             f'{{"schema": "{SCHEMA}", "schema_version": {SCHEMA_VERSION},\n'
             f' "run": {dumps(run)},\n "cases": [\n'
         )
+        self.handle.write(self.header)
 
     def case(self, result: CaseResult) -> None:
         assert self.handle is not None
@@ -129,15 +131,23 @@ class JsonReporter:
     def group(self, group: GroupResult) -> None:
         pass
 
-    def finish(self, summary: RunSummary) -> None:
-        if self.handle is None:
-            return
+    def checkpoint(self, summary: RunSummary) -> None:  # noqa: D102
+        """A complete document at the target (without case records) while cases stream
+        into the temp file, so a killed run leaves a report that says it did not finish."""
+        write_atomic(self.path, self.header + self.closing(summary))
+
+    def closing(self, summary: RunSummary) -> str:
         groups = ",\n  ".join(dumps(group_record(g)) for g in summary.groups)
-        self.handle.write(
+        return (
             f'\n ],\n "groups": [\n  {groups}\n ],\n'
             f' "totals": {dumps(totals(summary))},\n'
             f' "stopped": {dumps(summary.stopped)}\n}}\n'
         )
+
+    def finish(self, summary: RunSummary) -> None:
+        if self.handle is None:
+            return
+        self.handle.write(self.closing(summary))
         self.handle.close()
         os.replace(self.tmp, self.path)
         self.handle = None

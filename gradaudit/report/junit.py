@@ -126,6 +126,9 @@ class JUnitReporter(EndOfRunReporter):
     def __init__(self, path: str) -> None:
         self.path = path
 
+    def checkpoint(self, summary: RunSummary) -> None:
+        self.finish(summary)
+
     def finish(self, summary: RunSummary) -> None:
         assert self.info is not None
         name = self.info.loaded.spec.name

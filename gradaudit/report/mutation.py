@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 import junit_xml
 
 from gradaudit.mutate import MutantResult, MutationReport
@@ -11,18 +12,36 @@ from gradaudit.write import write_atomic
 
 
 def survivor_line(report: MutationReport, result: MutantResult) -> str:
-    """Why a mutant survived and which tolerance to tighten."""
+    """Why a mutant survived, and whether a tighter tolerance could catch it at all."""
     tensor = result.mutant.tensor.split(",")[0]
     tol = report.tolerances[tensor]
     found = report.sensitivity.get(tensor, float("nan"))
+    delta = result.mutant.delta
+    # A relative error within a few rounding steps of the dtype cannot be told from noise.
+    if delta is not None and tol.eps and delta <= 4 * tol.eps:
+        advice = f"below the dtype's resolution (eps {tol.eps:.2g}): nothing to tighten"
+    else:
+        advice = f"the tolerance is looser than it needs to be: tighten it for {tensor}"
     return (
         f"{report.device}/{report.dtype} {result.mutant.name} survived "
         f"(largest budget used {100 * result.budget:.3g}%): {tol.describe()} catches only "
-        f"relative errors above {found:.2g} on {tensor}; tighten the tolerance for {tensor}"
+        f"relative errors above {found:.2g} on {tensor}; {advice}"
     )
 
 
-def console_lines(reports: list[MutationReport], tensors: list[str]) -> list[str]:
+def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
+    """A report with one error case when mutation testing could not start: never a stale
+    file from an earlier run."""
+    from gradaudit.report.junit import stopped_suite
+
+    metadata = {"spec": str(loaded.path), "spec_sha256": loaded.sha256}
+    name = f"{loaded.spec.name}.mutants"
+    write_atomic(path, document([stopped_suite(name, f"mutation testing not run: {reason}", metadata)]))
+
+
+def console_lines(
+    reports: list[MutationReport], tensors: list[str], color: bool = False
+) -> list[str]:
     lines = []
     for report in reports:
         counted = report.counted()
@@ -39,7 +58,8 @@ def console_lines(reports: list[MutationReport], tensors: list[str]) -> list[str
     survivors = [(r, s) for r in reports for s in r.survivors]
     if survivors:
         lines.append(f"{len(survivors)} surviving mutants:")
-        lines += [f"  WARNING {survivor_line(r, s)}" for r, s in survivors]
+        warning = click.style("WARNING", fg="yellow") if color else "WARNING"
+        lines += [f"  {warning} {survivor_line(r, s)}" for r, s in survivors]
     columns = [f"{r.device}/{r.dtype}" for r in reports]
     width = max(len(t) for t in tensors) + 2
     lines.append("sensitivity: the smallest relative error (1+d)*g each tolerance catches")

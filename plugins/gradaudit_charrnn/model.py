@@ -28,6 +28,7 @@ class CharRNN(nn.Module):
         self.register_buffer("h0", torch.full((1, n_hidden), float(h0)), persistent=False)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> Forward:
+        """`inputs` and `targets` are the text data's (B, T) token ids."""
         batch, steps = inputs.shape
         emb = self.C(inputs)  # (B, T, d_model)
         h = self.h0.expand(batch, -1)
@@ -41,8 +42,10 @@ class CharRNN(nn.Module):
         return Forward(loss=loss, intermediates=intermediates)
 
 
-def build_charrnn(vocab_size: int, **options: float) -> CharRNN:
-    """Model factory: options d_model, n_hidden (ints) and h0 (the initial hidden value)."""
+def build_charrnn(vocab_size: int, block_size: int | None = None, **options: float) -> CharRNN:
+    """Model factory: options d_model, n_hidden (ints) and h0 (the initial hidden value).
+
+    `vocab_size` and `block_size` come from the text data; any window length works."""
     allowed = {"d_model", "n_hidden", "h0"}
     unknown = set(options) - allowed
     if unknown:

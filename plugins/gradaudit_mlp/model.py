@@ -13,8 +13,8 @@ can check on its own:
   hpreact = bngain * bnraw + bnbias;  h = tanh(hpreact);  logits = h W2 + b2
   loss = cross_entropy(logits, targets[:, -1])
 
-W1's shape depends on the window length, so `block_size` is a model option too and
-must equal the spec's `batches.block_size`. b1 is kept although batch norm removes it
+W1's shape depends on the window length, which the factory receives from the text data
+(`data.options.block_size`) together with the vocabulary size. b1 is kept although batch norm removes it
 (its true gradient is zero): that zero is itself worth auditing.
 """
 
@@ -59,7 +59,7 @@ class MLPBatchNorm(nn.Module):
         if steps != self.block_size:
             raise ValueError(
                 f"the model was built for block_size {self.block_size}, got windows of "
-                f"{steps}: set model.options.block_size to batches.block_size"
+                f"{steps}"
             )
         emb = self.C[inputs]  # (B, T, n_embd)
         embcat = emb.view(n, -1)  # (B, T*n_embd)
@@ -94,13 +94,14 @@ class MLPBatchNorm(nn.Module):
         return Forward(loss=loss, intermediates=intermediates)
 
 
-def build_mlp_batchnorm(vocab_size: int, **options: int) -> MLPBatchNorm:
-    """Model factory: options n_embd (10), n_hidden (64) and block_size (3), positive ints."""
-    allowed = {"n_embd", "n_hidden", "block_size"}
+def build_mlp_batchnorm(vocab_size: int, block_size: int = 3, **options: int) -> MLPBatchNorm:
+    """Model factory: options n_embd (10) and n_hidden (64), positive ints; the vocabulary
+    size and window length come from the text data."""
+    allowed = {"n_embd", "n_hidden"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     for key, value in options.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    return MLPBatchNorm(vocab_size, **options)
+    return MLPBatchNorm(vocab_size, block_size=block_size, **options)

@@ -6,6 +6,9 @@ Sources, one per spec (`data.options`):
   url: URL, sha256: HEX    downloaded once into the cache, checksum verified on every use
   source: tinyshakespeare  Tiny Shakespeare: `path`, then $GRADAUDIT_DATA_DIR, then the cache,
                            then a download into the cache; its sha256 is always verified
+and, with any source, `block_size: N` (default 8): the length of each window of token ids.
+Batches hold `inputs` (size, block_size) and `targets` (the inputs shifted by one); the
+model factory receives `vocab_size` and `block_size`.
 
 Written only against gradaudit's public API, as any third-party plugin would be.
 """
@@ -27,7 +30,7 @@ from gradaudit import TokenCorpus, hookimpl
 
 __all__ = ["load_text", "register_data"]
 
-_OPTIONS = ("path", "sha256", "source", "url")
+_OPTIONS = ("block_size", "path", "sha256", "source", "url")
 _SOURCES = ("builtin", "tinyshakespeare")
 _TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -49,6 +52,10 @@ def load_text(options: Mapping[str, Any], base_dir: Path) -> TokenCorpus:
         raise ValueError(
             f"unknown text data option(s) {', '.join(unknown)}: allowed are {', '.join(_OPTIONS)}"
         )
+    block_size = options.get("block_size", 8)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    options = {k: v for k, v in options.items() if k != "block_size"}
     source = _str_option(options, "source")
     path = _str_option(options, "path")
     url = _str_option(options, "url")
@@ -81,7 +88,7 @@ def load_text(options: Mapping[str, Any], base_dir: Path) -> TokenCorpus:
         _only(options, "source: builtin", "source")
         data = resources.files(__name__).joinpath("builtin.txt").read_bytes()
         name = "the builtin text"
-    return _corpus(data, name)
+    return _corpus(data, name, block_size)
 
 
 def _only(options: Mapping[str, Any], what: str, *allowed: str) -> None:
@@ -93,14 +100,14 @@ def _only(options: Mapping[str, Any], what: str, *allowed: str) -> None:
         )
 
 
-def _corpus(data: bytes, name: str) -> TokenCorpus:
+def _corpus(data: bytes, name: str, block_size: int = 8) -> TokenCorpus:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{name} is not UTF-8 text: {exc}") from None
     if not text:
         raise ValueError(f"{name} is empty: a corpus needs at least one character")
-    return TokenCorpus.from_text(text)
+    return TokenCorpus.from_text(text, block_size=block_size)
 
 
 def _str_option(options: Mapping[str, Any], key: str) -> str | None:

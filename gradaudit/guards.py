@@ -1,0 +1,129 @@
+"""What the runner guards against in plugin code: in-place changes, the wrong dtype,
+time limits, and exceptions of any kind (SystemExit and pytest's skip included)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from gradaudit.types import Forward
+
+
+class CaseTimeout(BaseException):  # not an Exception: plugin error handlers must not eat it
+    """A case ran past --timeout."""
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGTERM handler (a cancelled CI job), like KeyboardInterrupt for SIGINT."""
+
+
+# gradaudit's own signals and time limits pass through plugin guards; everything else a
+# plugin raises (SystemExit, pytest's Skipped, GeneratorExit ...) is an error of its case.
+OURS = (CaseTimeout, Interrupted, KeyboardInterrupt)
+
+
+@dataclass
+class Deadline:
+    """Set when the time limit fired, whatever the plugin did with the exception."""
+
+    expired: bool = False
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[Deadline]:
+    """SIGALRM-based limit (Unix, main thread); a no-op elsewhere or when unset.
+
+    A plugin that catches BaseException swallows CaseTimeout, so the runner reads
+    `expired` afterwards: a timed-out case is an error whatever happened next."""
+    state = Deadline()
+    usable = (
+        seconds
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield state
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        state.expired = True
+        raise CaseTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
+    try:
+        yield state
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+Snapshot = dict[str, torch.Tensor]
+
+
+def _watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]:
+    state = {f"parameter {n}": p for n, p in model.named_parameters()}
+    state |= {f"buffer {n}": b for n, b in model.named_buffers()}
+    state |= {f"intermediate {n}": t for n, t in forward.intermediates.items()}
+    return state
+
+
+def snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:
+    """Copies of what a manual gradient must only read: parameters, buffers, forward tensors."""
+    return {k: v.detach().clone() for k, v in _watched(model, forward).items()}
+
+
+def changed(before: Snapshot, model: torch.nn.Module, forward: Forward) -> list[str]:
+    now = _watched(model, forward)
+    return [k for k, v in before.items() if not same_bits(v, now[k].detach())]
+
+
+def restore(before: Snapshot, model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(before[f"parameter {name}"])
+        for name, buffer in model.named_buffers():
+            buffer.copy_(before[f"buffer {name}"])
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality; torch.equal first, since it is fast and NaN is the only value it
+    calls unequal to itself."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def plain_tensors(model: torch.nn.Module, dtype: torch.dtype) -> list[str]:
+    """Floating tensors a module holds as plain attributes (neither parameters nor buffers)
+    in another dtype than the case's: `.to(dtype)` never casts them, so the model would
+    silently compute in their dtype."""
+    found = []
+    for prefix, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if (
+                isinstance(value, torch.Tensor)
+                and not isinstance(value, torch.nn.Parameter)
+                and value.is_floating_point()
+                and value.dtype != dtype
+            ):
+                name = f"{prefix}.{attr}" if prefix else attr
+                found.append(f"`{name}` ({str(value.dtype).removeprefix('torch.')})")
+    return found
+
+
+def wrong_dtype(forward: Forward, dtype: torch.dtype) -> list[str]:
+    """The loss and intermediates that came out in another floating dtype than the case's."""
+    named = {"the loss": forward.loss, **{f"`{n}`": t for n, t in forward.intermediates.items()}}
+    return [
+        f"{name} ({str(t.dtype).removeprefix('torch.')})"
+        for name, t in named.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype
+    ]
