@@ -117,7 +117,7 @@ def bptt_times(B: int, T: int, H: int, repeat: int) -> tuple[float, float, float
         detached = forward.detached()
         with torch.no_grad():
             begin = time.perf_counter()
-            charrnn_bptt(model, Batch(x, y), detached)
+            charrnn_bptt(model, Batch({"inputs": x, "targets": y}), detached)
             done = time.perf_counter()
         if i:
             forwards.append(middle - start)
@@ -148,15 +148,16 @@ def bench_overhead(batches: int, rounds: int, mode: str = "allclose") -> None:
     gradaudit also runs the model forward and backward in float64: more work than the bare
     loop does, shown for information.
     """
-    from gradaudit.compare import DEFAULT_TOLERANCES
-    from gradaudit.runner import Audit
+    from gradaudit.api import run_groups
+    from gradaudit.audit import Audit
     from gradaudit.spec import LoadedSpec, parse_spec
+    from gradaudit.tolerance import DEFAULT_TOLERANCES
 
     text = f"""
 name: overhead
 model: {{plugin: charrnn, options: {{d_model: 24, n_hidden: 200}}}}
 gradients: {{plugin: charrnn-bptt}}
-batches: {{count: {batches}, size: 32, block_size: 8, seed: 64}}
+batches: {{count: {batches}, size: 32, seed: 64}}
 devices: [cpu]
 dtypes: [float32]
 tolerance: {{mode: {mode}}}
@@ -166,7 +167,7 @@ tolerance: {{mode: {mode}}}
     rtol, atol = DEFAULT_TOLERANCES["float32"]
 
     def gradaudit_run() -> object:
-        return audit.run_groups("cpu", "float32")
+        return run_groups(audit, ["cpu"], ["float32"])
 
     def bare_loop() -> object:
         model = copy.deepcopy(audit.master)
@@ -250,20 +251,21 @@ def bench_memory(small: int, large: int) -> None:
 
 def bench_finite_difference(full_gradcheck: bool) -> None:
     """gradaudit's finite-difference check vs torch.autograd.gradcheck, notebook-sized, float64."""
-    from gradaudit.runner import Audit
+    from gradaudit.api import run_groups
+    from gradaudit.audit import Audit
     from gradaudit.spec import LoadedSpec, parse_spec
 
     text = """
 name: fd
 model: {plugin: charrnn, options: {d_model: 24, n_hidden: 200}}
 gradients: {plugin: charrnn-bptt}
-batches: {count: 1, size: 1, block_size: 8, seed: 64}
+batches: {count: 1, size: 1, seed: 64}
 devices: [cpu]
 dtypes: [float64]
 checks: {finite_difference: {directions: 8}}
 """
     audit = Audit(LoadedSpec(parse_spec(text, "fd.yaml"), REPO / "fd.yaml", "0" * 64))
-    groups = audit.run_groups("cpu", "float64")
+    groups = run_groups(audit, ["cpu"], ["float64"])
     fd_group = next(g for g in groups if g.check == "finite_difference")
     assert all(s.status == "pass" for s in fd_group.tensors)
     fd_seconds = fd_group.seconds  # gradients + fd for the batch: an upper bound for fd alone

@@ -15,7 +15,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from gradaudit.runner import Audit
+from gradaudit.api import run_groups
+from gradaudit.audit import Audit
 from gradaudit.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def main() -> int:
     start = time.perf_counter()
     dtypes = args.dtype or list(spec.dtypes)
     for dtype in dtypes:
-        for group in audit.run_groups("cpu", dtype):
+        for group in run_groups(audit, ["cpu"], [dtype]):
             for s in group.tensors:
                 key = (dtype, group_of(s.tensor))
                 worst[key] = max(worst[key], s.budget)
@@ -52,8 +53,8 @@ def main() -> int:
 
     groups = sorted({g for _, g in worst}, key=lambda g: (g != "logits", g != "h.*", g))
     print(
-        f"worst budget used over {args.batches} batches of {spec.batches.size}x"
-        f"{spec.batches.block_size} ({spec.name}, tolerance mode {spec.tolerance.mode})"
+        f"worst budget used over {args.batches} batches of {spec.batches.size} rows"
+        f" ({spec.name}, tolerance mode {spec.tolerance.mode})"
     )
     print("| dtype | " + " | ".join(groups) + " | false failures |")
     print("|---|" + "---|" * (len(groups) + 1))

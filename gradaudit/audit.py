@@ -181,5 +181,3 @@ def _available_memory() -> int | None:
     except OSError:
         return None
     return None
-
-

@@ -25,9 +25,7 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) ->
 SET_HELP = "Change one spec key, validated like the file (repeatable): --set batches.count=2"
 
 
-@click.group(
-    context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True
-)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.pass_context
 @click.version_option(__version__, prog_name="gradaudit")
 def cli(ctx: click.Context) -> None:

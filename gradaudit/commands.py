@@ -64,15 +64,17 @@ def _report_paths(spec_path: str, options: RunOptions, loaded: LoadedSpec | None
     given = {k: Path(v).resolve() for k, v in paths.items() if v}
     inputs = [Path(spec_path).resolve()]
     if loaded is not None:
-        inputs += [(loaded.base_dir / p).resolve() for p in loaded.spec.plugins if p.endswith(".py")]
+        inputs += [
+            (loaded.base_dir / p).resolve() for p in loaded.spec.plugins if p.endswith(".py")
+        ]
     for option, path in given.items():
         if path in inputs:
             raise UsageError(f"{option} {paths[option]}: is an input of this run (spec or plugin)")
     if len(set(given.values())) < len(given):
         raise UsageError("--junit-xml and --json name the same file: give each its own path")
-    for path in paths.values():
-        if path:
-            check_writable(path)
+    for written in paths.values():
+        if written:
+            check_writable(written)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         try:
@@ -321,8 +323,15 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
     from gradaudit.runner import run as run_plan
 
     start = time.perf_counter()
-    audit, made, _ = prepare(spec_path, RunOptions(devices=options.devices, dtypes=options.dtypes,
-                                                   sets=options.sets, junit_xml=options.junit_xml))
+    audit, made, _ = prepare(
+        spec_path,
+        RunOptions(
+            devices=options.devices,
+            dtypes=options.dtypes,
+            sets=options.sets,
+            junit_xml=options.junit_xml,
+        ),
+    )
     mutants = generic_mutants(audit.tensor_names)
     spec = audit.loaded.spec
     _echo(

@@ -8,15 +8,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gradaudit.text import clean
-from gradaudit.tolerance import (  # noqa: F401  (re-exported: the old home of these names)
-    DEFAULT_FLOOR_ULPS,
-    DEFAULT_K,
-    DEFAULT_TOLERANCES,
-    EPS,
-    Tol,
-    floor_scale,
-    tolerance_for,
-)
+from gradaudit.tolerance import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES  # re-exported
+from gradaudit.tolerance import Tol as Tol
+from gradaudit.tolerance import tolerance_for as tolerance_for
 
 if TYPE_CHECKING:
     import torch

@@ -55,9 +55,7 @@ class TokenCorpus:
         self._splits = {"train": self._tokens[:n], "val": self._tokens[n:]}
 
     @classmethod
-    def from_text(
-        cls, text: str, train_fraction: float = 0.9, block_size: int = 8
-    ) -> TokenCorpus:
+    def from_text(cls, text: str, train_fraction: float = 0.9, block_size: int = 8) -> TokenCorpus:
         """Character-level corpus: the vocabulary is the sorted set of characters."""
         vocab = sorted(set(text))
         stoi = {ch: i for i, ch in enumerate(vocab)}
@@ -105,7 +103,8 @@ class TokenCorpus:
     def batches(
         self, split: str, count: int | None, size: int | None, seed: int
     ) -> Iterator[Batch]:
-        """Yield `(size, block_size)` batches of tensors `inputs` and `targets`, whose targets are the inputs shifted by one.
+        """Yield `(size, block_size)` batches of tensors `inputs` and `targets`, the
+        targets being the inputs shifted by one.
 
         train: `count` batches (required) of `size` random windows; batch k is drawn
         from its own generator seeded with `seed + k`, so batch k of seed S equals

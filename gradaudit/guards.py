@@ -67,7 +67,7 @@ Snapshot = dict[str, torch.Tensor]
 
 
 def _watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]:
-    state = {f"parameter {n}": p for n, p in model.named_parameters()}
+    state: dict[str, torch.Tensor] = {f"parameter {n}": p for n, p in model.named_parameters()}
     state |= {f"buffer {n}": b for n, b in model.named_buffers()}
     state |= {f"intermediate {n}": t for n, t in forward.intermediates.items()}
     return state

@@ -124,9 +124,7 @@ def make_plan(
             tensors = tuple(
                 PlannedTensor(n, tolerance_for(spec.tolerance, n, device, dtype)) for n in names
             )
-            cases.append(
-                PlannedCase(device, dtype, "gradients", tensors, skip, dtype, batches)
-            )
+            cases.append(PlannedCase(device, dtype, "gradients", tensors, skip, dtype, batches))
             for kind in (checks or {}).values():
                 for case in kind.plan_cases(spec, device, dtype, list(dtypes), names, batches):
                     cases.append(case if case.skip or not skip else _skipped(case, skip))

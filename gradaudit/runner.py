@@ -12,7 +12,7 @@ import copy
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -42,7 +42,7 @@ class CaseStarted:
     case: PlannedCase
 
 
-Event = Union[CaseStarted, CaseResult, GroupResult, MutationReport]
+Event = CaseStarted | CaseResult | GroupResult | MutationReport
 
 
 def device_name(device: str) -> str:
@@ -73,8 +73,9 @@ def run(
             yield CaseStarted(case)
         runnable = [(c, g) for c, g in zip(cases, groups, strict=True) if c.skip is None]
         if runnable:
-            yield from _Pass(audit, plan, device, dtype, runnable, checks or {}, timeout,
-                             mutants).run()
+            yield from _Pass(
+                audit, plan, device, dtype, runnable, checks or {}, timeout, mutants
+            ).run()
         for group in groups:
             group.done = True
             yield group
@@ -102,7 +103,9 @@ class _Pass:
         self.timeout = timeout
         self.groups = {case.check: group for case, group in cases}
         self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
-        self.names = [t.name for case, _ in cases if case.check == "gradients" for t in case.tensors]
+        self.names = [
+            t.name for case, _ in cases if case.check == "gradients" for t in case.tensors
+        ]
         self.all_names = set(audit.all_names)
         self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
@@ -227,7 +230,9 @@ class _Pass:
     ) -> Mapping[str, torch.Tensor]:
         """The plugin's gradients; anything it raises, SystemExit included, is its error."""
         with torch.no_grad():
-            grads = self.gradient_fn(model, batch, forward.detached(), **self.spec.gradients.options)
+            grads = self.gradient_fn(
+                model, batch, forward.detached(), **self.spec.gradients.options
+            )
         if not isinstance(grads, Mapping):
             raise TypeError(f"returned {type(grads).__name__}, not a mapping name -> tensor")
         return grads
@@ -285,7 +290,9 @@ class _Pass:
             if self.truth_model is not None:
                 truth_batch = batch.to(float64_device(self.device), torch.float64)
                 truth = self.reference(self.truth_model, truth_batch, names)[1]
-                self.batch_scale = max((float(t.abs().max()) for t in truth if t.numel()), default=0.0)
+                self.batch_scale = max(
+                    (float(t.abs().max()) for t in truth if t.numel()), default=0.0
+                )
         except OURS:
             raise
         except BaseException as exc:

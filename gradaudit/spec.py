@@ -355,7 +355,7 @@ def _apply_sets(data: dict[str, Any], sets: tuple[str, ...]) -> dict[Loc, str]:
         if not sep or not all(parts):
             raise SpecError(f"--set {option}: expected key.path=value, e.g. batches.count=2")
         try:
-            value = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+            value = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as exc:
             raise SpecError(f"--set {option}: not a YAML value: {_one_line(str(exc))}") from None
         node: Any = data

@@ -93,7 +93,10 @@ class Tol:
             )
         if self.mode == "exact":
             return "bitwise equality"
-        return f"allowed at the worst element {allowed:.3g} = {self.atol:g} + {self.rtol:g} x |autograd|"
+        return (
+            f"allowed at the worst element {allowed:.3g} = {self.atol:g} + {self.rtol:g} "
+            "x |autograd|"
+        )
 
     @property
     def compared_with(self) -> str:

@@ -106,8 +106,8 @@ def test_guide_examples_run_as_a_real_audit(tmp_path: Path) -> None:
         "plugins": ["guide_plugin.py"],
         "model": {"plugin": "bigram"},
         "gradients": {"plugin": "bigram-manual"},
-        "data": {"plugin": "words", "options": {"path": "words.txt"}},
-        "batches": {"count": 3, "size": 8, "block_size": 6, "seed": 1},
+        "data": {"plugin": "words", "options": {"path": "words.txt", "block_size": 6}},
+        "batches": {"count": 3, "size": 8, "seed": 1},
         "devices": ["cpu"],
         "dtypes": ["float32", "float64"],
     }
@@ -116,6 +116,18 @@ def test_guide_examples_run_as_a_real_audit(tmp_path: Path) -> None:
     result = run_gradaudit("run", path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASS") == 4  # logits and W, in two dtypes
+
+
+def test_guide_float_input_example_is_green_in_every_dtype(tmp_path: Path) -> None:
+    """The guide's regression model and its YAML, with the random data plugin, as written."""
+    (tmp_path / "regression_plugin.py").write_text("\n\n".join(_guide_blocks()), encoding="utf-8")
+    text = GUIDE.read_text(encoding="utf-8")
+    (spec_text,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "random" in b]
+    path = tmp_path / "regression.yaml"
+    path.write_text(spec_text, encoding="utf-8")
+    result = run_gradaudit("run", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "16 passed, 0 failed, 0 errors" in result.stdout  # 4 tensors x 4 dtypes
 
 
 def test_committed_schema_matches_the_code() -> None:

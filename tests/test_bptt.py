@@ -30,7 +30,7 @@ def make_case(
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randint(0, vocab, (B, T), generator=gen)
     y = torch.randint(0, vocab, (B, T), generator=gen)
-    return model, Batch(x, y, index=0, seed=seed)
+    return model, Batch({"inputs": x, "targets": y}, index=0, seed=seed)
 
 
 def grads(
@@ -126,7 +126,7 @@ def test_embedding_gradient_accumulates_repeated_tokens(dtype: torch.dtype) -> N
 def test_gradient_is_the_mean_over_all_batch_positions() -> None:
     """Two copies of one sequence give the same gradients as the sequence alone (1/(B*T))."""
     model, batch = make_case(1, 7, 16, 9, torch.float64)
-    twice = Batch(batch.inputs.repeat(2, 1), batch.targets.repeat(2, 1))
+    twice = Batch({"inputs": batch.inputs.repeat(2, 1), "targets": batch.targets.repeat(2, 1)})
     _, one, _ = grads(model, batch)
     _, two, _ = grads(model, twice)
     for name in ("C.weight", "U.weight", "U.bias", "W.weight", "V.weight", "V.bias"):

@@ -226,9 +226,7 @@ def test_tolerance_in_exponent_notation_reads_as_a_number(
 
 def test_quoted_number_is_rejected_with_its_line(tmp_path: Path, run_cli: CliRun) -> None:
     spec = tmp_path / "bad.yaml"
-    spec.write_text(
-        VALID_HEAD + 'batches:\n  size: 4\n  block_size: 5\n  count: "8"\n', encoding="utf-8"
-    )
+    spec.write_text(VALID_HEAD + 'batches:\n  size: 4\n  seed: 5\n  count: "8"\n', encoding="utf-8")
     line = one_line_error(run_cli("run", spec))
     assert f"{spec}:9: batches.count: " in line, line
     assert "integer" in line, line

@@ -32,6 +32,11 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # --- TokenCorpus -----------------------------------------------------------------------
 
 
+def cut(corpus: TokenCorpus, block_size: int) -> TokenCorpus:
+    """The same tokens and vocabulary, cut into windows of `block_size`."""
+    return TokenCorpus(corpus.tokens, corpus.vocab, block_size=block_size)
+
+
 def test_from_text_vocab_is_sorted_and_round_trips(corpus: TokenCorpus) -> None:
     assert list(corpus.vocab) == sorted(set(TEXT))
     assert corpus.vocab_size == len(set(TEXT))
@@ -51,7 +56,7 @@ def test_split_is_90_10(corpus: TokenCorpus) -> None:
 
 def test_train_batches_are_shifted_windows(corpus: TokenCorpus) -> None:
     train = corpus.split_tokens("train")
-    batches = list(corpus.batches("train", count=3, size=5, block_size=8, seed=7))
+    batches = list(cut(corpus, 8).batches("train", count=3, size=5, seed=7))
     assert len(batches) == 3
     for k, batch in enumerate(batches):
         assert batch.inputs.shape == batch.targets.shape == (5, 8)
@@ -65,7 +70,7 @@ def test_train_batches_are_shifted_windows(corpus: TokenCorpus) -> None:
 
 def test_train_batches_follow_the_notebook_draw(corpus: TokenCorpus) -> None:
     train = corpus.split_tokens("train")
-    (batch,) = corpus.batches("train", count=1, size=4, block_size=6, seed=123)
+    (batch,) = cut(corpus, 6).batches("train", count=1, size=4, seed=123)
     starts = torch.randint(len(train) - 6, (4,), generator=torch.Generator().manual_seed(123))
     assert torch.equal(batch.inputs, torch.stack([train[i : i + 6] for i in starts]))
     assert torch.equal(batch.targets, torch.stack([train[i + 1 : i + 7] for i in starts]))
@@ -73,7 +78,7 @@ def test_train_batches_follow_the_notebook_draw(corpus: TokenCorpus) -> None:
 
 def test_train_batches_are_deterministic_per_seed(corpus: TokenCorpus) -> None:
     def draw(seed: int) -> list[torch.Tensor]:
-        return [b.inputs for b in corpus.batches("train", 4, 16, 8, seed)]
+        return [b.inputs for b in cut(corpus, 8).batches("train", 4, 16, seed)]
 
     first, again, other = draw(3), draw(3), draw(4)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
@@ -82,9 +87,9 @@ def test_train_batches_are_deterministic_per_seed(corpus: TokenCorpus) -> None:
 
 
 def test_train_batch_k_of_seed_s_is_batch_0_of_seed_s_plus_k(corpus: TokenCorpus) -> None:
-    batches = list(corpus.batches("train", count=4, size=3, block_size=5, seed=10))
+    batches = list(cut(corpus, 5).batches("train", count=4, size=3, seed=10))
     for k, batch in enumerate(batches):
-        (alone,) = corpus.batches("train", count=1, size=3, block_size=5, seed=10 + k)
+        (alone,) = cut(corpus, 5).batches("train", count=1, size=3, seed=10 + k)
         assert torch.equal(alone.inputs, batch.inputs)
         assert torch.equal(alone.targets, batch.targets)
         assert alone.seed == batch.seed == 10 + k
@@ -93,14 +98,14 @@ def test_train_batch_k_of_seed_s_is_batch_0_of_seed_s_plus_k(corpus: TokenCorpus
 
 def test_train_needs_count_and_size(corpus: TokenCorpus) -> None:
     with pytest.raises(ValueError, match="count"):
-        corpus.batches("train", None, 4, 8, 0)
+        cut(corpus, 8).batches("train", None, 4, 0)
     with pytest.raises(ValueError, match="size"):
-        corpus.batches("train", 1, None, 8, 0)
+        cut(corpus, 8).batches("train", 1, None, 0)
 
 
 def test_val_is_every_window_in_order(corpus: TokenCorpus) -> None:
     val = corpus.split_tokens("val")
-    (batch,) = corpus.batches("val", count=None, size=None, block_size=8, seed=5)
+    (batch,) = cut(corpus, 8).batches("val", count=None, size=None, seed=5)
     windows = len(val) - 8
     assert batch.inputs.shape == batch.targets.shape == (windows, 8)
     assert torch.equal(batch.inputs, torch.stack([val[i : i + 8] for i in range(windows)]))
@@ -109,15 +114,15 @@ def test_val_is_every_window_in_order(corpus: TokenCorpus) -> None:
 
 
 def test_val_chunks_by_size_and_count(corpus: TokenCorpus) -> None:
-    (whole,) = corpus.batches("val", None, None, 4, 0)
+    (whole,) = cut(corpus, 4).batches("val", None, None, 0)
     windows = whole.inputs.shape[0]
-    chunks = list(corpus.batches("val", None, 10, 4, 9))
+    chunks = list(cut(corpus, 4).batches("val", None, 10, 9))
     assert len(chunks) == -(-windows // 10)
     assert [c.inputs.shape[0] for c in chunks[:-1]] == [10] * (len(chunks) - 1)
     assert torch.equal(torch.cat([c.inputs for c in chunks]), whole.inputs)
     assert torch.equal(torch.cat([c.targets for c in chunks]), whole.targets)
     assert [(c.index, c.seed) for c in chunks] == [(k, 9) for k in range(len(chunks))]
-    first_two = list(corpus.batches("val", 2, 10, 4, 9))
+    first_two = list(cut(corpus, 4).batches("val", 2, 10, 9))
     assert len(first_two) == 2
     assert torch.equal(torch.cat([c.inputs for c in first_two]), whole.inputs[:20])
 
@@ -125,15 +130,15 @@ def test_val_chunks_by_size_and_count(corpus: TokenCorpus) -> None:
 def test_block_size_longer_than_split_is_rejected() -> None:
     small = TokenCorpus.from_text("abcdefghijklmnopqrst")  # 18 train, 2 val tokens
     with pytest.raises(ValueError, match=r"too short for block_size 2.*20 tokens"):
-        small.batches("val", None, None, 2, 0)
+        cut(small, 2).batches("val", None, None, 0)
     with pytest.raises(ValueError, match="block_size 18"):
-        small.batches("train", 1, 1, 18, 0)
-    assert len(list(small.batches("train", 1, 1, 17, 0))) == 1
+        cut(small, 18).batches("train", 1, 1, 0)
+    assert len(list(cut(small, 17).batches("train", 1, 1, 0))) == 1
 
 
 def test_bad_split_is_rejected(corpus: TokenCorpus) -> None:
     with pytest.raises(ValueError, match="'test'"):
-        corpus.batches("test", 1, 1, 4, 0)
+        cut(corpus, 4).batches("test", 1, 1, 0)
 
 
 def test_constructor_checks_tokens() -> None:

@@ -122,7 +122,7 @@ def limit_address_space() -> None:
 def test_a_batch_bigger_than_memory_is_refused_before_allocating(tmp_path: Path) -> None:
     spec = small_spec(
         model={"plugin": "charrnn", "options": {"d_model": 24, "n_hidden": 200, "h0": 0.1}},
-        batches={"split": "train", "count": 2, "size": 10**9, "block_size": 8, "seed": 3},
+        batches={"split": "train", "count": 2, "size": 10**9, "seed": 3},
     )
     path = write(tmp_path / "huge-batch.yaml", spec)
     start = time.perf_counter()

@@ -106,7 +106,7 @@ def make_case(
     else:
         x = torch.randperm(VOCAB, generator=gen)[: B * T].reshape(B, T)  # all distinct
     y = torch.randint(0, VOCAB, (B, T), generator=gen)
-    return model, Batch(x, y, index=0, seed=seed)
+    return model, Batch({"inputs": x, "targets": y}, index=0, seed=seed)
 
 
 def gradients(
@@ -128,7 +128,10 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
 def test_gallery_registers_every_bug_by_its_slug(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(affected(T)) == set(BUGS) and len(BUGS) == 8
     monkeypatch.delenv(ALLOW_ENV, raising=False)
-    registry = plugin_manager()  # the installed entry points, as `gradaudit run` loads them
+    assert not any(
+        name.startswith(PREFIX) for name in plugin_manager().entries["gradients"]
+    )  # only on request:
+    registry = plugin_manager(["gradaudit_charrnn.gallery"])
     for slug in BUGS:
         registered = registry.get("gradients", f"charrnn-bptt-bug-{slug}")
         assert registered is GALLERY[PREFIX + slug]
@@ -243,8 +246,9 @@ def gallery_spec(bug: str) -> dict[str, Any]:
     spec: dict[str, Any] = yaml.safe_load(SHIPPED_SPEC.read_text(encoding="utf-8"))
     assert spec["tolerance"] == {"mode": "auto"}  # no overrides: the shipped tolerances
     assert spec["dtypes"] == ["float32", "float64", "bfloat16", "float16"]
-    assert spec["batches"]["block_size"] == SPEC_T and spec["batches"]["count"] == 8
+    assert spec["data"]["options"]["block_size"] == SPEC_T and spec["batches"]["count"] == 8
     spec["gradients"] = {"plugin": PREFIX + bug}
+    spec["plugins"] = ["gradaudit_charrnn.gallery"]
     spec["devices"] = ["cpu"]
     spec["batches"] = spec["batches"] | {"count": 2}
     return spec

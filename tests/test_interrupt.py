@@ -141,7 +141,7 @@ def interrupted(
         name="slow",
         plugins=["slow.py"],
         gradients={"plugin": "slow-bptt"},
-        batches={"split": "train", "count": 100, "size": 4, "block_size": 5, "seed": 3},
+        batches={"split": "train", "count": 100, "size": 4, "seed": 3},
     )
     spec.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -126,7 +126,7 @@ def runs(
                 gradients={"plugin": "hostile"},
                 dtypes=["float32"],
                 tensors=["logits", "V.*"],
-                batches={"split": "train", "count": 1, "size": 4, "block_size": 5, "seed": 3},
+                batches={"split": "train", "count": 1, "size": 4, "seed": 3},
             ),
         ),
         "picky": write_yaml(

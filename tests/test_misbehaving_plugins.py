@@ -502,7 +502,8 @@ def test_slow_gradient_through_the_console_script(audit_subprocess: Runner) -> N
 
 def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change() -> None:
     """The in-place guard compares bits: NaN equals itself there, a real change does not."""
-    from gradaudit.runner import _changed, _snapshot
+    from gradaudit.guards import changed as _changed
+    from gradaudit.guards import snapshot as _snapshot
     from gradaudit.types import Forward
 
     model = torch.nn.Linear(2, 2)

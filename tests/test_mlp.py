@@ -66,7 +66,7 @@ def make_case(
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randint(0, vocab, (B, T), generator=gen)
     y = torch.randint(0, vocab, (B, T), generator=gen)
-    return model, Batch(x, y, index=0, seed=seed)
+    return model, Batch({"inputs": x, "targets": y}, index=0, seed=seed)
 
 
 def autograd_and(

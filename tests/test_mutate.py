@@ -14,7 +14,9 @@ from gradaudit.mutate import generic_mutants, sensitivity
 from gradaudit.types import Batch
 from tests.conftest import REPO, SpecWriter, run_gradaudit
 
-BATCH = Batch(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long))
+BATCH = Batch(
+    {"inputs": torch.zeros(4, 3, dtype=torch.long), "targets": torch.zeros(4, 3, dtype=torch.long)}
+)
 
 
 def test_generic_mutants_change_what_they_say() -> None:

@@ -54,7 +54,12 @@ def audit_in_process(
     torch.manual_seed(seed)
     model = build_charrnn(30, d_model=8, n_hidden=16, h0=0.1).to(dtype)
     gen = torch.Generator().manual_seed(seed)
-    batch = Batch(torch.randint(0, 30, (B, T), generator=gen), torch.randint(0, 30, (B, T)))
+    batch = Batch(
+        {
+            "inputs": torch.randint(0, 30, (B, T), generator=gen),
+            "targets": torch.randint(0, 30, (B, T)),
+        }
+    )
     forward = model(batch.inputs, batch.targets)
     targets = dict(forward.intermediates) | dict(model.named_parameters())
     reference = torch.autograd.grad(forward.loss, list(targets.values()))
@@ -125,7 +130,7 @@ def cli_runs(
         folder = tmp_path_factory.mktemp(run_id.replace("@", "-"))
         spec = spec_dict(plugins=[str(NEGATIVE_CONTROLS)], gradients={"plugin": plugin})
         spec["batches"] = spec["batches"] | batches
-        assert spec["batches"]["block_size"] == T and spec["dtypes"] == DTYPES
+        assert spec["data"]["options"]["block_size"] == T and spec["dtypes"] == DTYPES
         assert spec["batches"]["size"] > 1 or batches  # the B > 1 runs really are B > 1
         (folder / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
         jobs[run_id] = (folder / "spec.yaml", folder / "out.xml")

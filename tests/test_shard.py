@@ -104,7 +104,7 @@ def sharded(
     run_cli: CliRun,
 ) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("shard")
-    batches = {"split": "train", "count": COUNT, "size": 4, "block_size": 5, "seed": 3}
+    batches = {"split": "train", "count": COUNT, "size": 4, "seed": 3}
     good = tmp / "good.yaml"
     good.write_text(
         yaml.safe_dump(spec_dict(name="sharded", batches=batches), sort_keys=False),

@@ -50,7 +50,7 @@ def test_minimal_spec_takes_the_defaults() -> None:
     assert spec.data.plugin == "text"
     assert spec.data.options == {}
     assert (spec.batches.split, spec.batches.count, spec.batches.size) == ("train", 8, 32)
-    assert (spec.batches.block_size, spec.batches.seed) == (8, 0)
+    assert spec.batches.seed == 0
     assert spec.devices == ["cpu"]
     assert spec.dtypes == ["float32"]
     assert spec.tensors == ["*"]

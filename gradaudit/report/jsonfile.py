@@ -131,7 +131,7 @@ class JsonReporter:
     def group(self, group: GroupResult) -> None:
         pass
 
-    def checkpoint(self, summary: RunSummary) -> None:  # noqa: D102
+    def checkpoint(self, summary: RunSummary) -> None:
         """A complete document at the target (without case records) while cases stream
         into the temp file, so a killed run leaves a report that says it did not finish."""
         write_atomic(self.path, self.header + self.closing(summary))

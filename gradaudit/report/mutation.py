@@ -36,7 +36,9 @@ def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
 
     metadata = {"spec": str(loaded.path), "spec_sha256": loaded.sha256}
     name = f"{loaded.spec.name}.mutants"
-    write_atomic(path, document([stopped_suite(name, f"mutation testing not run: {reason}", metadata)]))
+    write_atomic(
+        path, document([stopped_suite(name, f"mutation testing not run: {reason}", metadata)])
+    )
 
 
 def console_lines(

@@ -21,8 +21,7 @@ def register_models(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def register_gradients(register: Callable[[str, Any], None]) -> None:
     from gradaudit_charrnn.bptt import charrnn_bptt
-    from gradaudit_charrnn.gallery import GALLERY
 
     register("charrnn-bptt", charrnn_bptt)
-    for name, wrong in GALLERY.items():  # charrnn-bptt-bug-<slug>: deliberately wrong BPTTs
-        register(name, wrong)
+    # The gallery of deliberately wrong BPTTs registers only when a spec asks for it:
+    # `plugins: [gradaudit_charrnn.gallery]`.

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradaudit import Batch, Forward
+from gradaudit import Batch, Forward, hookimpl
 
 BUGS = (
     "no-recurrence",
@@ -155,3 +155,11 @@ def bptt(
 GALLERY: dict[str, Callable[..., Mapping[str, torch.Tensor]]] = {
     PREFIX + slug: partial(bptt, bug=slug) for slug in BUGS
 }
+
+
+@hookimpl
+def register_gradients(register: Callable[[str, Any], None]) -> None:
+    """Loaded only on request (`plugins: [gradaudit_charrnn.gallery]` in a spec), so the
+    deliberately wrong gradients never sit among the real ones in `gradaudit plugins`."""
+    for name, wrong in GALLERY.items():  # charrnn-bptt-bug-<slug>
+        register(name, wrong)

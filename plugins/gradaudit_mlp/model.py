@@ -14,7 +14,8 @@ can check on its own:
   loss = cross_entropy(logits, targets[:, -1])
 
 W1's shape depends on the window length, which the factory receives from the text data
-(`data.options.block_size`) together with the vocabulary size. b1 is kept although batch norm removes it
+(`data.options.block_size`) together with the vocabulary size.
+b1 is kept although batch norm removes it
 (its true gradient is zero): that zero is itself worth auditing.
 """
 
@@ -58,8 +59,7 @@ class MLPBatchNorm(nn.Module):
         n, steps = inputs.shape
         if steps != self.block_size:
             raise ValueError(
-                f"the model was built for block_size {self.block_size}, got windows of "
-                f"{steps}"
+                f"the model was built for block_size {self.block_size}, got windows of {steps}"
             )
         emb = self.C[inputs]  # (B, T, n_embd)
         embcat = emb.view(n, -1)  # (B, T*n_embd)

@@ -1,0 +1,90 @@
+"""Float-input models for the core-contract tests: a regression MLP audited with the
+`random` data plugin, and misbehaving variants (plain tensors, plugins that exit)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradaudit import Batch, Forward, hookimpl
+
+
+class Regression(nn.Module):
+    """y_hat = tanh(x W1 + b1) W2; loss = mean squared error; weights as nn.Parameter."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], hidden: int = 16) -> None:
+        super().__init__()
+        (features,) = shapes["x"]
+        self.W1 = nn.Parameter(torch.randn(features, hidden) / features**0.5)
+        self.b1 = nn.Parameter(torch.randn(hidden) * 0.1)
+        self.W2 = nn.Parameter(torch.randn(hidden, 1) / hidden**0.5)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
+        pre = x @ self.W1 + self.b1
+        h = torch.tanh(pre)
+        out = h @ self.W2
+        loss = F.mse_loss(out.squeeze(1), y)
+        return Forward(loss, {"out": out, "h": h})
+
+
+class PlainTensorRegression(Regression):
+    """The notebook habit: W2 kept as a plain tensor attribute, never cast by .to(dtype)."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], hidden: int = 16) -> None:
+        super().__init__(shapes, hidden)
+        w2 = self.W2.detach().clone()
+        del self.W2
+        self.W2 = w2  # type: ignore[assignment]
+
+
+def regression_backward(
+    model: nn.Module, batch: Batch, forward: Forward, **options: Any
+) -> dict[str, torch.Tensor]:
+    x, y = batch["x"], batch["y"]
+    out, h = forward.intermediates["out"], forward.intermediates["h"]
+    dout = (2.0 / y.numel()) * (out.squeeze(1) - y).unsqueeze(1)
+    dW2 = h.T @ dout
+    dh = dout @ model.get_parameter("W2").T
+    dpre = dh * (1 - h * h)
+    return {"out": dout, "h": dh, "W2": dW2, "W1": x.T @ dpre, "b1": dpre.sum(0)}
+
+
+def _exits(how: str) -> Callable[..., dict[str, torch.Tensor]]:
+    def backward(model: nn.Module, batch: Batch, forward: Forward, **options: Any) -> Any:
+        if how == "sys.exit":
+            sys.exit(0)
+        if how == "skip":
+            import pytest
+
+            pytest.skip("plugin skips itself")
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        if how == "swallow-timeout":
+            with contextlib.suppress(BaseException):
+                time.sleep(5)
+        return regression_backward(model, batch, forward)
+
+    return backward
+
+
+@hookimpl
+def register_models(register: Callable[[str, Any], None]) -> None:
+    register("regression", Regression)
+    register("regression-plain-tensor", PlainTensorRegression)
+
+
+@hookimpl
+def register_gradients(register: Callable[[str, Any], None]) -> None:
+    register("regression-manual", regression_backward)
+    for how in ("sys.exit", "skip", "sigterm", "swallow-timeout"):
+        register(f"regression-{how}", _exits(how))

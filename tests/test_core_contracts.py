@@ -1,0 +1,190 @@
+"""The core's contracts: any named inputs, cast per case, the plan, one stream of results."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import CliRunner
+
+PLUGINS = str(Path(__file__).with_name("float_plugins.py"))
+DTYPES = ["float64", "float32", "bfloat16", "float16"]
+
+
+def regression_spec(tmp_path: Path, **overrides: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": "regression",
+        "plugins": [PLUGINS],
+        "model": {"plugin": "regression"},
+        "gradients": {"plugin": "regression-manual"},
+        "data": {
+            "plugin": "random",
+            "options": {"tensors": {"x": {"shape": [6]}, "y": {"shape": []}}},
+        },
+        "batches": {"count": 3, "size": 8, "seed": 1},
+        "devices": ["cpu"],
+        "dtypes": DTYPES,
+    }
+    spec.update(overrides)
+    path = tmp_path / "regression.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_float_inputs_audit_green_in_every_dtype(tmp_path: Path, run_cli: CliRunner) -> None:
+    out = tmp_path / "r.json"
+    result = run_cli("run", regression_spec(tmp_path), "--json", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "20 passed, 0 failed, 0 errors" in result.stdout
+    groups = json.loads(out.read_text())["groups"]
+    assert sorted(g["dtype"] for g in groups) == sorted(DTYPES)
+
+
+def test_a_wrong_backward_on_float_inputs_fails(tmp_path: Path, run_cli: CliRunner) -> None:
+    """The same audit is not vacuous: a scaled output gradient fails."""
+    spec = regression_spec(tmp_path, dtypes=["float64", "bfloat16"])
+    result = run_cli("run", spec, "--set", "tolerance.overrides=[{tensors: [out], rtol: 0}]")
+    assert result.returncode == 0, result.stdout  # an override alone changes nothing wrong
+    broken = tmp_path / "broken.py"
+    broken.write_text(
+        "from gradaudit import hookimpl\n"
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('fp', {PLUGINS!r})\n"
+        "fp = importlib.util.module_from_spec(spec); spec.loader.exec_module(fp)\n"
+        "def wrong(model, batch, forward):\n"
+        "    grads = fp.regression_backward(model, batch, forward)\n"
+        "    grads['W1'] = grads['W1'] * 1.05\n"
+        "    return grads\n"
+        "@hookimpl\ndef register_gradients(register):\n    register('wrong', wrong)\n",
+        encoding="utf-8",
+    )
+    spec = regression_spec(
+        tmp_path, plugins=[PLUGINS, str(broken)], gradients={"plugin": "wrong"}, dtypes=DTYPES
+    )
+    result = run_cli("run", spec)
+    assert result.returncode == 1
+    for dtype in DTYPES:
+        assert f"cpu      {dtype:<9} W1 " in result.stdout
+    assert result.stdout.count("FAIL") >= 4
+
+
+def test_plain_float32_tensor_is_an_error_naming_it(tmp_path: Path, run_cli: CliRunner) -> None:
+    spec = regression_spec(tmp_path, model={"plugin": "regression-plain-tensor"})
+    result = run_cli("run", spec, "--dtype", "bfloat16")
+    assert result.returncode == 1
+    assert "`W2` (float32) as plain tensor attribute" in result.stdout
+    assert "register them with nn.Parameter" in result.stdout
+    assert "0 passed" in result.stdout
+
+
+def test_plan_lists_every_check_without_running_a_batch(run_cli: CliRunner) -> None:
+    result = run_cli("plan", "specs/charrnn.yaml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "8 cases, 120 tensor checks" in lines[0]
+    rows = lines[1:]
+    assert len(rows) == 120
+    assert sum("SKIP  cuda is not available" in r for r in rows) == 60
+    assert any(r.startswith("cpu      float64") and "allclose" in r for r in rows)
+    assert any(r.startswith("cpu      float32") and "baseline k=2 floor=8" in r for r in rows)
+    as_json = json.loads(run_cli("plan", "specs/charrnn.yaml", "--json").stdout)
+    assert as_json["checks"] == 120
+
+
+def test_plan_applies_shard_and_filters(run_cli: CliRunner) -> None:
+    result = run_cli(
+        "plan", "specs/charrnn.yaml", "--device", "cpu", "--dtype", "float32", "--shard", "2/3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 cases, 15 tensor checks, batches 1, 4, 7 (shard 2/3)" in result.stdout
+
+
+def test_interrupted_first_case_reports_every_planned_case(
+    tmp_path: Path, run_cli: CliRunner
+) -> None:
+    spec = regression_spec(
+        tmp_path, gradients={"plugin": "regression-sigterm"}, devices=["cpu", "cuda"]
+    )
+    junit, out = tmp_path / "r.xml", tmp_path / "r.json"
+    result = run_cli("run", spec, "--junit-xml", junit, "--json", out)
+    assert result.returncode == 143
+    cases = ET.parse(junit).getroot().iter("testcase")
+    names = [(c.get("classname"), c.get("name")) for c in cases]
+    planned = [(d, t) for d in ("cpu", "cuda") for t in DTYPES]
+    for device, dtype in planned:
+        for tensor in ("out", "h", "W1", "b1", "W2"):
+            assert (f"gradaudit.regression.{device}.{dtype}", tensor) in names
+    data = json.loads(out.read_text())
+    assert data["stopped"].startswith("interrupted by SIGTERM")
+    assert data["totals"]["errors"] >= 15  # the 3 cpu dtypes never started, and the first
+    assert data["totals"]["passed"] == 0
+
+
+@pytest.mark.parametrize("how", ["sys.exit", "skip"])
+def test_base_exceptions_from_plugins_are_errors(
+    tmp_path: Path, run_cli: CliRunner, how: str
+) -> None:
+    spec = regression_spec(
+        tmp_path, gradients={"plugin": f"regression-{how}"}, dtypes=["float32", "float64"]
+    )
+    result = run_cli("run", spec)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "0 passed, 0 failed, 10 errors" in result.stdout
+
+
+def test_swallowed_timeout_is_still_an_error(tmp_path: Path, run_cli: CliRunner) -> None:
+    spec = regression_spec(
+        tmp_path,
+        gradients={"plugin": "regression-swallow-timeout"},
+        dtypes=["float32"],
+        batches={"count": 1, "size": 4},
+    )
+    result = run_cli("run", spec, "--timeout", "0.5")
+    assert result.returncode == 1, result.stdout
+    assert "timed out after 0.5s" in result.stdout
+    assert "PASS" not in result.stdout
+
+
+def test_nothing_compared_exits_5(run_cli: CliRunner) -> None:
+    result = run_cli("run", "specs/charrnn.yaml", "--device", "cuda")
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "no tensor was compared" in result.stdout
+    empty = run_cli(
+        "run", "specs/charrnn.yaml", "--device", "cpu", "--shard", "3/3", "--set", "batches.count=2"
+    )
+    assert empty.returncode == 5, empty.stdout + empty.stderr
+
+
+def test_tensor_exclusions_and_set(tmp_path: Path, run_cli: CliRunner) -> None:
+    spec = regression_spec(tmp_path, tensors=["*", "!h", "!out"], dtypes=["float32"])
+    result = run_cli("plan", spec)
+    assert "3 tensor checks" in result.stdout
+    bad = run_cli("plan", spec, "--set", "batches.count=0")
+    assert bad.returncode == 2
+    assert "--set batches.count=0: batches.count" in bad.stderr
+    nothing = run_cli("plan", spec, "--set", "tensors=['!h']")
+    assert nothing.returncode == 2
+    assert "leave no tensor" in nothing.stderr or "matches no tensor" not in nothing.stderr
+
+
+def test_random_data_is_seeded_and_validated() -> None:
+    from gradaudit_random import load_random
+
+    data = load_random(
+        {"tensors": {"x": {"shape": [3]}, "y": {"shape": [], "classes": 4}}}, Path(".")
+    )
+    first = list(data.batches("train", 2, 5, seed=7))
+    again = list(data.batches("train", 2, 5, seed=7))
+    assert first[1]["x"].shape == (5, 3) and first[1]["y"].dtype.is_floating_point is False
+    assert all(a["x"].equal(b["x"]) for a, b in zip(first, again, strict=True))
+    alone = next(iter(data.batches("train", 1, 5, seed=8)))  # batch 1 of seed 7, drawn alone
+    assert alone["x"].equal(first[1]["x"])
+    assert data.model_args == {"shapes": {"x": (3,), "y": ()}, "classes": {"y": 4}}
+    with pytest.raises(ValueError, match=r"tensors\.y: an int tensor needs `classes`"):
+        load_random({"tensors": {"y": {"shape": [], "dtype": "int"}}}, Path("."))
