@@ -27,6 +27,7 @@ class TensorResult:
     max_abs: float
     budget: float  # max over elements of |diff| / allowed; above 1 fails
     message: str
+    tolerance: str  # the rule it was held to, e.g. "baseline k=2 floor=2 ulps"
 
     @property
     def passed(self) -> bool:
@@ -34,7 +35,16 @@ class TensorResult:
 
     @classmethod
     def of(cls, device: str, dtype: str, s: TensorSummary) -> TensorResult:
-        return cls(s.tensor, device, dtype, s.status, s.max_abs, s.budget, verdict_line(s))
+        return cls(
+            s.tensor,
+            device,
+            dtype,
+            s.status,
+            s.max_abs,
+            s.budget,
+            verdict_line(s),
+            s.tol.describe(),
+        )
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ Glob = Annotated[str, Field(min_length=1)]
 class Rule(BaseModel):
     """One declared transformation: exactly one of `clip` (to ±clip) or `scale`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)  # as spec.py's models
 
     clip: float | None = None
     scale: float | None = None
