@@ -88,10 +88,11 @@ def check(
     else:
         assert build is not None
         cases = [_built(build, d, prefix, ignore) for d in _dtype_names(dtypes)]
+    for case in cases:
+        _reference(case)
     truth_case: _Case | None = next((c for c in cases if c.asked == TRUTH), None)
     summary = RunSummary()
     for case in cases:
-        _reference(case)
         needs_truth = _needs_truth(case, spec_tol)
         if needs_truth and truth_case is None:
             if build is None:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from gradaudit.types import Forward
 
 Combine = Literal["sum", "mean"]
-NumpyFn = Callable[[dict[str, Any], dict[str, Any]], Any]
+NumpyFn = Callable[..., Any]  # fn(params, data, **options)
 FLOAT_NAMES = {"float16", "float32", "float64"}
 
 
@@ -134,7 +134,8 @@ def from_numpy(
     names: Sequence[str | None] | None = None,
     bfloat16_as: Literal["float32", "float64"] = "float64",
 ) -> Callable[..., NumpyGradients]:
-    """A gradaudit manual gradient from `fn(params, data)`.
+    """A gradaudit manual gradient from `fn(params, data, **options)` (a spec's
+    `gradients.options` reach fn as keyword arguments).
 
     params: the model's parameters and buffers by name; data: the batch's tensors by name
     and (unless per_row) the forward's intermediates, all as numpy copies (bfloat16 as
@@ -156,8 +157,6 @@ def from_numpy(
         model: torch.nn.Module, batch: object, forward: Forward, **options: Any
     ) -> NumpyGradients:
         _numpy()
-        if options:
-            raise TypeError(f"numpy gradients take no options, got {sorted(options)}")
         params = {
             name: to_array(t, bfloat16_as)
             for name, t in [*model.named_parameters(), *model.named_buffers()]
@@ -171,13 +170,14 @@ def from_numpy(
                 name: to_array(t, bfloat16_as)
                 for name, t in {**batch_tensors, **forward.intermediates}.items()
             }
-            outputs = [_named(fn(params, data), names)]
+            outputs = [_named(fn(params, data, **options), names)]
         else:
             outputs = [
                 _named(
                     fn(
                         {k: v.copy() for k, v in params.items()},
                         {k: to_array(t[i], bfloat16_as) for k, t in batch_tensors.items()},
+                        **options,
                     ),
                     names,
                 )

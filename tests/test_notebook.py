@@ -147,6 +147,18 @@ def test_dtypes_rerun_build_against_a_float64_truth() -> None:
     assert result["W", "float32"].tolerance.startswith("baseline")
 
 
+def test_the_float64_truth_may_come_after_the_dtypes_it_serves() -> None:
+    calls: list[torch.dtype] = []
+
+    def counted(dtype: torch.dtype) -> tuple[Any, Any]:
+        calls.append(dtype)
+        return build_layer(dtype)
+
+    result = quiet(build=counted, dtypes=[torch.bfloat16, torch.float64])
+    assert result.ok, result
+    assert calls == [torch.bfloat16, torch.float64]  # the float64 run is reused as the truth
+
+
 def test_dtypes_catch_a_bug_in_every_dtype() -> None:
     def wrong(dtype: torch.dtype) -> tuple[Any, Any]:
         loss, ns = build_layer(dtype)

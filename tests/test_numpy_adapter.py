@@ -156,6 +156,18 @@ def test_rows_of_different_shapes_are_an_error() -> None:
     assert "has shapes [(2, 3), (3, 2)] across rows" in grads.problems["W"]
 
 
+def test_options_reach_the_function_and_older_batches_work() -> None:
+    seen = {}
+
+    def fn(p: dict[str, Any], d: dict[str, Any], *, scale: float) -> dict[str, Any]:
+        seen.update(d, scale=scale)
+        return {"W": np.zeros((3, 2))}
+
+    old_batch = SimpleNamespace(inputs=torch.ones(2, 3), targets=torch.zeros(2))
+    from_numpy(fn)(Linear(), old_batch, Forward(torch.zeros(())), scale=0.5)
+    assert seen["scale"] == 0.5 and set(seen) == {"inputs", "targets", "scale"}
+
+
 def test_usage_errors() -> None:
     with pytest.raises(ValueError, match="combine="):
         from_numpy(row_grad, per_row=True)
