@@ -157,7 +157,7 @@ def test_rows_of_different_shapes_are_an_error() -> None:
 
 
 def test_options_reach_the_function_and_older_batches_work() -> None:
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def fn(p: dict[str, Any], d: dict[str, Any], *, scale: float) -> dict[str, Any]:
         seen.update(d, scale=scale)
