@@ -1,5 +1,7 @@
 """A numpy vanilla RNN with hand-written BPTT in the style of min-char-rnn's `lossFun`,
-and the same model in torch for autograd (test support, not a test file).
+and the same model in torch for autograd (test support, not a test file). Also a gradaudit
+plugin file (`plugins: [tests/minchar_rnn.py]`): model `minchar-rnn`, gradients
+`minchar-numpy`.
 
 `lossFun` handles one sequence (lists of ids), keeps its one-hots in float64 as the
 original does (`np.zeros((vocab_size, 1))`), and clips every gradient to ±5 in place.
@@ -8,6 +10,7 @@ original does (`np.zeros((vocab_size, 1))`), and clips every gradient to ±5 in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradaudit import Forward
+from gradaudit import Forward, hookimpl
 
 Array = Any  # numpy arrays; the original is untyped and reads best that way
 
@@ -91,3 +94,27 @@ def sequence(vocab_size: int, length: int, seed: int) -> tuple[torch.Tensor, tor
     ids = torch.randint(0, vocab_size, (length + 1,), generator=generator)
     ids[::2] = 0  # character 0 is every other target
     return ids[:-1].unsqueeze(0), ids[1:].unsqueeze(0)
+
+
+def numpy_bptt(hidden_size: int = 16, recurrent: bool = True) -> Any:
+    """lossFun as a gradaudit manual gradient (the whole wrapper; hidden_size is the model's)."""
+    from gradaudit.numpy_adapter import from_numpy
+
+    return from_numpy(
+        lambda p, row: lossFun(
+            row["inputs"], row["targets"], np.zeros((hidden_size, 1)), **p, recurrent=recurrent
+        ),
+        per_row=True,
+        combine="sum",
+        names=(None, "Wxh", "Whh", "Why", "bh", "by", None),
+    )
+
+
+@hookimpl
+def register_models(register: Callable[[str, Any], None]) -> None:
+    register("minchar-rnn", lambda vocab_size, hidden_size=16: MinCharRNN(vocab_size, hidden_size))
+
+
+@hookimpl
+def register_gradients(register: Callable[[str, Any], None]) -> None:
+    register("minchar-numpy", numpy_bptt())

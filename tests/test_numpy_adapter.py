@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gradaudit import Forward
 from gradaudit.notebook import check
 from gradaudit.numpy_adapter import NumpyGradients, from_numpy
-from tests.minchar_rnn import MinCharRNN, lossFun, sequence
+from tests import minchar_rnn
+from tests.conftest import CliRunner, small_spec
+from tests.minchar_rnn import MinCharRNN, numpy_bptt, sequence
 
 V, H, T = 6, 16, 25
 CLIP = [{"clip": 5.0, "tensors": ["*"]}]
 PARAMS = ("Wxh", "Whh", "Why", "bh", "by")
-
-
-def numpy_bptt(recurrent: bool = True) -> Any:
-    """min-char-rnn's lossFun as a gradaudit manual gradient: the whole wrapper."""
-    return from_numpy(
-        lambda p, row: lossFun(
-            row["inputs"], row["targets"], np.zeros((H, 1)), **p, recurrent=recurrent
-        ),
-        per_row=True,
-        combine="sum",
-        names=(None, "Wxh", "Whh", "Why", "bh", "by", None),
-    )
 
 
 def build(dtype: torch.dtype, recurrent: bool = True) -> tuple[Any, ...]:
@@ -38,7 +31,7 @@ def build(dtype: torch.dtype, recurrent: bool = True) -> tuple[Any, ...]:
     batch = SimpleNamespace(tensors={"inputs": inputs, "targets": targets}, index=0, seed=1)
     forward = model(**batch.tensors)
     with torch.no_grad():
-        grads = numpy_bptt(recurrent)(model, batch, forward.detached())
+        grads = numpy_bptt(H, recurrent)(model, batch, forward.detached())
     return forward.loss, dict(model.named_parameters()), grads
 
 
@@ -177,3 +170,26 @@ def test_usage_errors() -> None:
     fn = from_numpy(lambda p, d: [np.ones(1)])
     with pytest.raises(TypeError, match="not a mapping"):
         fn(Linear(), SimpleNamespace(tensors={}), Forward(torch.zeros(())))
+
+
+def test_the_runner_never_passes_a_bfloat16_case_computed_in_float64(
+    tmp_path: Path, run_cli: CliRunner
+) -> None:
+    """Through `gradaudit run`, wired or not: the bfloat16 case is an error for every tensor
+    (until the runner reads `computed_in` it is a dtype mismatch; after, "computed in")."""
+    spec = small_spec(
+        plugins=[str(Path(minchar_rnn.__file__))],
+        model={"plugin": "minchar-rnn", "options": {"hidden_size": H}},
+        gradients={"plugin": "minchar-numpy"},
+        batches={"split": "train", "count": 2, "size": 1, "block_size": 10, "seed": 3},
+        dtypes=["float64", "bfloat16"],
+    )
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    done = run_cli("run", path, "--json", tmp_path / "out.json", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    groups = json.loads((tmp_path / "out.json").read_text())["groups"]
+    status = {(g["dtype"], t["tensor"]): t["status"] for g in groups for t in g["tensors"]}
+    assert {s for (dtype, _), s in status.items() if dtype == "bfloat16"} == {"error"}
+    assert {s for (dtype, _), s in status.items() if dtype == "float64"} == {"pass"}
+    assert len(status) == 2 * len(PARAMS)
