@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from gradaudit import postprocess as post
 from gradaudit.compare import Comparison, TensorSummary, Tol, check_all, mismatch, tolerance_for
 from gradaudit.notebook_report import CheckResult, render, write_junit
+from gradaudit.numpy_adapter import computed_problem
 from gradaudit.results import GroupResult, RunSummary
 from gradaudit.spec import DTYPES, Tolerance
 
@@ -357,11 +358,9 @@ def _comparison(
         return None, [problem]
     computed = pair.computed or computed
     errors = []
-    if computed is not None and computed != dtype:
-        errors.append(
-            f"computed in {computed}, not {dtype}: it says nothing about {dtype}"
-            + (" (numpy has no bfloat16)" if dtype == "bfloat16" else "")
-        )
+    other = computed_problem(computed, dtype)
+    if other is not None:
+        errors.append(other)
         manual = manual.to(reference.dtype)  # still measured, for information
     shape = mismatch(manual, reference)
     if shape is not None:

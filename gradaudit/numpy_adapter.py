@@ -46,6 +46,14 @@ class NumpyGradients(dict[str, "torch.Tensor"]):
         self.problems: dict[str, str] = {}
 
 
+def computed_problem(computed: str | None, dtype: str) -> str | None:
+    """Why a gradient computed in `computed` is no result for a `dtype` case, or None."""
+    if computed is None or computed == dtype:
+        return None
+    why = " (numpy has no bfloat16)" if dtype == "bfloat16" else ""
+    return f"computed in {computed}, not {dtype}: it says nothing about {dtype}{why}"
+
+
 def _numpy() -> Any:
     try:
         import numpy
