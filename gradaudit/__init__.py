@@ -14,6 +14,7 @@ from gradaudit.types import Batch, DataLoader, Dataset, Forward, ManualGradient,
 
 if TYPE_CHECKING:
     from gradaudit.corpus import TokenCorpus
+    from gradaudit.notebook import check
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "ModelFactory",
     "TokenCorpus",
     "__version__",
+    "check",
     "hookimpl",
 ]
 
@@ -37,4 +39,8 @@ def __getattr__(name: str) -> Any:
         from gradaudit.corpus import TokenCorpus
 
         return TokenCorpus
+    if name == "check":
+        from gradaudit.notebook import check
+
+        return check
     raise AttributeError(f"module 'gradaudit' has no attribute {name!r}")
