@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gradaudit import postprocess
 from gradaudit.audit import Audit, why
 from gradaudit.checks import CheckKind, CheckRun
 from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all, mismatch
@@ -31,6 +32,7 @@ from gradaudit.guards import (
     wrong_dtype,
 )
 from gradaudit.mutate import Mutant, MutationReport, MutationRun
+from gradaudit.numpy_adapter import computed_problem
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
 from gradaudit.tolerance import Tol
@@ -110,6 +112,7 @@ class _Pass:
         self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
         self.events: list[Event] = []
+        self.computed: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
         self.truth_model: torch.nn.Module | None = None
         self.setup_error = self._setup()
         self.extra: list[CheckRun] = []
@@ -249,7 +252,7 @@ class _Pass:
         problems: dict[str, str] = {}
         ready: dict[str, Comparison] = {}
         for name, got, reference, truth in wanted:
-            problem = self._unusable(got, reference)
+            problem = self._unusable(name, got, reference)
             if problem is not None:
                 problems[name] = problem
             else:
@@ -290,6 +293,8 @@ class _Pass:
             if self.truth_model is not None:
                 truth_batch = batch.to(float64_device(self.device), torch.float64)
                 truth = self.reference(self.truth_model, truth_batch, names)[1]
+            saturated = self._postprocess(names, reference, truth)
+            if truth is not None:
                 self.batch_scale = max(
                     (float(t.abs().max()) for t in truth if t.numel()), default=0.0
                 )
@@ -317,9 +322,13 @@ class _Pass:
             self.fail_all(batch, f"gradients '{plugin}' modified {', '.join(touched)} in place")
             return
         self._unknown_names(batch, grads)
+        for name, problem in saturated.items():
+            self.error(name, batch, problem)
+        self.computed = (getattr(grads, "problems", {}), getattr(grads, "computed_in", {}))
         wanted = [
             (name, grads.get(name), ref, truth[i] if truth else None)
             for i, (name, ref) in enumerate(zip(names, reference, strict=True))
+            if name not in saturated
         ]
         checks = self.compare("gradients", batch, wanted)
         step = Step(batch, forward, grads, names, reference, truth, checks)
@@ -328,8 +337,30 @@ class _Pass:
         for extra in self.extra:
             extra.batch(step)
 
-    def _unusable(self, got: object, reference: torch.Tensor) -> str | None:
+    def _postprocess(
+        self, names: list[str], reference: list[torch.Tensor], truth: list[torch.Tensor] | None
+    ) -> dict[str, str]:
+        """Apply the spec's declared post-processing to the reference and the truth; a clip
+        that changes every element leaves only signs to compare: an error, not a pass."""
+        rules = self.spec.postprocess
+        saturated: dict[str, str] = {}
+        if not rules:
+            return saturated
+        for i, name in enumerate(names):
+            reference[i], clipped = postprocess.apply_counted(name, reference[i], rules)
+            problem = postprocess.saturated(clipped, reference[i].numel())
+            if problem:
+                saturated[name] = problem
+            if truth is not None:
+                truth[i] = postprocess.apply(name, truth[i], rules)
+        return saturated
+
+    def _unusable(self, name: str, got: object, reference: torch.Tensor) -> str | None:
         """Why a plugin's gradient cannot be compared with autograd's, or None."""
+        problems, computed_in = self.computed
+        said = problems.get(name) or computed_problem(computed_in.get(name), self.dtype)
+        if said:
+            return said
         if got is None:
             return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
         if not isinstance(got, torch.Tensor):

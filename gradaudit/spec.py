@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from gradaudit.errors import SpecError
+from gradaudit.postprocess import Rule
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake
 DTYPES = ("float64", "float32", "bfloat16", "float16")
@@ -147,6 +148,9 @@ class Spec(_Strict):
     tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
     tolerance: Tolerance = Field(default_factory=Tolerance)
     checks: Checks = Field(default_factory=Checks)
+    # Transformations the manual code applies on purpose (clip to +-c, a scale), applied to
+    # autograd's reference and the float64 truth too, so such code is audited as written.
+    postprocess: list[Rule] = Field(default_factory=list)
 
     @field_validator("devices", "dtypes")
     @classmethod

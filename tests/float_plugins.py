@@ -21,7 +21,9 @@ from gradaudit import Batch, Forward, hookimpl
 class Regression(nn.Module):
     """y_hat = tanh(x W1 + b1) W2; loss = mean squared error; weights as nn.Parameter."""
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], hidden: int = 16) -> None:
+    def __init__(
+        self, shapes: Mapping[str, tuple[int, ...]], classes: Any = None, hidden: int = 16
+    ) -> None:
         super().__init__()
         (features,) = shapes["x"]
         self.W1 = nn.Parameter(torch.randn(features, hidden) / features**0.5)
@@ -39,8 +41,10 @@ class Regression(nn.Module):
 class PlainTensorRegression(Regression):
     """The notebook habit: W2 kept as a plain tensor attribute, never cast by .to(dtype)."""
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], hidden: int = 16) -> None:
-        super().__init__(shapes, hidden)
+    def __init__(
+        self, shapes: Mapping[str, tuple[int, ...]], classes: Any = None, hidden: int = 16
+    ) -> None:
+        super().__init__(shapes, classes, hidden)
         w2 = self.W2.detach().clone()
         del self.W2
         self.W2 = w2  # type: ignore[assignment]

@@ -181,7 +181,8 @@ def test_the_runner_never_passes_a_bfloat16_case_computed_in_float64(
         plugins=[str(Path(minchar_rnn.__file__))],
         model={"plugin": "minchar-rnn", "options": {"hidden_size": H}},
         gradients={"plugin": "minchar-numpy"},
-        batches={"split": "train", "count": 2, "size": 1, "block_size": 10, "seed": 3},
+        data={"plugin": "text", "options": {"source": "builtin", "block_size": 10}},
+        batches={"split": "train", "count": 2, "size": 1, "seed": 3},
         dtypes=["float64", "bfloat16"],
     )
     path = tmp_path / "spec.yaml"
