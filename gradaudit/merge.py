@@ -92,17 +92,25 @@ def _check_plans(reports: list[Report]) -> None:
             raise UsageError(f"{report.path}: a different plan than {model.path}")
         keys = set(report.plan)
         if not report.stopped and keys != set(model.plan):
-            extra = sorted("/".join(k) for k in keys - set(model.plan))
-            lacking = sorted("/".join(k) for k in set(model.plan) - keys)
+            extra = ", ".join(_name(k) for k in report.plan if k not in model.plan)
+            lacking = ", ".join(_name(k) for k in model.plan if k not in keys)
             raise UsageError(
                 f"{report.path}: a different plan than {model.path} (groups only here: "
                 f"{extra or 'none'}; groups missing here: {lacking or 'none'})"
             )
-        for key in keys & set(model.plan):
-            if report.plan[key] != model.plan[key]:
+        for key in (k for k in model.plan if k in keys):
+            mine, theirs = report.plan[key], model.plan[key]
+            if mine != theirs:
+                extra = [t for t in mine if t not in theirs]
+                lacking = [t for t in theirs if t not in mine]
                 raise UsageError(
-                    f"{report.path}: {'/'.join(key)} audits other tensors than in {model.path}"
+                    f"{report.path}: {_name(key)} audits other tensors than in {model.path} "
+                    f"(only here: {extra or 'none'}; missing here: {lacking or 'none'})"
                 )
+
+
+def _name(key: Key) -> str:
+    return "/".join(key if key[2] != "gradients" else key[:2])
 
 
 class _Groups:

@@ -215,7 +215,7 @@ def test_mutation_reports_are_valid(tmp_path: Path) -> None:
     loaded = loaded_spec(tmp_path / "mutate\x0b")
 
     def mutant(operator: str, tensor: str, delta: float | None = None) -> Mutant:
-        return Mutant(operator, tensor, lambda g, b: g, delta)
+        return Mutant(operator, tensor, lambda g, b: None, delta)
 
     results = [
         MutantResult(mutant("scale-1e-3", "W", 1e-3), True, True, True, "W batch 0"),

@@ -6,6 +6,7 @@ Every run and merge goes through the real console script; independent ones start
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -370,3 +371,103 @@ def test_bad_shard_is_a_usage_error(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gradaudit: error: --shard"), proc.stderr
     assert not report.exists()
+
+
+# --- merge rules, in-process on hand-made shard reports -----------------------------------------
+
+
+def write_shard(
+    tmp: Path, name: str, shard: str | None, tensors: list[Any], dtypes: tuple[str, ...] = DTYPES
+) -> dict[str, str]:
+    """JUnit and JSON reports of one shard ("K/N", or None for an unsharded run)."""
+    from gradaudit.report.jsonfile import JsonReporter
+    from gradaudit.report.junit import JUnitReporter
+    from gradaudit.results import Shard
+    from tests.report_fixtures import group, loaded_spec, run_info, run_summary
+
+    loaded = loaded_spec(tmp / "spec")  # the same file, so the same sha256, for every shard
+    cut = Shard(*map(int, shard.split("/"))) if shard else None
+    info = run_info(loaded, [t.tensor for t in tensors], cut)
+    result = run_summary(*(group(copy.deepcopy(tensors), dtype=d) for d in dtypes))
+    paths = {"xml": str(tmp / f"{name}.xml"), "json": str(tmp / f"{name}.json")}
+    for reporter in (JUnitReporter(paths["xml"]), JsonReporter(paths["json"])):
+        reporter.start(info)
+        reporter.finish(result)
+    return paths
+
+
+def merge_both(tmp: Path, reports: list[dict[str, str]]) -> list[Any]:
+    from gradaudit.merge import merge_json, merge_junit
+
+    return [
+        merge_junit(str(tmp / "out.xml"), [r["xml"] for r in reports]),
+        merge_json(str(tmp / "out.json"), [r["json"] for r in reports]),
+    ]
+
+
+def refusal(tmp: Path, reports: list[dict[str, str]]) -> list[str]:
+    from gradaudit.errors import UsageError
+    from gradaudit.merge import merge_json, merge_junit
+
+    messages = []
+    for kind, merge in (("xml", merge_junit), ("json", merge_json)):
+        with pytest.raises(UsageError) as caught:
+            merge(str(tmp / f"out.{kind}"), [r[kind] for r in reports])
+        assert caught.value.exit_code == 2
+        assert not (tmp / f"out.{kind}").exists()
+        messages.append(str(caught.value))
+    return messages
+
+
+def tensors_ok() -> list[Any]:
+    from tests.report_fixtures import summary
+
+    return [summary("a", [0.1]), summary("b", [0.2])]
+
+
+def test_merge_refuses_shards_of_different_splits(tmp_path: Path) -> None:
+    one_of_two = write_shard(tmp_path, "1of2", "1/2", tensors_ok())
+    one_of_three = write_shard(tmp_path, "1of3", "1/3", tensors_ok())
+    for message in refusal(tmp_path, [one_of_two, one_of_three]):
+        assert "1of3" in message and "1/3" in message and "1/2" in message
+
+
+def test_merge_refuses_a_full_report_with_a_shard(tmp_path: Path) -> None:
+    full = write_shard(tmp_path, "full", None, tensors_ok())
+    first = write_shard(tmp_path, "first", "1/2", tensors_ok())
+    second = write_shard(tmp_path, "second", "2/2", tensors_ok())
+    for message in refusal(tmp_path, [full, first, second]):
+        assert "full" in message and "unsharded" in message
+    for message in refusal(tmp_path, [full]):
+        assert "unsharded" in message
+
+
+def test_merge_refuses_other_plans(tmp_path: Path) -> None:
+    from tests.report_fixtures import summary
+
+    first = write_shard(tmp_path, "first", "1/2", tensors_ok())
+    other_tensors = write_shard(tmp_path, "t", "2/2", [summary("a", [0.1]), summary("c", [0.1])])
+    for message in refusal(tmp_path, [first, other_tensors]):
+        assert "other tensors" in message and "cpu/float32" in message
+    one_dtype = write_shard(tmp_path, "d", "2/2", tensors_ok(), dtypes=("float32",))
+    for message in refusal(tmp_path, [first, one_dtype]):
+        assert "different plan" in message and "cpu/float64" in message
+
+
+def test_a_complete_set_merges_in_any_order_with_an_empty_shard(tmp_path: Path) -> None:
+    """The quiet side: shards 1..N of one N merge, an empty shard's "skipped" does not stick,
+    and a failure in any shard fails the merge."""
+    from tests.report_fixtures import summary
+
+    empty = [summary("a", [], skipped="shard 3/3 has no batches"), summary("b", [], skipped="x")]
+    shards = [
+        write_shard(tmp_path, "s3", "3/3", empty),
+        write_shard(tmp_path, "s2", "2/3", [summary("a", [0.4]), summary("b", [5.0])]),
+        write_shard(tmp_path, "s1", "1/3", tensors_ok()),
+    ]
+    for merged in merge_both(tmp_path, shards):
+        assert (merged.passed, merged.failed, merged.errors, merged.skipped) == (2, 2, 0, 0)
+        assert [t.batches for g in merged.groups for t in g.tensors] == [2, 2, 2, 2]
+    data = load_json(tmp_path / "out.json")
+    assert data["run"]["shard"] == ""
+    assert junit_view(tmp_path / "out.xml")["totals"]["failures"] == "2"

@@ -91,7 +91,7 @@ class GitHubReporter(EndOfRunReporter):
         for text, places in errors.items():
             hit = places[0] if len(places) == 1 else f"{places[0]} and {len(places) - 1} more"
             notes.append(
-                (f"gradaudit {hit}: error", f"{text} ({len(places)}: {', '.join(places)})")
+                (f"gradaudit {hit}: error", f"{text} ({_count(places)}: {', '.join(places)})")
             )
         if summary.stopped:
             notes.append(("gradaudit: run stopped early", summary.stopped))
@@ -134,6 +134,10 @@ class GitHubReporter(EndOfRunReporter):
         if summary.stopped:
             lines += ["", f"**Run stopped early:** {_cell(summary.stopped)}"]
         return "\n".join(lines) + "\n\n"
+
+
+def _count(places: list[str]) -> str:
+    return f"{len(places)} tensor{'s' if len(places) > 1 else ''}"
 
 
 def _cell(text: str) -> str:
