@@ -101,11 +101,11 @@ def _check_plans(reports: list[Report]) -> None:
         for key in (k for k in model.plan if k in keys):
             mine, theirs = report.plan[key], model.plan[key]
             if mine != theirs:
-                extra = [t for t in mine if t not in theirs]
-                lacking = [t for t in theirs if t not in mine]
+                only = [t for t in mine if t not in theirs]
+                absent = [t for t in theirs if t not in mine]
                 raise UsageError(
                     f"{report.path}: {_name(key)} audits other tensors than in {model.path} "
-                    f"(only here: {extra or 'none'}; missing here: {lacking or 'none'})"
+                    f"(only here: {only or 'none'}; missing here: {absent or 'none'})"
                 )
 
 
