@@ -446,10 +446,20 @@ class TensorSummary:
 
     @property
     def status(self) -> str:
-        if self.error_count:
-            return "error"
+        """The headline verdict. A mismatch wins over an error: it proves the gradient wrong,
+        where an error only says that some batches could not be compared."""
         if self.failed_batches:
             return "fail"
+        if self.error_count:
+            return "error"
         if self.skipped or not self.batches:
             return "skipped"
         return "pass"
+
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        """Every verdict that holds, for counts: ("fail", "error") when a tensor mismatched on
+        some batches and errored on others, so that neither hides the other."""
+        if self.failed_batches and self.error_count:
+            return ("fail", "error")
+        return (self.status,)

@@ -2,13 +2,18 @@
 
 Each shard checks every tensor on a subset of the batches; a tensor's merged summary
 folds the shards' summaries together (`TensorSummary.merge`), so the merged totals and
-verdicts equal those of the unsharded run.
+verdicts equal those of the unsharded run. That holds only for a complete set: merge
+takes exactly shards 1..N of one N, of the same spec (sha256) and the same plan (groups
+and tensors); anything else is a usage error (exit 2) that names what is missing,
+doubled or different. A missing shard would otherwise hide its batches' failures.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +22,104 @@ from gradaudit.errors import UsageError
 from gradaudit.results import GroupResult, RunSummary
 
 Key = tuple[str, str, str]  # (device, dtype, check)
+Plan = dict[Key, tuple[str, ...]]  # the groups of a run and the tensors of each
+
+
+@dataclass
+class Report:
+    """What merge checks about one input before folding it in."""
+
+    path: str
+    sha256: str
+    shard: str  # "K/N", or "" for an unsharded run
+    plan: Plan = field(default_factory=dict)
+    plan_sha256: str = ""  # when the run recorded its plan's fingerprint
+    stopped: bool = False
+
+
+def check_set(reports: list[Report]) -> None:
+    """Exactly shards 1..N of one N, one spec, one plan; else a UsageError saying what."""
+    if not reports:
+        raise UsageError("merge: no reports given")
+    first = reports[0]
+    for report in reports:
+        if not report.sha256:
+            raise UsageError(f"{report.path}: no spec_sha256: not a gradaudit report")
+        if report.sha256 != first.sha256:
+            raise UsageError(
+                f"{report.path}: report of a different spec (sha256 {report.sha256[:12]}…) "
+                f"than {first.path} ({first.sha256[:12]}…)"
+            )
+    shards: dict[int, Report] = {}
+    total = None
+    for report in reports:
+        match = re.fullmatch(r"(\d+)/(\d+)", report.shard)
+        if not match:
+            raise UsageError(
+                f"{report.path}: the report of an unsharded run; merge takes the reports of "
+                "--shard 1/N .. N/N"
+            )
+        index, count = int(match[1]), int(match[2])
+        if total is None:
+            total = count
+        elif count != total:
+            raise UsageError(
+                f"{report.path}: shard {report.shard}, but {first.path} is shard {first.shard}: "
+                "the shards of different splits overlap and leave batches out"
+            )
+        if index in shards:
+            raise UsageError(
+                f"{report.path}: shard {report.shard} is already given as {shards[index].path}"
+            )
+        shards[index] = report
+    assert total is not None
+    missing = [f"{k}/{total}" for k in range(1, total + 1) if k not in shards]
+    if missing:
+        raise UsageError(
+            f"merge: shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
+            f"(given: {', '.join(f'{k}/{total}' for k in sorted(shards))}): its batches would "
+            "go unchecked"
+        )
+    _check_plans(reports)
+
+
+def _check_plans(reports: list[Report]) -> None:
+    """Same groups, same tensors. A stopped shard may lack the groups it never reached."""
+    complete = [r for r in reports if not r.stopped]
+    model = complete[0] if complete else reports[0]
+    for report in reports:
+        if report.plan_sha256 and model.plan_sha256 and report.plan_sha256 != model.plan_sha256:
+            raise UsageError(f"{report.path}: a different plan than {model.path}")
+        keys = set(report.plan)
+        if not report.stopped and keys != set(model.plan):
+            extra = ", ".join(_name(k) for k in report.plan if k not in model.plan)
+            lacking = ", ".join(_name(k) for k in model.plan if k not in keys)
+            raise UsageError(
+                f"{report.path}: a different plan than {model.path} (groups only here: "
+                f"{extra or 'none'}; groups missing here: {lacking or 'none'})"
+            )
+        for key in (k for k in model.plan if k in keys):
+            mine, theirs = report.plan[key], model.plan[key]
+            if mine != theirs:
+                only = [t for t in mine if t not in theirs]
+                absent = [t for t in theirs if t not in mine]
+                raise UsageError(
+                    f"{report.path}: {_name(key)} audits other tensors than in {model.path} "
+                    f"(only here: {only or 'none'}; missing here: {absent or 'none'})"
+                )
+
+
+def _name(key: Key) -> str:
+    return "/".join(key if key[2] != "gradients" else key[:2])
 
 
 class _Groups:
-    """Groups by (device, dtype) in first-seen order, tensors merged by name."""
+    """Groups by (device, dtype, check) in first-seen order, tensors merged by name."""
 
     def __init__(self) -> None:
         self.groups: dict[Key, GroupResult] = {}
         self.tensors: dict[Key, dict[str, TensorSummary]] = {}
         self.stopped: list[str] = []
-        self.spec_sha: str | None = None
-        self.shards: dict[str, str] = {}  # shard -> the report it came from
-
-    def check_shard(self, shard: str, where: str) -> None:
-        """Each shard once: merging a report twice would double its batches."""
-        key = shard or where
-        if key in self.shards and self.shards[key] != where:
-            raise UsageError(f"{where}: shard {key} is already merged from {self.shards[key]}")
-        if key in self.shards:
-            raise UsageError(f"{where}: given twice")
-        self.shards[key] = where
-
-    def check_spec(self, sha: str, where: str) -> None:
-        if self.spec_sha is None:
-            self.spec_sha = sha
-        elif sha != self.spec_sha:
-            raise UsageError(f"{where}: report of a different spec (sha256 {sha[:12]}…)")
 
     def add(self, key: Key, device_name: str, complete: bool, tensors: list[TensorSummary]) -> None:
         group = self.groups.get(key)
@@ -72,55 +149,72 @@ class _Groups:
 
 
 def merge_junit(out: str, inputs: list[str]) -> RunSummary:
-    from gradaudit.report.junit import document, group_suite, read_suites, stopped_suite
+    from gradaudit.report.junit import read_suites, run_document
     from gradaudit.write import write_atomic
+
+    read = {path: _read(path, read_suites) for path in inputs}
+    reports = []
+    for path, suites in read.items():
+        facts = suites[0].properties if suites else {}
+        plan = {_key(s.properties): tuple(t.tensor for t in s.tensors) for s in suites}
+        stops = [s for s in suites if s.stopped is not None]
+        for stop in stops:
+            plan.pop(_key(stop.properties), None)
+        reports.append(
+            Report(
+                path,
+                facts.get("spec_sha256", ""),
+                facts.get("shard", ""),
+                plan,
+                facts.get("plan_sha256", ""),
+                bool(stops),
+            )
+        )
+    check_set(reports)
 
     merged = _Groups()
     metadata: dict[str, str] = {}
-    spec_name = ""
-    shards = []
-    for path in inputs:
-        suites = _read(path, read_suites)
-        merged.check_shard(suites[0][0].get("shard", "") if suites else "", path)
-        for props, tensors, stopped in suites:
-            merged.check_spec(props.get("spec_sha256", ""), path)
-            spec_name = spec_name or props.get("spec_name", "")
-            metadata = metadata or props
-            if stopped is not None:
-                merged.stopped.append(f"{path}: {stopped}")
+    for path, suites in read.items():
+        for suite in suites:
+            metadata = metadata or suite.properties
+            if suite.stopped is not None:
+                merged.stopped.append(f"{path}: {suite.stopped}")
                 continue
-            key = (
-                props.get("device", "?"),
-                props.get("dtype", "?"),
-                props.get("check", "gradients"),
+            complete = "incomplete" not in suite.properties
+            merged.add(
+                _key(suite.properties),
+                suite.properties.get("device_name", ""),
+                complete,
+                suite.tensors,
             )
-            merged.add(key, props.get("device_name", ""), "incomplete" not in props, tensors)
-        shards.append(suites[0][0].get("shard") or path if suites else path)
     summary = merged.summary()
     drop = {"device", "device_name", "dtype", "check", "incomplete", "shard"}
     facts = {k: v for k, v in metadata.items() if k not in drop}
-    facts["merged_from"] = ", ".join(shards)
-    suites = [group_suite(spec_name, g, facts) for g in summary.groups]
-    if summary.stopped:
-        suites.append(stopped_suite(spec_name, summary.stopped, facts))
-    write_atomic(out, document(suites))
+    facts["merged_from"] = ", ".join(f"{r.shard} ({r.path})" for r in reports)
+    write_atomic(out, run_document(metadata.get("spec_name", ""), summary, facts))
     return summary
+
+
+def _key(props: dict[str, str]) -> Key:
+    return (props.get("device", "?"), props.get("dtype", "?"), props.get("check", "gradients"))
 
 
 def merge_json(out: str, inputs: list[str]) -> RunSummary:
     from gradaudit.report.jsonfile import SCHEMA, dumps, group_record, totals, unfinite
     from gradaudit.write import write_atomic
 
-    merged = _Groups()
-    run: dict[str, Any] = {}
-    cases: list[dict[str, Any]] = []
+    read: dict[str, dict[str, Any]] = {}
+    reports = []
     for path in inputs:
-        data = _read(path, lambda p: json.loads(Path(p).read_text(encoding="utf-8")))
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise UsageError(f"{path}: not a gradaudit JSON report")
-        merged.check_spec(data["run"].get("spec_sha256", ""), path)
-        merged.check_shard(data["run"].get("shard", ""), path)
-        run = run or dict(data["run"])
+        read[path], report = _read(path, _json_report)
+        reports.append(report)
+    check_set(reports)
+
+    merged = _Groups()
+    run_facts: dict[str, Any] = {}
+    cases: list[dict[str, Any]] = []
+    for path, data in read.items():
+        run_facts = run_facts or dict(data["run"])
         cases += data["cases"]
         if data.get("stopped"):
             merged.stopped.append(f"{path}: {data['stopped']}")
@@ -136,12 +230,12 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
             c["batch"],
         )
     )
-    run["shard"] = ""
-    run["merged_from"] = inputs
+    run_facts["shard"] = ""
+    run_facts["merged_from"] = inputs
     document = {
         "schema": SCHEMA,
         "schema_version": 1,
-        "run": run,
+        "run": run_facts,
         "cases": cases,
         "groups": [group_record(g) for g in summary.groups],
         "totals": totals(summary),
@@ -149,6 +243,24 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
     }
     write_atomic(out, dumps(document) + "\n")
     return summary
+
+
+def _json_report(path: str) -> tuple[dict[str, Any], Report]:
+    from gradaudit.report.jsonfile import SCHEMA
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError("no gradaudit-run schema")
+    run = data["run"]
+    plan = {
+        (g["device"], g["dtype"], g.get("check", "gradients")): tuple(
+            t["tensor"] for t in g["tensors"]
+        )
+        for g in data["groups"]
+    }
+    stopped = bool(data.get("stopped"))
+    facts = (run.get("spec_sha256", ""), run.get("shard", ""))
+    return data, Report(path, *facts, plan, run.get("plan_sha256", ""), stopped)
 
 
 def _read(path: str, reader: Callable[[str], Any]) -> Any:

@@ -92,17 +92,29 @@ class RunSummary:
             self.add(group)
 
     def add(self, group: GroupResult) -> None:
+        """Count each tensor's outcomes: one that failed on some batches and errored on
+        others counts as a failure and as an error (`TensorSummary.outcomes`)."""
         self.groups.append(group)
         for tensor in group.tensors:
-            status = tensor.status
-            if status == "pass":
-                self.passed += 1
-            elif status == "fail":
-                self.failed += 1
-            elif status == "error":
-                self.errors += 1
-            else:
-                self.skipped += 1
+            for outcome in tensor.outcomes:
+                if outcome == "pass":
+                    self.passed += 1
+                elif outcome == "fail":
+                    self.failed += 1
+                elif outcome == "error":
+                    self.errors += 1
+                else:
+                    self.skipped += 1
+
+    def totals(self) -> dict[str, int]:
+        """What every report prints: a run that stopped early has one more error, the
+        report's error case that says so (JUnit's `<suite>[run]`)."""
+        return {
+            "passed": self.passed,
+            "failed": self.failed,
+            "errors": self.errors + (1 if self.stopped else 0),
+            "skipped": self.skipped,
+        }
 
     @property
     def ok(self) -> bool:

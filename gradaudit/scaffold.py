@@ -87,8 +87,11 @@ class Model(nn.Module):
         return Forward(loss=loss, intermediates={"emb": emb, "logits": logits})
 
 
-def build(vocab_size: int, **options: int) -> Model:
-    """Model factory: gradaudit seeds torch before calling it, so weights are reproducible."""
+def build(vocab_size: int, block_size: int | None = None, **options: int) -> Model:
+    """Model factory: gradaudit seeds torch before calling it, so weights are reproducible.
+
+    `vocab_size` (and `block_size`, unused: any length works) come from the text data;
+    `options` are the spec's `model.options`."""
     unknown = set(options) - {"n_embd"}
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: ['n_embd']")
@@ -145,7 +148,8 @@ batches: {split: train, count: 4, size: 16, block_size: 8, seed: 0}
 devices: [cpu, cuda]
 dtypes: [float32, float64]
 tensors: ["*"]
-tolerance: {mode: allclose}
+# No `tolerance:`: the default (auto) holds every dtype to its own precision, so adding
+# bfloat16 or float16 above needs no other change. See the README's Tolerances section.
 """
 
 TEST = '''\

@@ -60,6 +60,17 @@ def test_scaffold_installs_runs_green_then_red_when_broken(tmp_path: Path) -> No
     assert "PASS" in green.stdout and "FAIL" not in green.stdout
     elapsed = time.perf_counter() - start
 
+    # The scaffold's tolerance is the default: a correct backward passes in every dtype
+    # (with `mode: allclose` it failed 7 tensors in bfloat16 and float16).
+    spec = yaml.safe_load((package / "specs" / "toy.yaml").read_text(encoding="utf-8"))
+    spec["dtypes"] = ["float32", "float64", "bfloat16", "float16"]
+    spec["devices"] = ["cpu"]
+    low = package / "specs" / "toy-low.yaml"
+    low.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    narrow = run_gradaudit("run", low, env=env, cwd=package)
+    assert narrow.returncode == 0, narrow.stdout + narrow.stderr
+    assert narrow.stdout.count("PASS") == 4 * 5 and "FAIL" not in narrow.stdout
+
     # Break the installed manual gradient: forget to divide by the number of positions.
     backward = site / "gradaudit_toy" / "backward.py"
     source = backward.read_text()
@@ -69,6 +80,15 @@ def test_scaffold_installs_runs_green_then_red_when_broken(tmp_path: Path) -> No
     assert red.returncode == 1, red.stdout + red.stderr
     assert "FAIL" in red.stdout
     print(f"scaffold -> install -> green run: {elapsed:.1f}s")
+
+
+def test_scaffold_spec_uses_the_default_tolerance(tmp_path: Path) -> None:
+    from gradaudit.scaffold import new_plugin
+    from gradaudit.spec import Tolerance, load_spec
+
+    new_plugin("toy", str(tmp_path))
+    loaded = load_spec(tmp_path / "toy" / "specs" / "toy.yaml")
+    assert loaded.spec.tolerance == Tolerance()
 
 
 def test_scaffold_refuses_bad_names_and_existing_dirs(tmp_path: Path) -> None:

@@ -494,13 +494,19 @@ def test_summary_errors_are_capped_but_counted() -> None:
     assert summary.status == "error"
 
 
-def test_error_status_beats_fail() -> None:
+def test_a_failure_and_an_error_both_show() -> None:
+    """Issue 13 item 7: a crash on a later batch must not hide a mismatch (nor vice versa):
+    the headline is the failure, and both count."""
     summary = TensorSummary("w", F32)
     summary.add(make(9.0), 0, 0)
-    assert summary.status == "fail"
+    assert (summary.status, summary.outcomes) == ("fail", ("fail",))
     summary.add_error("boom")
-    assert summary.status == "error"
+    assert (summary.status, summary.outcomes) == ("fail", ("fail", "error"))
     assert summary.errors == ["boom"]
+    only_error = TensorSummary("v", F32)
+    only_error.add(make(0.5), 0, 0)
+    only_error.add_error("boom")
+    assert (only_error.status, only_error.outcomes) == ("error", ("error",))
 
 
 def test_skipped_summary() -> None:
@@ -563,7 +569,7 @@ def test_to_dict_round_trip() -> None:
     summary.add(check(ref * 1.01, ref, summary.tol), 2, 66)
     summary.add_error("x")
     data = summary.to_dict()
-    assert data["status"] == "error"
+    assert data["status"] == "fail" and data["error_count"] == 1
     again = TensorSummary.from_dict(data)
     assert again == summary
     assert again.worst is not None and again.worst.worst_index == (1, 1)

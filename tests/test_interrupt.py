@@ -152,16 +152,18 @@ def interrupted(
 
 
 def summaries(path: Path) -> dict[str, dict[str, Any]]:
-    """testcase name -> its gradaudit.summary property, for the float32 group."""
+    """testcase name -> its summary (the suite's `gradaudit.summary:<name>` property), for the
+    float32 group."""
     root = ET.parse(path).getroot()
     found = {}
     for suite in root.iter("testsuite"):
         if suite.get("name") != "slow[cpu,float32]":
             continue
+        props = {p.get("name", ""): p.get("value", "") for p in suite.iter("property")}
         for case in suite.iter("testcase"):
-            prop = case.find("./properties/property[@name='gradaudit.summary']")
-            assert prop is not None, case.get("name")
-            found[case.get("name", "")] = json.loads(prop.attrib["value"])
+            value = props.get(f"gradaudit.summary:{case.get('name')}")
+            assert value is not None, case.get("name")
+            found[case.get("name", "")] = json.loads(value)
     return found
 
 
@@ -208,6 +210,8 @@ def test_junit_keeps_the_cases_done_so_far(interrupted: dict[str, Interrupted], 
     assert error.message and "interrupted" in error.message and name in error.message
     root = ET.parse(run.junit).getroot()
     assert root.get("errors") == "1" and root.get("tests") == "13"
+    times = [float(c.get("time", 0)) for c in suite.iter("testcase")]
+    assert all(t > 0 for t in times), f"times of the interrupted group: {times}"
 
 
 @pytest.mark.parametrize("name", list(SIGNALS))
@@ -234,5 +238,7 @@ def test_json_keeps_the_cases_done_so_far(interrupted: dict[str, Interrupted], n
     assert set(batches) == set(per_tensor)
     lag = {t: batches[t] - per_tensor[t] for t in batches}
     assert set(lag.values()) <= {0, 1} and sum(lag.values()) <= 1, lag
-    assert data["totals"] == {"passed": 12, "failed": 0, "errors": 0, "skipped": 0}
+    # The stop is one error, as in the JUnit report (its `slow[run]` error case).
+    assert data["totals"] == {"passed": 12, "failed": 0, "errors": 1, "skipped": 0}
+    assert all(t["seconds"] > 0 for t in group["tensors"]), "an interrupted group took no time"
     assert sorted({c["batch"] for c in cases}) == list(range(max(per_tensor.values())))

@@ -377,3 +377,102 @@ def test_require_device_that_is_absent(runs: dict[str, Any]) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("gradaudit: error: --require-device cuda: ")
     assert "not available" in lines[0]
+
+
+# --- GitHub, in-process: annotation order, one per distinct error, the step-summary preflight ---
+
+
+def github_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tensors: list[Any], stopped: str | None = None
+) -> list[str]:
+    import io
+
+    from gradaudit.report.github import GitHubReporter
+    from tests.report_fixtures import group, loaded_spec, run_info, run_summary
+
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    out = io.StringIO()
+    reporter = GitHubReporter(out)
+    reporter.start(run_info(loaded_spec(tmp_path), [t.tensor for t in tensors]))
+    reporter.finish(run_summary(group(tensors), stopped=stopped))
+    return out.getvalue().splitlines()
+
+
+def test_github_failures_come_first_and_one_crash_is_one_annotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.report_fixtures import summary
+
+    crash = "RuntimeError: plugin crashed"
+    tensors = [summary(f"t{i}", [], (crash,)) for i in range(12)]
+    tensors.insert(5, summary("wrong", [0.5, 4.0]))
+    tensors.append(summary("mixed", [3.0], ("ValueError: other",)))
+    tensors.append(summary("right", [0.5]))
+    lines = github_lines(tmp_path, monkeypatch, tensors)
+    titles = [ANNOTATION.fullmatch(line)[3] for line in lines if line.startswith("::error")]  # type: ignore[index]
+    assert titles == [
+        "gradaudit cpu/float32 wrong%3A fail",
+        "gradaudit cpu/float32 mixed%3A fail",
+        "gradaudit cpu/float32 t0 and 11 more%3A error",
+        "gradaudit cpu/float32 mixed%3A error",
+    ]
+    crash_line = next(line for line in lines if "t0 and 11 more" in line)
+    assert crash in crash_line and "12 tensors" in crash_line and "t11" in crash_line
+    assert not [line for line in lines if line.startswith("::warning")]
+
+
+def test_github_annotations_are_capped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.report_fixtures import summary
+
+    tensors = [summary(f"bad{i}", [2.0]) for i in range(11)]
+    tensors += [summary(f"err{i}", [], (f"E{i}",)) for i in range(2)]
+    lines = github_lines(tmp_path, monkeypatch, tensors, stopped="interrupted by SIGTERM")
+    assert sum(line.startswith("::error") for line in lines) == 10
+    assert [line for line in lines if line.startswith("::warning")] == [
+        "::warning::gradaudit: 4 more failing tensors or errors "
+        "(see the job summary or the JUnit report)"
+    ]
+
+
+def test_github_text_is_cleaned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.report_fixtures import summary
+
+    lines = github_lines(tmp_path, monkeypatch, [summary("W\x0c", [], ("E\x1b[31m\x00",))])
+    (line,) = lines
+    assert "\x0c" not in line and "\x00" not in line and "\x1b" not in line
+    assert "W\\x0c" in line
+
+
+@pytest.mark.parametrize("where", ["a-directory", "under-a-file"])
+def test_github_step_summary_preflight_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from gradaudit.errors import OutputError
+    from gradaudit.report.github import GitHubReporter
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x", encoding="utf-8")
+    target = tmp_path if where == "a-directory" else blocker / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
+    with pytest.raises(OutputError, match="GITHUB_STEP_SUMMARY"):
+        GitHubReporter.preflight()
+    assert blocker.read_text(encoding="utf-8") == "x"
+
+
+def test_github_step_summary_preflight_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradaudit.report.github import GitHubReporter
+
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    GitHubReporter.preflight()  # not in Actions: nothing to check
+    existing = tmp_path / "summary.md"
+    existing.write_text("## earlier\n", encoding="utf-8")
+    for path in (existing, tmp_path / "new" / "summary.md"):
+        monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(path))
+        GitHubReporter.preflight()
+    assert existing.read_text(encoding="utf-8") == "## earlier\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "summary.md"]

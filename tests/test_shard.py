@@ -6,9 +6,12 @@ Every run and merge goes through the real console script; independent ones start
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import subprocess
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,18 +67,19 @@ def json_groups(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def junit_view(path: Path) -> dict[str, Any]:
     """Everything verdict-bearing in a JUnit report: totals, suites, each case's outcome and
-    its gradaudit.summary property (timings dropped)."""
+    its summary (the suite's `gradaudit.summary:<name>` property; timings dropped)."""
     root = ET.parse(path).getroot()
     suites = []
     for suite in root.findall("testsuite"):
         cases = []
+        props = {p.get("name"): p.get("value") for p in suite.findall("./properties/property")}
         for case in suite.findall("testcase"):
             outcome = next(
                 (tag for tag in ("failure", "error", "skipped") if case.find(tag) is not None),
                 "pass",
             )
-            prop = case.find("./properties/property[@name='gradaudit.summary']")
-            summary = json.loads(prop.attrib["value"]) if prop is not None else None
+            value = props.get(f"gradaudit.summary:{case.get('name')}")
+            summary = json.loads(value) if value is not None else None
             cases.append(
                 {
                     "name": case.get("name"),
@@ -152,12 +156,14 @@ def sharded(
         {
             "xml": ["merge", tmp / "merged.xml", *(f"{s}.xml" for s in shards)],
             "json": ["merge", tmp / "merged.json", *(f"{s}.json" for s in shards)],
-            # The empty shard first: its "skipped" must not stick to the merged tensors.
-            "with-empty": [
+            # Shard 2/3 held the only failing batch of issue 13's example: never merge without.
+            "missing": ["merge", tmp / "missing.xml", tmp / "s1.xml", tmp / "s3.xml"],
+            "full-plus-shard": ["merge", tmp / "fps.json", tmp / "full.json", tmp / "s1.json"],
+            "other-split": [
                 "merge",
-                tmp / "merged-with-empty.json",
-                tmp / "s7of7.json",
-                *(f"{s}.json" for s in shards),
+                tmp / "other.xml",
+                *(f"{s}.xml" for s in shards),
+                tmp / "s7of7.xml",
             ],
             "bad": ["merge", tmp / "bad-merged.xml", tmp / "bad-s1.xml", tmp / "bad-s2.xml"],
             "mixed": ["merge", tmp / "mixed.xml", tmp / "s1.xml", tmp / "bad-s2.xml"],
@@ -174,8 +180,9 @@ def test_every_run_and_merge_exits_as_documented(sharded: dict[str, Any]) -> Non
         proc = sharded["runs"][name]
         assert proc.returncode == code, f"{name}: {proc.stdout}{proc.stderr}"
         assert "Traceback" not in proc.stdout + proc.stderr
-    expected_merges = {"xml": 0, "json": 0, "with-empty": 0, "bad": 1, "mixed": 2}
-    assert set(sharded["merges"]) == {*expected_merges, "duplicate"}
+    expected_merges = {"xml": 0, "json": 0, "bad": 1, "mixed": 2, "duplicate": 2}
+    expected_merges |= {"missing": 2, "full-plus-shard": 2, "other-split": 2}
+    assert set(sharded["merges"]) == set(expected_merges)
     for name, code in expected_merges.items():
         proc = sharded["merges"][name]
         assert proc.returncode == code, f"merge {name}: {proc.stdout}{proc.stderr}"
@@ -236,12 +243,8 @@ def test_a_shard_with_no_batches_skips_and_merges_away(sharded: dict[str, Any]) 
         assert [t["status"] for t in group["tensors"]] == ["skipped"] * len(TENSORS_T5)
         assert all("7/7" in t["skipped"] for t in group["tensors"])
     view = junit_view(tmp / "s7of7.xml")
-    assert view["totals"] == {"tests": "24", "failures": "0", "errors": "0", "skipped": "24"}
-
-    full, merged = load_json(tmp / "full.json"), load_json(tmp / "merged-with-empty.json")
-    assert merged["totals"] == full["totals"]
-    assert json_groups(merged) == json_groups(full)
-    assert merged["cases"] == full["cases"]
+    assert view["totals"] == {"tests": "24", "failures": "0", "errors": "0", "skipped": None}
+    assert [s["counts"]["skipped"] for s in view["suites"]] == ["12", "12"]
 
 
 def test_a_wrong_gradient_fails_the_merge_like_the_unsharded_run(sharded: dict[str, Any]) -> None:
@@ -274,16 +277,85 @@ def test_merging_reports_of_different_specs_is_refused(sharded: dict[str, Any]) 
     assert not (sharded["tmp"] / "mixed.xml").exists()
 
 
-def test_merging_the_same_shard_twice_does_not_double_count(sharded: dict[str, Any]) -> None:
-    proc = sharded["merges"]["duplicate"]
-    if proc.returncode == 2:  # refused: fine
-        assert "Traceback" not in proc.stderr
-        return
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def one_line_error(proc: Proc) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradaudit: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("merge", "output", "words"),
+    [
+        ("duplicate", "duplicate.json", ["s1.json", "1/3", "already given"]),
+        ("missing", "missing.xml", ["2/3 missing"]),
+        ("full-plus-shard", "fps.json", ["full.json", "unsharded"]),
+        ("other-split", "other.xml", ["s7of7.xml", "7/7", "1/3"]),
+    ],
+)
+def test_an_incomplete_or_overlapping_shard_set_is_refused(
+    sharded: dict[str, Any], merge: str, output: str, words: list[str]
+) -> None:
+    line = one_line_error(sharded["merges"][merge])
+    for word in words:
+        assert word in line, line
+    assert not (sharded["tmp"] / output).exists()
+
+
+def test_shard_and_merged_reports_are_valid_against_the_xunit_schema(
+    sharded: dict[str, Any],
+) -> None:
+    from tests.test_report_schema import SCHEMA
+
     tmp = sharded["tmp"]
-    shard, merged = load_json(tmp / "s1.json"), load_json(tmp / "duplicate.json")
-    assert json_groups(merged) == json_groups(shard)
-    assert len(merged["cases"]) == len(shard["cases"])
+    for name in ("full", "s1", "s2", "s3", "s7of7", "bad-s1", "merged", "bad-merged"):
+        errors = [str(e.reason) for e in SCHEMA.iter_errors(str(tmp / f"{name}.xml"))]
+        assert not errors, f"{name}.xml: {errors[:3]}"
+
+
+# --- GitLab: parallel jobs upload reports that GitLab folds into one suite ----------------------
+
+
+def gitlab_keys(paths: list[Path]) -> Counter[tuple[str, str, str]]:
+    """How GitLab keys test cases of one job's reports: the job's suite name (every parallel
+    instance of a job shares it), classname, name."""
+    keys: Counter[tuple[str, str, str]] = Counter()
+    for path in paths:
+        for case in ET.parse(path).getroot().iter("testcase"):
+            keys[("gradaudit", case.get("classname", ""), case.get("name", ""))] += 1
+    return keys
+
+
+def test_gitlab_shard_reports_collide_so_the_merged_report_is_uploaded(
+    sharded: dict[str, Any],
+) -> None:
+    tmp = sharded["tmp"]
+    shards = gitlab_keys([tmp / f"s{k}.xml" for k in (1, 2, 3)])
+    assert max(shards.values()) == 3, "the premise: shard reports name their cases alike"
+    merged = gitlab_keys([tmp / "merged.xml"])
+    assert set(merged.values()) == {1} and set(merged) == set(shards)
+    for job in gitlab_jobs():
+        junit = job.get("artifacts", {}).get("reports", {}).get("junit")
+        if "parallel" in job:
+            assert junit is None, f"a parallel job uploads shard reports as JUnit: {job}"
+        elif junit:
+            merge = [line for line in job["script"] if line.startswith("gradaudit merge ")]
+            assert merge and merge[0].split()[2] == junit, job
+            assert job.get("when") == "always", "the merge must run when a shard failed"
+
+
+def gitlab_jobs() -> list[dict[str, Any]]:
+    """The jobs of every GitLab example (a YAML block with `parallel:`) in the docs."""
+    jobs = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
+            if "parallel:" not in block:
+                continue
+            data = yaml.safe_load(block)
+            jobs += [v for v in data.values() if isinstance(v, dict) and "script" in v]
+    assert any("parallel" in job for job in jobs), "no GitLab example found in the docs"
+    return jobs
 
 
 @pytest.mark.parametrize("shard", ["0/3", "4/3", "x", ""])
@@ -299,3 +371,103 @@ def test_bad_shard_is_a_usage_error(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gradaudit: error: --shard"), proc.stderr
     assert not report.exists()
+
+
+# --- merge rules, in-process on hand-made shard reports -----------------------------------------
+
+
+def write_shard(
+    tmp: Path, name: str, shard: str | None, tensors: list[Any], dtypes: tuple[str, ...] = DTYPES
+) -> dict[str, str]:
+    """JUnit and JSON reports of one shard ("K/N", or None for an unsharded run)."""
+    from gradaudit.report.jsonfile import JsonReporter
+    from gradaudit.report.junit import JUnitReporter
+    from gradaudit.results import Shard
+    from tests.report_fixtures import group, loaded_spec, run_info, run_summary
+
+    loaded = loaded_spec(tmp / "spec")  # the same file, so the same sha256, for every shard
+    cut = Shard(*map(int, shard.split("/"))) if shard else None
+    info = run_info(loaded, [t.tensor for t in tensors], cut)
+    result = run_summary(*(group(copy.deepcopy(tensors), dtype=d) for d in dtypes))
+    paths = {"xml": str(tmp / f"{name}.xml"), "json": str(tmp / f"{name}.json")}
+    for reporter in (JUnitReporter(paths["xml"]), JsonReporter(paths["json"])):
+        reporter.start(info)
+        reporter.finish(result)
+    return paths
+
+
+def merge_both(tmp: Path, reports: list[dict[str, str]]) -> list[Any]:
+    from gradaudit.merge import merge_json, merge_junit
+
+    return [
+        merge_junit(str(tmp / "out.xml"), [r["xml"] for r in reports]),
+        merge_json(str(tmp / "out.json"), [r["json"] for r in reports]),
+    ]
+
+
+def refusal(tmp: Path, reports: list[dict[str, str]]) -> list[str]:
+    from gradaudit.errors import UsageError
+    from gradaudit.merge import merge_json, merge_junit
+
+    messages = []
+    for kind, merge in (("xml", merge_junit), ("json", merge_json)):
+        with pytest.raises(UsageError) as caught:
+            merge(str(tmp / f"out.{kind}"), [r[kind] for r in reports])
+        assert caught.value.exit_code == 2
+        assert not (tmp / f"out.{kind}").exists()
+        messages.append(str(caught.value))
+    return messages
+
+
+def tensors_ok() -> list[Any]:
+    from tests.report_fixtures import summary
+
+    return [summary("a", [0.1]), summary("b", [0.2])]
+
+
+def test_merge_refuses_shards_of_different_splits(tmp_path: Path) -> None:
+    one_of_two = write_shard(tmp_path, "1of2", "1/2", tensors_ok())
+    one_of_three = write_shard(tmp_path, "1of3", "1/3", tensors_ok())
+    for message in refusal(tmp_path, [one_of_two, one_of_three]):
+        assert "1of3" in message and "1/3" in message and "1/2" in message
+
+
+def test_merge_refuses_a_full_report_with_a_shard(tmp_path: Path) -> None:
+    full = write_shard(tmp_path, "full", None, tensors_ok())
+    first = write_shard(tmp_path, "first", "1/2", tensors_ok())
+    second = write_shard(tmp_path, "second", "2/2", tensors_ok())
+    for message in refusal(tmp_path, [full, first, second]):
+        assert "full" in message and "unsharded" in message
+    for message in refusal(tmp_path, [full]):
+        assert "unsharded" in message
+
+
+def test_merge_refuses_other_plans(tmp_path: Path) -> None:
+    from tests.report_fixtures import summary
+
+    first = write_shard(tmp_path, "first", "1/2", tensors_ok())
+    other_tensors = write_shard(tmp_path, "t", "2/2", [summary("a", [0.1]), summary("c", [0.1])])
+    for message in refusal(tmp_path, [first, other_tensors]):
+        assert "other tensors" in message and "cpu/float32" in message
+    one_dtype = write_shard(tmp_path, "d", "2/2", tensors_ok(), dtypes=("float32",))
+    for message in refusal(tmp_path, [first, one_dtype]):
+        assert "different plan" in message and "cpu/float64" in message
+
+
+def test_a_complete_set_merges_in_any_order_with_an_empty_shard(tmp_path: Path) -> None:
+    """The quiet side: shards 1..N of one N merge, an empty shard's "skipped" does not stick,
+    and a failure in any shard fails the merge."""
+    from tests.report_fixtures import summary
+
+    empty = [summary("a", [], skipped="shard 3/3 has no batches"), summary("b", [], skipped="x")]
+    shards = [
+        write_shard(tmp_path, "s3", "3/3", empty),
+        write_shard(tmp_path, "s2", "2/3", [summary("a", [0.4]), summary("b", [5.0])]),
+        write_shard(tmp_path, "s1", "1/3", tensors_ok()),
+    ]
+    for merged in merge_both(tmp_path, shards):
+        assert (merged.passed, merged.failed, merged.errors, merged.skipped) == (2, 2, 0, 0)
+        assert [t.batches for g in merged.groups for t in g.tensors] == [2, 2, 2, 2]
+    data = load_json(tmp_path / "out.json")
+    assert data["run"]["shard"] == ""
+    assert junit_view(tmp_path / "out.xml")["totals"]["failures"] == "2"

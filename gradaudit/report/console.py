@@ -79,9 +79,11 @@ def group_rows(group: GroupResult) -> list[tuple[str, str]]:
 
 
 def closing_line(summary: RunSummary, seconds: float) -> str:
+    """The counts every report gives (a stopped run's stop is one more error)."""
+    t = summary.totals()
     return (
-        f"{summary.passed} passed, {summary.failed} failed, {summary.errors} errors, "
-        f"{summary.skipped} skipped in {seconds:.2f}s"
+        f"{t['passed']} passed, {t['failed']} failed, {t['errors']} errors, "
+        f"{t['skipped']} skipped in {seconds:.2f}s"
     )
 
 

@@ -20,10 +20,14 @@ def verdict_line(s: TensorSummary) -> str:
     share = 100.0 * s.mismatched / max(s.numel, 1)
     tol = s.tol.describe()
     if s.status == "fail":
-        return (
+        line = (
             f"{s.mismatched}/{s.numel} elements ({share:.3g}%) beyond {tol} in "
             f"{s.failed_batches}/{s.batches} batches; max abs diff {fmt(s.max_abs)}"
         )
+        if s.error_count:  # the error must not hide behind the failure, nor it behind the error
+            plural = "s" if s.error_count > 1 else ""
+            line += f"; and {s.error_count} error{plural}: {s.errors[0] if s.errors else '?'}"
+        return line
     return f"all {s.numel} elements within {tol}; max abs diff {fmt(s.max_abs)}"
 
 

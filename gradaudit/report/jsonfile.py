@@ -13,8 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+from gradaudit.compare import TensorSummary
 from gradaudit.report.base import RunInfo
 from gradaudit.results import CaseResult, GroupResult, RunSummary
+from gradaudit.text import clean
 from gradaudit.write import temp_beside, write_atomic
 
 SCHEMA = "gradaudit-run"
@@ -22,11 +24,17 @@ SCHEMA_VERSION = 1
 
 
 def finite(value: Any) -> Any:
-    """JSON has no inf or NaN: they are written as the strings "inf", "-inf", "nan"."""
+    """JSON has no inf or NaN: they are written as the strings "inf", "-inf", "nan".
+
+    Every string (keys too) goes through `gradaudit.text.clean`, like the JUnit report's, so
+    that a tensor has the same name in both and no lone surrogate reaches a strict parser.
+    """
     if isinstance(value, float) and (value != value or abs(value) == float("inf")):
         return str(value)
+    if isinstance(value, str):
+        return clean(value)
     if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
+        return {clean(str(k)): finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
@@ -81,7 +89,23 @@ def case_record(result: CaseResult) -> dict[str, Any]:
     }
 
 
+def tensor_seconds(group: GroupResult) -> list[float]:
+    """Each tensor's share of the group's time. A group cut short by an interrupt has its
+    time only on the group (tensors get theirs when it ends): spread it evenly, so that an
+    interrupted run's reports do not claim that nothing took any time."""
+    own = [s.seconds for s in group.tensors]
+    if group.tensors and not any(own) and group.seconds > 0:
+        return [group.seconds / len(group.tensors)] * len(group.tensors)
+    return own
+
+
+def summary_record(s: TensorSummary) -> dict[str, Any]:
+    """A tensor's summary without its time: two runs of a spec differ only in times."""
+    return {k: v for k, v in s.to_dict().items() if k != "seconds"}
+
+
 def group_record(group: GroupResult) -> dict[str, Any]:
+    seconds = tensor_seconds(group)
     return {
         "device": group.device,
         "dtype": group.dtype,
@@ -89,18 +113,16 @@ def group_record(group: GroupResult) -> dict[str, Any]:
         "device_name": group.device_name,
         "skipped": group.skipped,
         "complete": group.done,
-        "seconds": round(group.seconds, 6),
-        "tensors": [s.to_dict() for s in group.tensors],
+        "seconds": round(max(group.seconds, sum(seconds)), 6),
+        "tensors": [
+            {**s.to_dict(), "seconds": t} for s, t in zip(group.tensors, seconds, strict=True)
+        ],
     }
 
 
 def totals(summary: RunSummary) -> dict[str, int]:
-    return {
-        "passed": summary.passed,
-        "failed": summary.failed,
-        "errors": summary.errors,
-        "skipped": summary.skipped,
-    }
+    """The run's counts; a stopped run has one more error (see RunSummary.totals)."""
+    return summary.totals()
 
 
 class JsonReporter:

@@ -1,37 +1,117 @@
-"""JUnit XML that Jenkins, GitLab and the GitHub reporters all read the same way.
+"""JUnit XML that Jenkins (junit and xUnit), GitLab and the GitHub reporters all read the same way.
 
-junit-xml builds the elements; this adapter cleans text first (ANSI colours and
-XML-illegal characters; junit-xml strips those only after serialising), gives every
-failure a short `message` (Jenkins) and a full body (GitLab), writes times with 3
-decimals, and stores each tensor's summary as a testcase property so that shard
-reports can be merged exactly (`gradaudit merge`).
+Every file is valid against `junit-10.xsd`, the schema Jenkins' xUnit plugin validates its
+input against (a copy is in tests/schemas/): no `<properties>` inside `<testcase>`, no
+`disabled` attribute, no `skipped` on `<testsuites>`. Elements are built here directly with
+ElementTree, every attribute and text through `gradaudit.text.clean`, so that no plugin
+message, tensor name or spec path can make the file not well-formed. Each failure has a
+one-line `message` (Jenkins' title) and a full body (what GitLab shows); times have 3
+decimals.
+
+`gradaudit merge` needs each tensor's summary (counts, maxima, the worst element). It is a
+suite-level property named `gradaudit.summary:<testcase name>` holding the summary as JSON.
+Properties are the schema's place for machine-readable facts and every consumer keeps them
+out of sight; a `<system-out>` blob would instead be shown to people as the test's output
+by Jenkins and GitLab, and Jenkins trims long output of passing tests.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import junit_xml
 
 from gradaudit.compare import TensorSummary
 from gradaudit.report.base import EndOfRunReporter
 from gradaudit.report.describe import detail, verdict_line
-from gradaudit.report.jsonfile import dumps, unfinite
+from gradaudit.report.jsonfile import dumps, summary_record, tensor_seconds, unfinite
 from gradaudit.results import GroupResult, RunSummary
 from gradaudit.text import clean as clean_text
 from gradaudit.write import write_atomic
 
 MAX_BODY = 64_000
 MAX_MESSAGE = 300
-SUMMARY_PROPERTY = "gradaudit.summary"
+SUMMARY_PREFIX = "gradaudit.summary:"
+STOPPED = "stopped"  # the property of the suite that says the run stopped early
+OUTCOMES = ("failure", "error", "skipped")
+Outcome = tuple[str, str]  # (one-line message, body)
 
 
-def clean(text: str, limit: int = MAX_BODY) -> str:
-    """Report text: no ANSI escapes, no XML-illegal characters, capped."""
+def clean(text: str, limit: int | None = MAX_BODY) -> str:
+    """Report text: see gradaudit.text.clean; bodies are capped at 64 KB by default."""
     return clean_text(text, limit)
+
+
+def message(text: str) -> str:
+    """A one-line, capped `message` attribute."""
+    return " ".join(clean(text, MAX_MESSAGE).split("\n"))
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) and value > 0 else "0.000"
+
+
+def element(
+    tag: str, attrs: Mapping[str, str] | None = None, text: str | None = None
+) -> ET.Element:
+    """Every element of a gradaudit JUnit file is made here: attributes and text cleaned."""
+    made = ET.Element(tag, {k: clean(v, None) for k, v in (attrs or {}).items()})
+    if text:
+        made.text = clean(text)
+    return made
+
+
+def testcase(
+    name: str,
+    classname: str,
+    seconds: float,
+    *,
+    failure: Outcome | None = None,
+    error: Outcome | None = None,
+    skipped: Outcome | None = None,
+    stdout: str | None = None,
+) -> ET.Element:
+    """A <testcase>; a tensor that failed on some batches and errored on others has both."""
+    case = element("testcase", {"name": name, "classname": classname, "time": _seconds(seconds)})
+    for tag, outcome in zip(OUTCOMES, (failure, error, skipped), strict=True):
+        if outcome is not None:
+            case.append(element(tag, {"message": message(outcome[0]), "type": tag}, outcome[1]))
+    if stdout:
+        case.append(element("system-out", text=stdout))
+    return case
+
+
+def testsuite(
+    name: str,
+    cases: list[ET.Element],
+    properties: Mapping[str, str],
+    seconds: float | None = None,
+) -> ET.Element:
+    """A <testsuite> whose counts are read off its cases (a case may count twice: see above)."""
+    counts = {tag: sum(c.find(tag) is not None for c in cases) for tag in OUTCOMES}
+    total = sum(float(c.get("time", 0)) for c in cases) if seconds is None else seconds
+    suite = element(
+        "testsuite",
+        {
+            "name": name,
+            "tests": str(len(cases)),
+            "failures": str(counts["failure"]),
+            "errors": str(counts["error"]),
+            "skipped": str(counts["skipped"]),
+            "time": _seconds(total),
+        },
+    )
+    props = element("properties")
+    for key, value in properties.items():
+        if value:
+            props.append(element("property", {"name": key, "value": value}))
+    if len(props):
+        suite.append(props)
+    suite.extend(cases)
+    return suite
 
 
 def suite_name(spec_name: str, device: str, dtype: str, check: str = "gradients") -> str:
@@ -44,22 +124,25 @@ def classname(spec_name: str, device: str, dtype: str, check: str = "gradients")
     return f"gradaudit.{spec_name}.{device}.{dtype}{extra}"
 
 
-def _testcase(cls: str, s: TensorSummary) -> junit_xml.TestCase:
-    case = junit_xml.TestCase(s.tensor, classname=cls, elapsed_sec=s.seconds)
-    status = s.status
-    message = clean(f"{s.tensor}: {verdict_line(s)}", MAX_MESSAGE).replace("\n", " ")
-    if status == "fail":
-        case.add_failure_info(message=message, output=clean(detail(s)))
-    elif status == "error":
-        case.add_error_info(message=message, output=clean(detail(s)))
-    elif status == "skipped":
-        reason = clean(s.skipped or "not run", MAX_MESSAGE)
-        case.add_skipped_info(message=reason, output=reason)
-    return case
+def _tensor_case(cls: str, s: TensorSummary, seconds: float) -> ET.Element:
+    outcomes = s.outcomes
+    line = f"{s.tensor}: {verdict_line(s)}"
+    body = detail(s)
+    failure = (line, body) if "fail" in outcomes else None
+    error = None
+    if "error" in outcomes:
+        # Beside a failure the error gets its own title, so that both are visible.
+        title = f"{s.tensor}: {s.errors[0]}" if failure and s.errors else line
+        error = (title, body)
+    skipped = None
+    if "skipped" in outcomes:
+        reason = s.skipped or "not run"
+        skipped = (reason, reason)
+    return testcase(s.tensor, cls, seconds, failure=failure, error=error, skipped=skipped)
 
 
-def group_suite(spec_name: str, group: GroupResult, metadata: dict[str, str]) -> ET.Element:
-    """One <testsuite> for a (device, dtype) group, with run facts as properties."""
+def group_suite(spec_name: str, group: GroupResult, metadata: Mapping[str, str]) -> ET.Element:
+    """One <testsuite> for a (device, dtype, check) group, with run facts as properties."""
     cls = classname(spec_name, group.device, group.dtype, group.check)
     properties = {
         **metadata,
@@ -70,40 +153,24 @@ def group_suite(spec_name: str, group: GroupResult, metadata: dict[str, str]) ->
     }
     if not group.done:
         properties["incomplete"] = "the run stopped while this group was running"
-    suite = junit_xml.TestSuite(
-        suite_name(spec_name, group.device, group.dtype, group.check),
-        [_testcase(cls, s) for s in group.tensors],
-        properties={k: clean(v, MAX_MESSAGE) for k, v in properties.items() if v},
-    )
-    element: ET.Element = suite.build_xml_doc(encoding="utf-8")
-    for case_element, s in zip(element.iter("testcase"), group.tensors, strict=True):
-        props = ET.Element("properties")
-        summary = dumps(_without_time(s.to_dict()))
-        ET.SubElement(props, "property", name=SUMMARY_PROPERTY, value=summary)
-        case_element.insert(0, props)
-    return element
+    seconds = tensor_seconds(group)
+    for s in group.tensors:
+        properties[SUMMARY_PREFIX + clean(s.tensor, None)] = dumps(summary_record(s))
+    cases = [_tensor_case(cls, s, t) for s, t in zip(group.tensors, seconds, strict=True)]
+    name = suite_name(spec_name, group.device, group.dtype, group.check)
+    return testsuite(name, cases, properties, max(group.seconds, sum(seconds)))
 
 
-def _without_time(summary: dict[str, object]) -> dict[str, object]:
-    """Two runs of a spec give the same XML apart from time attributes (seconds live there)."""
-    return {k: v for k, v in summary.items() if k != "seconds"}
-
-
-def stopped_suite(spec_name: str, reason: str, metadata: dict[str, str]) -> ET.Element:
+def stopped_suite(spec_name: str, reason: str, metadata: Mapping[str, str]) -> ET.Element:
     """An error case saying the run stopped early, so the report cannot look complete."""
-    case = junit_xml.TestCase("run", classname=f"gradaudit.{spec_name}.run", elapsed_sec=0.0)
-    case.add_error_info(message=clean(reason, MAX_MESSAGE), output=clean(reason))
-    suite = junit_xml.TestSuite(
-        f"{spec_name}[run]", [case], properties={k: v for k, v in metadata.items() if v}
-    )
-    element: ET.Element = suite.build_xml_doc(encoding="utf-8")
-    return element
+    case = testcase("run", f"gradaudit.{spec_name}.run", 0.0, error=(reason, reason))
+    return testsuite(f"{spec_name}[run]", [case], {**metadata, STOPPED: reason})
 
 
 def document(suites: Iterable[ET.Element]) -> str:
-    """<testsuites> with totals; every time attribute with 3 decimals."""
-    root = ET.Element("testsuites")
-    totals = dict.fromkeys(("tests", "failures", "errors", "skipped", "disabled"), 0)
+    """<testsuites> with totals (tests, failures, errors, time: what the schema allows)."""
+    root = element("testsuites", {"name": "gradaudit"})
+    totals = dict.fromkeys(("tests", "failures", "errors"), 0)
     seconds = 0.0
     for suite in suites:
         root.append(suite)
@@ -112,12 +179,17 @@ def document(suites: Iterable[ET.Element]) -> str:
         seconds += float(suite.get("time", 0))
     for key, value in totals.items():
         root.set(key, str(value))
-    root.set("time", f"{seconds:.3f}")
-    for element in root.iter():
-        if element.tag in ("testsuite", "testcase") or "time" in element.attrib:
-            element.set("time", f"{float(element.get('time', 0) or 0):.3f}")
+    root.set("time", _seconds(seconds))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def run_document(spec_name: str, summary: RunSummary, metadata: Mapping[str, str]) -> str:
+    """The whole report of a run (or of merged shards)."""
+    suites = [group_suite(spec_name, g, metadata) for g in summary.groups]
+    if summary.stopped:
+        suites.append(stopped_suite(spec_name, summary.stopped, metadata))
+    return document(suites)
 
 
 class JUnitReporter(EndOfRunReporter):
@@ -131,32 +203,38 @@ class JUnitReporter(EndOfRunReporter):
 
     def finish(self, summary: RunSummary) -> None:
         assert self.info is not None
-        name = self.info.loaded.spec.name
         metadata = {k: v for k, v in self.info.metadata().items() if k != "started"}
-        suites = [group_suite(name, g, metadata) for g in summary.groups]
-        if summary.stopped:
-            suites.append(stopped_suite(name, summary.stopped, metadata))
-        write_atomic(self.path, document(suites))
+        write_atomic(self.path, run_document(self.info.loaded.spec.name, summary, metadata))
 
 
-def read_suites(path: str | Path) -> list[tuple[dict[str, str], list[TensorSummary], str | None]]:
-    """Parse a gradaudit JUnit file back: (suite properties, tensor summaries, stop reason)."""
+@dataclass
+class ReadSuite:
+    """One <testsuite> of a gradaudit JUnit file, read back for `gradaudit merge`."""
+
+    properties: dict[str, str]  # the run and group facts (summaries taken out)
+    tensors: list[TensorSummary] = field(default_factory=list)
+    stopped: str | None = None  # the reason, for the suite that says the run stopped
+
+
+def read_suites(path: str | Path) -> list[ReadSuite]:
+    """Parse a gradaudit JUnit file back: facts, tensor summaries (with their times), stops."""
     root = ET.parse(path).getroot()
     result = []
     for suite in root.iter("testsuite"):
-        props = {
-            p.get("name", ""): p.get("value", "") for p in suite.findall("./properties/property")
-        }
-        tensors, stopped = [], None
-        for case in suite.iter("testcase"):
-            raw = case.find(f"./properties/property[@name='{SUMMARY_PROPERTY}']")
-            if raw is not None:
-                data = unfinite(json.loads(raw.get("value", "{}")))
-                assert isinstance(data, dict)
-                data["seconds"] = float(case.get("time", 0) or 0)
-                tensors.append(TensorSummary.from_dict(data))
+        facts, summaries = {}, {}
+        for prop in suite.findall("./properties/property"):
+            name, value = prop.get("name", ""), prop.get("value", "")
+            if name.startswith(SUMMARY_PREFIX):
+                summaries[name[len(SUMMARY_PREFIX) :]] = value
             else:
-                error = case.find("error")
-                stopped = error.get("message", "stopped") if error is not None else "stopped"
-        result.append((props, tensors, stopped))
+                facts[name] = value
+        read = ReadSuite(facts, stopped=facts.pop(STOPPED, None))
+        times = {case.get("name", ""): float(case.get("time", 0) or 0) for case in suite}
+        for name, value in summaries.items():
+            data = unfinite(json.loads(value))
+            if not isinstance(data, dict):
+                raise ValueError(f"summary of {name} is not an object")
+            data["seconds"] = times.get(name, 0.0)
+            read.tensors.append(TensorSummary.from_dict(data))
+        result.append(read)
     return result

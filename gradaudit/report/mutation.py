@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import click
-import junit_xml
 
 from gradaudit.mutate import MutantResult, MutationReport
-from gradaudit.report.junit import clean, document
+from gradaudit.report.junit import document, testcase, testsuite
 from gradaudit.spec import LoadedSpec
 from gradaudit.write import write_atomic
 
@@ -26,18 +25,6 @@ def survivor_line(report: MutationReport, result: MutantResult) -> str:
         f"{report.device}/{report.dtype} {result.mutant.name} survived "
         f"(largest budget used {100 * result.budget:.3g}%): {tol.describe()} catches only "
         f"relative errors above {found:.2g} on {tensor}; {advice}"
-    )
-
-
-def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
-    """A report with one error case when mutation testing could not start: never a stale
-    file from an earlier run."""
-    from gradaudit.report.junit import stopped_suite
-
-    metadata = {"spec": str(loaded.path), "spec_sha256": loaded.sha256}
-    name = f"{loaded.spec.name}.mutants"
-    write_atomic(
-        path, document([stopped_suite(name, f"mutation testing not run: {reason}", metadata)])
     )
 
 
@@ -75,35 +62,51 @@ def console_lines(
 def write_junit(
     path: str, loaded: LoadedSpec, reports: list[MutationReport], fail_on_survivor: bool
 ) -> None:
+    """A suite per (device, dtype), a testcase per mutant: killed passes, a survivor fails
+    (--fail-on-survivor) or is skipped with a warning, the rest are skipped with the reason."""
     name = loaded.spec.name
     suites = []
     for report in reports:
         cases = []
+        cls = f"gradaudit.{name}.{report.device}.{report.dtype}.mutants"
         for result in report.results:
-            case = junit_xml.TestCase(
-                result.mutant.name,
-                classname=f"gradaudit.{name}.{report.device}.{report.dtype}.mutants",
-                elapsed_sec=0.0,
-            )
+            failure = skipped = None
+            stdout = None
             if result.status == "survived":
-                message = clean(survivor_line(report, result), 300)
+                line = survivor_line(report, result)
                 if fail_on_survivor:
-                    case.add_failure_info(message=message, output=message)
+                    failure = (line, line)
                 else:
-                    case.add_skipped_info(message=f"warning: {message}", output=message)
+                    skipped = (f"warning: {line}", line)
             elif result.status != "killed":
-                case.add_skipped_info(message=result.status, output=result.status)
+                skipped = (result.status, result.status)
             else:
-                case.stdout = f"killed by {result.killed_by}"
-            cases.append(case)
-        suite = junit_xml.TestSuite(
-            f"{name}[{report.device},{report.dtype},mutants]",
-            cases,
-            properties={
-                "mutation_score": f"{report.score():.4f}",
-                "spec": str(loaded.path),
-                "spec_sha256": loaded.sha256,
-            },
+                stdout = f"killed by {result.killed_by}"
+            cases.append(
+                testcase(
+                    result.mutant.name, cls, 0.0, failure=failure, skipped=skipped, stdout=stdout
+                )
+            )
+        properties = {
+            "mutation_score": f"{report.score():.4f}",
+            **_spec_facts(loaded),
+            "device": report.device,
+            "dtype": report.dtype,
+        }
+        suites.append(
+            testsuite(f"{name}[{report.device},{report.dtype},mutants]", cases, properties)
         )
-        suites.append(suite.build_xml_doc(encoding="utf-8"))
     write_atomic(path, document(suites))
+
+
+def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
+    """The report of a `mutate` that could not score mutants (the audit itself is red): one
+    error case saying why, so that CI neither reads an old report nor finds none."""
+    name = loaded.spec.name
+    case = testcase("audit", f"gradaudit.{name}.mutants", 0.0, error=(reason, reason))
+    suite = testsuite(f"{name}[mutants]", [case], _spec_facts(loaded))
+    write_atomic(path, document([suite]))
+
+
+def _spec_facts(loaded: LoadedSpec) -> dict[str, str]:
+    return {"spec": str(loaded.path), "spec_name": loaded.spec.name, "spec_sha256": loaded.sha256}
