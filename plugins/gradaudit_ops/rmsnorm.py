@@ -1,7 +1,10 @@
 """RMSNorm with a weight: y = x / sqrt(mean(x^2, -1) + eps) * weight, over the last dim.
 
-The Function computes in float32 for float16 and bfloat16 inputs (as fused kernels do)
-and in the input's dtype otherwise; any number of leading dims.
+The Function accumulates in a wider type than its input (float32 for float16 and bfloat16,
+float64 for float32), as careful kernels do; any number of leading dims. In float32 its
+input gradient at D = 1 is all cancellation (about 1e-6 of its terms): computed in float32
+it is as accurate as autograd's on average, yet its largest error over a few elements
+exceeded twice autograd's in 9 of 40 seeds, which `baseline` (k=2) reports as a failure.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import torch
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    wider = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+    return wider.get(dtype, torch.float64)
 
 
 class RMSNormFunction(torch.autograd.Function):
