@@ -17,7 +17,7 @@ from gradaudit.compare import TensorSummary
 from gradaudit.ops.call import OpAudit
 from gradaudit.ops.errors import OpSpecError
 from gradaudit.ops.resolve import resolve
-from gradaudit.ops.spec import InputDecl, OpChecks, Variants
+from gradaudit.ops.spec import InputDecl, OpChecks, OpSection, Variants
 from gradaudit.ops.variants import derive, select
 from gradaudit.results import GroupResult
 from gradaudit.spec import DTYPES, Tolerance
@@ -127,14 +127,9 @@ def check_op(
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise OpSpecError(f"check_op: dtypes: {bad[0]!r} is not one of {', '.join(DTYPES)}")
-    from gradaudit.ops.spec import OpSection
-
-    try:  # the same cross-field checks as a spec (dim names known, ...)
-        OpSection(candidate="x", inputs=decls, dims=dict(dims or {}))
-    except ValidationError as exc:
-        raise OpSpecError(
-            f"check_op: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
-        ) from None
+    section = OpSection(candidate="check_op", inputs=decls, dims=dict(dims or {}))
+    for loc, message in section.problems():
+        raise OpSpecError(f"check_op: {'.'.join(str(p) for p in loc[1:])}: {message}")
     derived = derive(decls, dict(dims or {}), options, seed)
     if isinstance(variants, Sequence) and not isinstance(variants, str):
         derived = select(

@@ -131,21 +131,22 @@ class OpSection(_Strict):
     variants: bool | Variants = True
     checks: OpChecks = Field(default_factory=OpChecks)
 
-    @model_validator(mode="after")
-    def _names_known(self) -> OpSection:
+    def problems(self) -> list[tuple[Loc, str]]:
+        """Names that must be known elsewhere in the section: (where, what is wrong)."""
+        out: list[tuple[Loc, str]] = []
         for name, decl in self.inputs.items():
-            names = [d for d in decl.shape if isinstance(d, str)]
-            if isinstance(decl.high, str):
-                names.append(decl.high)
-            unknown = sorted({d for d in names if d not in self.dims})
-            if unknown:
-                raise ValueError(f"input {name}: {', '.join(unknown)} not in dims")
+            for key, values in (("shape", decl.shape), ("high", [decl.high])):
+                unknown = [d for d in values if isinstance(d, str) and d not in self.dims]
+                if unknown:
+                    known = ", ".join(self.dims) or "none"
+                    out.append(
+                        (("op", "inputs", name, key), f"{', '.join(unknown)} not in dims ({known})")
+                    )
         if isinstance(self.variants, Variants):
             for i, shapes in enumerate(self.variants.shapes):
-                extra = sorted(set(shapes) - set(self.inputs))
-                if extra:
-                    raise ValueError(f"variants.shapes[{i}]: unknown input {', '.join(extra)}")
-        return self
+                for extra in sorted(set(shapes) - set(self.inputs)):
+                    out.append((("op", "variants", "shapes", i, extra), "not an input"))
+        return out
 
     @property
     def variant_options(self) -> Variants | None:
@@ -252,13 +253,16 @@ def parse_op_spec(text: str, where: str) -> tuple[OpSpec, dict[Loc, int]]:
     if not isinstance(data, dict):
         raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
     try:
-        return OpSpec.model_validate(data), lines
+        spec = OpSpec.model_validate(data)
+        found = spec.op.problems()
     except ValidationError as exc:
+        found = _messages(exc)
+    if found:
         messages = [
-            f"{where}:{line_for(loc, lines)}: {_dotted(loc) or 'spec'}: {msg}"
-            for loc, msg in _messages(exc)
+            f"{where}:{line_for(loc, lines)}: {_dotted(loc) or 'spec'}: {msg}" for loc, msg in found
         ]
         raise OpSpecError("\n".join(dict.fromkeys(messages))) from None
+    return spec, lines
 
 
 _UNION_TAGS = {"constrained-int", "constrained-str", "float", "bool", "int", "str", "Variants"}
