@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-
-from gradaudit.ops.api import OpResult, check_op
-from gradaudit.ops.run import run_op_spec
 from gradaudit_ops import rmsnorm_reference, softmax_xent_reference
 from gradaudit_ops.gallery import BUGS, RMSNormFirstRowGrad
 from gradaudit_ops.rmsnorm import RMSNormFunction
+
+from gradaudit.ops.api import OpResult, check_op
+from gradaudit.ops.run import run_op_spec
 
 REPO = Path(__file__).resolve().parents[1]
 XENT: dict[str, Any] = {
@@ -170,8 +170,8 @@ def test_a_uniform_upstream_gradient_hides_the_first_row_bug() -> None:
         (torch.ones(6, 16, dtype=torch.float64), True),
         (torch.randn(6, 16, dtype=torch.float64), False),
     ):
-        good = torch.autograd.grad(RMSNormFunction.apply(x, w, 1e-6), [w], upstream)[0]
-        bad = torch.autograd.grad(RMSNormFirstRowGrad.apply(x, w, 1e-6), [w], upstream)[0]
+        good = torch.autograd.grad(RMSNormFunction.apply(x, w, 1e-6), [w], upstream)[0]  # type: ignore[no-untyped-call]
+        bad = torch.autograd.grad(RMSNormFirstRowGrad.apply(x, w, 1e-6), [w], upstream)[0]  # type: ignore[no-untyped-call]
         assert torch.allclose(good, bad) == hidden
 
 

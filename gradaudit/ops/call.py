@@ -200,6 +200,18 @@ def backward(
     }
 
 
+def differentiate(
+    run: Run,
+    ups: Sequence[torch.Tensor | None],
+    variant: Variant,
+    kind: str = "candidate",
+    rounded_from: torch.dtype | None = None,
+) -> Run:
+    """`run` with its `grads` (the tensors to differentiate) replaced by their gradients."""
+    grads = guarded(kind, backward, run.outputs, ups, run.grads, variant, rounded_from=rounded_from)
+    return Run(run.outputs, grads)
+
+
 def wrt_of(
     audit: OpAudit, inputs: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:

@@ -20,10 +20,10 @@ from gradaudit.ops.call import (
     OpAudit,
     Run,
     VariantError,
-    backward,
     build_modules,
     case_module,
     constants,
+    differentiate,
     forward,
     guarded,
     make_inputs,
@@ -166,32 +166,20 @@ def _compare(
     names = output_names(len(outs))
     if audit.reference is None:
         _check_detached(audit, variant, outs, None, bool(wrt_of(audit, inputs, params)))
-        cand = Run(
-            outs,
-            guarded(
-                "candidate", lambda: backward(outs, grads64, wrt_of(audit, inputs, params), variant)
-            ),
-        )
+        cand = differentiate(Run(outs, wrt_of(audit, inputs, params)), grads64, variant)
         fd_truth = finite_differences(audit, variant, drawn, device, dtype, cand_module, grads64)
         fd = [(n, _fd_tol(tol(n))) for n in cand.grads]
         return [(n, Comparison(cand.grads[n], fd_truth[n].to(dtype), t)) for n, t in fd]
-    ref = _side(
-        audit, "reference", variant, drawn, device, dtype, masters[1], params, args, grads64
-    )
+    ref = _side(audit, variant, drawn, device, dtype, masters[1], params, args)
     _check_structure(audit, variant, outs, ref.outputs)
     _check_detached(audit, variant, outs, ref.outputs, bool(ref.grads))
-    cand = Run(
-        outs,
-        guarded(
-            "candidate", lambda: backward(outs, grads64, wrt_of(audit, inputs, params), variant)
-        ),
-    )
+    ref = differentiate(ref, grads64, variant, "reference")
+    cand = differentiate(Run(outs, wrt_of(audit, inputs, params)), grads64, variant)
     tols = {n: tol(n) for n in [*names, *cand.grads]}
     truth: Run | None = None
     if any(t.mode == "baseline" for t in tols.values()):
         truth = _side(
             audit,
-            "reference",
             variant,
             drawn,
             device,
@@ -199,9 +187,9 @@ def _compare(
             masters[1],
             params,
             args,
-            grads64,
             rounded_from=dtype,
         )
+        truth = differentiate(truth, grads64, variant, "reference", rounded_from=dtype)
     items: list[tuple[str, Comparison]] = []
     for i, name in enumerate(names):
         manual, reference = outs[i].detach(), ref.outputs[i].detach()
@@ -220,7 +208,6 @@ def _compare(
 
 def _side(
     audit: OpAudit,
-    kind: str,
     variant: Variant,
     drawn: Mapping[str, torch.Tensor],
     device: str,
@@ -228,26 +215,22 @@ def _side(
     master: Any,
     cand_params: Mapping[str, torch.Tensor],
     args: Mapping[str, Any],
-    grads64: Sequence[torch.Tensor | None],
     rounded_from: torch.dtype | None = None,
 ) -> Run:
-    """The reference on fresh inputs (and its own copy of the candidate's parameters)."""
+    """The reference's forward on fresh inputs (and its own copy of the candidate's
+    parameters); `grads` holds the tensors to differentiate."""
     assert audit.reference is not None
     module = case_module(master, device, rounded_from or dtype)
     if module is not None and rounded_from is not None:
         module = module.to(dtype)
     inputs = make_inputs(audit, variant, drawn, dtype, device, rounded_from)
-    params = {k: p.detach().to(dtype).requires_grad_() for k, p in cand_params.items()}
+    params = {k: p.detach().to(dtype).clone().requires_grad_() for k, p in cand_params.items()}
     if module is not None:
         params = dict(module.named_parameters())
-        call_params = None
-    else:
-        call_params = params
     callee = audit.reference
-    outs = guarded(kind, lambda: forward(callee, module, inputs, args, call_params))
-    wrt = wrt_of(audit, inputs, params)
-    grads = guarded(kind, lambda: backward(outs, grads64, wrt, variant, rounded_from=rounded_from))
-    return Run(outs, grads)
+    call_params = None if module is not None else params
+    outs = guarded("reference", forward, callee, module, inputs, args, call_params)
+    return Run(outs, wrt_of(audit, inputs, params))
 
 
 def _problem(audit: OpAudit, variant: Variant, key: str, text: str) -> Exception:

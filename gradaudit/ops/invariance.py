@@ -12,7 +12,7 @@ and a second backward over the retained graph repeats the first.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gradaudit.compare import Comparison, TensorSummary, Tol, check_all, tolerance_for
@@ -23,6 +23,7 @@ from gradaudit.ops.call import (
     backward,
     case_module,
     constants,
+    differentiate,
     forward,
     guarded,
     make_inputs,
@@ -155,7 +156,7 @@ def _micro_batch(
     sizes = split_sizes(rows, options.splits)
     full = _candidate(audit, device, dtype, base, drawn, master)
     ups = upstream(full.outputs, base)
-    full = _differentiate(full, ups, base)
+    full = differentiate(full, ups, base)
     combined_out: list[list[torch.Tensor]] = [[] for _ in full.outputs]
     combined_grads: dict[str, list[torch.Tensor]] = {k: [] for k in full.grads}
     start = 0
@@ -192,7 +193,7 @@ def _micro_batch(
     }
     if any(t.mode == "baseline" for t in tols.values()):
         truth = _candidate(audit, device, torch.float64, base, drawn, master, rounded_from=dtype)
-        truth = _differentiate(truth, ups, base, rounded_from=dtype)
+        truth = differentiate(truth, ups, base, rounded_from=dtype)
     for i, name in enumerate(output_names(len(full.outputs))):
         parts = combined_out[i]
         together = torch.cat(parts) if options.reduction == "none" else sum(parts[1:], parts[0])
@@ -205,19 +206,6 @@ def _micro_batch(
         reference = full.grads[name]
         exact = truth.grads[name] if truth and tols[name].mode == "baseline" else None
         yield name, Comparison(together.to(reference.dtype), reference, tols[name], exact)
-
-
-def _differentiate(
-    run: Run,
-    ups: Sequence[torch.Tensor | None],
-    variant: Variant,
-    rounded_from: torch.dtype | None = None,
-) -> Run:
-    """`run` with its `grads` (the tensors to differentiate) replaced by their gradients."""
-    grads = guarded(
-        "candidate", backward, run.outputs, ups, run.grads, variant, rounded_from=rounded_from
-    )
-    return Run(run.outputs, grads)
 
 
 def _candidate(

@@ -46,7 +46,9 @@ def _symbols(decl: InputDecl) -> list[Symbol]:
 
 
 def _sizes(inputs: Mapping[str, InputDecl], dims: Mapping[str, int]) -> dict[Symbol, int]:
-    sizes: dict[Symbol, int] = {}
+    sizes: dict[Symbol, int] = {
+        k: v for k, v in dims.items()
+    }  # a dim only `high` uses keeps its size
     for decl in inputs.values():
         for s in decl.shape:
             sizes[s] = dims[s] if isinstance(s, str) else s

@@ -14,6 +14,16 @@ from typing import Any
 from gradaudit_ops.rmsnorm import RMSNorm, rmsnorm, rmsnorm_reference
 from gradaudit_ops.xent import softmax_xent, softmax_xent_reference
 
+__all__ = [
+    "OPS",
+    "RMSNorm",
+    "register_ops",
+    "rmsnorm",
+    "rmsnorm_reference",
+    "softmax_xent",
+    "softmax_xent_reference",
+]
+
 # name -> callable: what a spec's `candidate:` / `reference:` may name without a module path.
 OPS: dict[str, Callable[..., Any]] = {
     "rmsnorm": rmsnorm,
