@@ -1,0 +1,160 @@
+"""Turning a spec's `candidate:` / `reference:` into something callable.
+
+A reference is `pkg.mod:attr.path` (an autograd.Function class stands for its `.apply`),
+or a name that a plugin registered. Until gradaudit's hooks grow `register_ops`, a plugin
+registers ops as a module-level `OPS` dict (name -> callable) in its entry-point module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from gradaudit.ops.errors import OpError
+
+ENTRY_POINT_GROUP = "gradaudit"
+
+
+@dataclass(frozen=True)
+class Callee:
+    """A resolved candidate or reference: a function, or an nn.Module class to build."""
+
+    label: str  # as written, for messages
+    fn: Callable[..., Any]
+    module_class: type | None = None  # set when `fn` is an nn.Module subclass
+
+
+def resolve(
+    ref: str | Callable[..., Any],
+    where: str,
+    field: str,
+    plugins: Iterable[str] = (),
+    base_dir: Path | None = None,
+) -> Callee:
+    """Import or look up one side; OpError (`where: field: why`) when that fails."""
+    if callable(ref) and not isinstance(ref, str):
+        return _classify(getattr(ref, "__qualname__", repr(ref)), ref)
+    if ":" in ref:
+        return _classify(ref, _import(ref, where, field))
+    known = named_ops(plugins, base_dir, where)
+    if ref not in known:
+        close = difflib.get_close_matches(ref, list(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        available = ", ".join(sorted(known)) or "none"
+        raise OpError(
+            f"{where}: {field}: no op named '{ref}'{hint}; registered: {available}; "
+            f"or write module.path:attribute"
+        )
+    return _classify(ref, known[ref])
+
+
+def _import(ref: str, where: str, field: str) -> Any:
+    module_name, _, attr_path = ref.partition(":")
+    if not module_name or not attr_path:
+        raise OpError(f"{where}: {field}: '{ref}' is not module.path:attribute")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise OpError(f"{where}: {field}: cannot import '{module_name}' ({_why(exc)})") from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise OpError(f"{where}: {field}: '{ref}' has no attribute '{part}'{hint}") from None
+        except Exception as exc:
+            raise OpError(f"{where}: {field}: '{ref}': {_why(exc)}") from None
+    if not callable(obj):
+        raise OpError(f"{where}: {field}: '{ref}' is a {type(obj).__name__}, not callable")
+    return obj
+
+
+def _classify(label: str, obj: Any) -> Callee:
+    import torch
+
+    if inspect.isclass(obj) and issubclass(obj, torch.autograd.Function):
+        return Callee(label, _apply(obj))
+    owner = getattr(obj, "__self__", None)
+    is_apply = inspect.ismethod(obj) and obj.__name__ == "apply"
+    if is_apply and inspect.isclass(owner) and issubclass(owner, torch.autograd.Function):
+        return Callee(label, _apply(owner))
+    if inspect.isclass(obj) and issubclass(obj, torch.nn.Module):
+        return Callee(label, obj, obj)
+    return Callee(label, obj)
+
+
+def _apply(cls: Any) -> Callable[..., Any]:
+    """`Fn.apply` that takes keyword arguments and fills in forward's defaults (apply
+    itself leaves out defaults before a keyword given: `missing required argument`)."""
+    try:
+        signature = inspect.signature(cls.forward)
+    except (TypeError, ValueError):
+        return cls.apply  # type: ignore[no-any-return]
+    params = list(signature.parameters.values())
+    if params and params[0].name == "ctx":
+        params = params[1:]
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not all(p.kind in positional for p in params):
+        return cls.apply  # type: ignore[no-any-return]
+    bare = signature.replace(parameters=params)
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        bound = bare.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return cls.apply(*bound.args)
+
+    apply.__qualname__ = f"{cls.__qualname__}.apply"
+    return apply
+
+
+def named_ops(
+    plugins: Iterable[str] = (), base_dir: Path | None = None, where: str = "spec"
+) -> dict[str, Callable[..., Any]]:
+    """Ops registered by the installed plugins (allow-list: $GRADAUDIT_PLUGINS) and by the
+    spec's own `plugins:` modules, each exposing an `OPS` dict."""
+    from gradaudit.plugins import _allowed, _load_named
+
+    modules: list[tuple[str, Any]] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if not _allowed(ep.name):
+            continue
+        try:
+            modules.append((ep.name, ep.load()))
+        except Exception as exc:
+            raise OpError(
+                f"plugin '{ep.name}' ({ep.value}) failed to import: {_why(exc)}"
+            ) from None
+    for ref in plugins:
+        try:
+            modules.append((ref, _load_named(ref, base_dir or Path.cwd())[0]))
+        except Exception as exc:
+            raise OpError(f"{where}: plugin '{ref}' failed to import: {_why(exc)}") from None
+    found: dict[str, Callable[..., Any]] = {}
+    owner: dict[str, str] = {}
+
+    def register(name: str, fn: Callable[..., Any], plugin: str) -> None:
+        if not isinstance(name, str) or not name or not callable(fn):
+            raise OpError(f"plugin '{plugin}' registered an op that is not (name, callable)")
+        if name in found and found[name] is not fn:
+            raise OpError(f"op '{name}' is registered twice: by '{owner[name]}' and '{plugin}'")
+        found[name], owner[name] = fn, plugin
+
+    for plugin, module in modules:
+        ops = getattr(module, "OPS", None)
+        if isinstance(ops, dict):
+            for name, fn in ops.items():
+                register(name, fn, plugin)
+    return found
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,40 @@
+"""Example op audits: custom autograd.Functions with hand-written backward passes.
+
+Pure PyTorch, so they run on the CPU: a fused softmax cross-entropy over a vocabulary and
+an RMSNorm with a weight, each next to the plain PyTorch reference it is audited against,
+and a gallery of plausible bugs (gallery.py) that the op audits must catch. Written
+against gradaudit's public API only, as a third-party plugin would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gradaudit_ops.rmsnorm import RMSNorm, rmsnorm, rmsnorm_reference
+from gradaudit_ops.xent import softmax_xent, softmax_xent_reference
+
+__all__ = [
+    "OPS",
+    "RMSNorm",
+    "register_ops",
+    "rmsnorm",
+    "rmsnorm_reference",
+    "softmax_xent",
+    "softmax_xent_reference",
+]
+
+# name -> callable: what a spec's `candidate:` / `reference:` may name without a module path.
+OPS: dict[str, Callable[..., Any]] = {
+    "rmsnorm": rmsnorm,
+    "rmsnorm-reference": rmsnorm_reference,
+    "rmsnorm-module": RMSNorm,
+    "softmax-xent": softmax_xent,
+    "softmax-xent-reference": softmax_xent_reference,
+}
+
+
+def register_ops(register: Callable[[str, Any], None]) -> None:
+    """The `register_ops` hook, once gradaudit declares it (then mark it @hookimpl)."""
+    for name, fn in OPS.items():
+        register(name, fn)

@@ -1,0 +1,364 @@
+"""The op-audit engine: variants really reach the op, bad input is one line (exit 2) or an
+error of one variant, finite differences stand in for a missing reference, Module
+candidates compare their parameters, the guard finds custom Functions, and the
+existing reporters print op groups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from gradaudit_ops import RMSNorm, rmsnorm, rmsnorm_reference
+from gradaudit_ops.gallery import BUGS
+
+from gradaudit.errors import EXIT_USAGE, UsageError
+from gradaudit.ops.api import check_op
+from gradaudit.ops.errors import OpError, OpSpecError
+from gradaudit.ops.guard import custom_functions_in_graph, warning_for
+from gradaudit.ops.invariance import split_sizes
+from gradaudit.ops.run import metadata, run_op_spec
+from gradaudit.ops.spec import InputDecl, Variants, load_op_spec
+from gradaudit.ops.variants import derive, draw_inputs, variant_seed
+
+REPO = Path(__file__).resolve().parents[1]
+XW = {"x": (4, 8), "w": (8,)}
+
+
+def seen_by_op(variants: list[str]) -> list[dict[str, Any]]:
+    """What the candidate receives, per call: input and upstream-gradient layouts."""
+    calls: list[dict[str, Any]] = []
+
+    class Spy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            calls.append(
+                {"shape": tuple(x.shape), "x_contiguous": x.is_contiguous(), "x_stride": x.stride()}
+            )
+            ctx.save_for_backward(x, w)
+            return x * w
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x, w = ctx.saved_tensors
+            calls[-1] |= {"g_contiguous": g.is_contiguous(), "g": g.detach().clone()}
+            return g * w, (g * x).reshape(-1, g.shape[-1]).sum(0)
+
+    check_op(Spy, lambda x, w: x * w, inputs=XW, dtypes=["float64"], variants=variants)
+    return calls
+
+
+def test_layout_variants_reach_the_op_and_its_backward() -> None:
+    calls = seen_by_op(["base", "transposed", "strided", "expanded"])
+    cand = [c for c in calls if "g" in c]  # the candidate's calls (the reference is a lambda)
+    assert [c["x_contiguous"] for c in cand] == [True, False, False, False]
+    assert [c["g_contiguous"] for c in cand] == [True, False, False, False]
+    assert cand[3]["x_stride"][0] == 0  # expanded: one row, stride 0
+    for c in cand:
+        assert c["shape"] == (4, 8)
+
+
+def test_upstream_gradients_are_random_never_ones() -> None:
+    for call in seen_by_op(["base", "lead1"]):
+        g = call["g"]
+        assert g.std() > 0.5 and not torch.all(g == 1)
+
+
+def test_derived_variants_and_their_shapes() -> None:
+    inputs = {"x": InputDecl(shape=["N", "D"]), "w": InputDecl(shape=["D"])}
+    variants = {v.name: v for v in derive(inputs, {"N": 4, "D": 8}, Variants(extreme=True), 0)}
+    assert list(variants) == [
+        "base",
+        "N=5",
+        "N=1",
+        "D=11",
+        "D=1",
+        "lead1",
+        "lead2",
+        "transposed",
+        "strided",
+        "expanded",
+        "large",
+        "tiny",
+    ]
+    assert variants["D=11"].shapes == {"x": (4, 11), "w": (11,)}  # D moves together
+    assert variants["lead2"].shapes == {"x": (2, 3, 4, 8), "w": (8,)}  # batch inputs only
+    assert variants["large"].scale == 1e3
+    # int sizes: equal sizes are one dimension, labelled where they first appear
+    plain = derive({"x": InputDecl(shape=[4, 8]), "w": InputDecl(shape=[8])}, {}, Variants(), 0)
+    assert [v.name for v in plain][:5] == ["base", "x.0=5", "x.0=1", "x.1=11", "x.1=1"]
+    assert derive(inputs, {"N": 4, "D": 8}, None, 0)[0].name == "base"
+    listed = derive(
+        inputs,
+        {"N": 4, "D": 8},
+        Variants(sizes=False, leading=0, layouts=False, shapes=[{"x": [3, 5]}]),
+        0,
+    )
+    assert [(v.name, v.shapes) for v in listed][1] == ("shapes0", {"x": (3, 5), "w": (5,)})
+
+
+def test_variants_are_seeded_by_name_and_reproducible() -> None:
+    inputs = {"x": InputDecl(shape=[4, 8])}
+    full = {v.name: v for v in derive(inputs, {}, Variants(), 7)}
+    alone = derive(inputs, {}, Variants(sizes=False, layouts=False), 7)
+    assert alone[1].name == "lead1" and alone[1].seed == full["lead1"].seed
+    assert full["lead1"].seed == variant_seed(7, "lead1") != variant_seed(8, "lead1")
+    one, two = draw_inputs(inputs, full["x.0=5"]), draw_inputs(inputs, full["x.0=5"])
+    assert one["x"].shape == (5, 8) and torch.equal(one["x"], two["x"])
+
+
+def test_integer_inputs_follow_their_dim() -> None:
+    decl = {"t": InputDecl(shape=["N"], dtype="int64", high="V")}
+    for v in derive(decl, {"N": 64, "V": 3}, Variants(), 0):
+        t = draw_inputs(decl, v)["t"]
+        assert t.dtype == torch.int64 and int(t.max()) < v.sizes["V"]
+
+
+def test_unequal_micro_batches() -> None:
+    assert split_sizes(8, 2) == [3, 5]
+    assert split_sizes(6, 3) == [1, 2, 3]
+    assert split_sizes(2, 2) == [1, 1]
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+def audit(candidate: Any, reference: Any = rmsnorm_reference, **kw: Any) -> Any:
+    kw.setdefault("dtypes", ["float64"])
+    return check_op(candidate, reference, inputs={"x": (4, 8), "weight": (8,)}, **kw)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        (lambda x, weight: (rmsnorm(x, weight), x), "returns 2 outputs, the reference 1"),
+        (
+            lambda x, weight: rmsnorm(x, weight).sum(-1),
+            "out is (4,) torch.float64, the reference's (4, 8) torch.float64",
+        ),
+        (
+            lambda x, weight: rmsnorm(x, weight).float(),
+            "out is (4, 8) torch.float32, the reference's (4, 8) torch.float64",
+        ),
+        (
+            lambda x, weight: rmsnorm(x, weight).detach(),
+            "out is detached from the inputs: its gradients would be silently zero",
+        ),
+    ],
+)
+def test_structural_problems_are_usage_errors(candidate: Any, message: str) -> None:
+    with pytest.raises(OpError) as info:
+        audit(candidate)
+    assert str(info.value) == f"check_op: op.candidate: {message}"
+    assert info.value.exit_code == EXIT_USAGE
+
+
+def test_structural_problems_name_the_spec_line(tmp_path: Path) -> None:
+    module = tmp_path / "detaching.py"
+    module.write_text("def op(x):\n    return x.detach() * 2\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: d\nop:\n  candidate: detaching:op\n  reference: torch:square\n"
+        "  inputs: {x: {shape: [3]}}\n"
+    )
+    with pytest.raises(OpError, match=r"s\.yaml:3: op\.candidate: out is detached"):
+        run_op_spec(spec)
+
+
+def test_a_reference_that_raises_on_one_variant_errs_there_only() -> None:
+    def picky(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            raise ValueError("no single rows")
+        return rmsnorm_reference(x, weight)
+
+    result = audit(rmsnorm, picky, raise_on_failure=False)
+    errors = {g.check for g in result.groups if any(s.status == "error" for s in g.tensors)}
+    assert errors == {"variant:x.0=1"}
+    assert all(
+        s.status == "pass" for g in result.groups if g.check != "variant:x.0=1" for s in g.tensors
+    )
+    message = result.report()
+    assert "reference raised ValueError: no single rows (variant x.0=1, seed " in message
+
+
+def test_a_shape_problem_on_a_derived_variant_is_that_variant_s_error() -> None:
+    def flat(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        out = rmsnorm(x, weight)
+        return out.reshape(-1, out.shape[-1])  # wrong only with leading dims
+
+    result = audit(flat, raise_on_failure=False)
+    assert {g.check for g in result.groups if g.tensors[0].status != "pass"} == {
+        "variant:lead1",
+        "variant:lead2",
+    }
+    assert "out is (12, 8) torch.float64, the reference's (3, 4, 8)" in result.report()
+
+
+def test_bad_arguments_are_one_line_usage_errors() -> None:
+    with pytest.raises(OpSpecError, match=r"check_op: inputs\.t: .*cannot require grad"):
+        check_op(
+            rmsnorm,
+            inputs={"t": {"shape": [3], "dtype": "int64", "high": 3, "requires_grad": True}},
+        )
+    with pytest.raises(OpSpecError, match=r"check_op: inputs.x.shape: N not in dims"):
+        check_op(rmsnorm, inputs={"x": ["N"]})
+    with pytest.raises(OpSpecError, match="unknown variant lead9; this op has: base, "):
+        check_op(rmsnorm, inputs={"x": (2,)}, variants=["lead9"])
+    with pytest.raises(OpSpecError, match="check_op: dtypes: 'float8'"):
+        check_op(rmsnorm, inputs={"x": (2,)}, dtypes=["float8"])
+
+
+def test_a_dtype_or_device_outside_the_spec_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--dtype float8: not in the spec's list"):
+        run_op_spec(REPO / "specs" / "op-rmsnorm.yaml", dtypes=["float8"])
+
+
+# --- finite differences, modules, tolerances, pytest -------------------------------------
+
+
+def test_without_a_reference_finite_differences_are_the_truth() -> None:
+    small: dict[str, Any] = {
+        "inputs": {"x": (3, 5), "weight": (5,)},
+        "dtypes": ["float64", "float32"],
+        "variants": ["base", "lead1"],
+    }
+    good = check_op(rmsnorm, **small)
+    assert [s.tensor for s in good.groups[0].tensors] == ["grad.x", "grad.weight"]
+    assert good.groups[2].tensors[0].tol.mode == "allclose"  # float32: no baseline without one
+    bad = check_op(BUGS["rmsnorm-wrong-axis"][0], raise_on_failure=False, **small)
+    assert {(g.dtype, g.check) for g in bad.groups if g.tensors[0].status == "fail"} == {
+        ("float64", "variant:lead1"),
+        ("float32", "variant:lead1"),
+    }
+
+
+def test_finite_differences_refuse_large_inputs() -> None:
+    result = check_op(
+        rmsnorm,
+        inputs={"x": (80, 64), "weight": (64,)},
+        dtypes=["float64"],
+        variants=False,
+        raise_on_failure=False,
+    )
+    assert "finite differences would need 10368 forward calls" in result.report()
+
+
+def test_a_module_candidate_compares_its_parameters() -> None:
+    settings: dict[str, Any] = {
+        "inputs": {"x": ["N", "D"]},
+        "dims": {"N": 4, "D": 8},
+        "init": {"dim": "D"},
+        "dtypes": ["float64", "float32"],
+        "checks": {"micro_batch": {}, "saved_tensors": {}},
+    }
+    result = check_op(RMSNorm, rmsnorm_reference, **settings)
+    names = [s.tensor for s in result.groups[0].tensors]
+    assert names == ["out", "grad.x", "grad.weight"]
+    saved = next(g for g in result.groups if g.check == "saved_tensors")
+    assert "param.weight" in [s.tensor for s in saved.tensors]
+
+    class Buggy(RMSNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return BUGS["rmsnorm-first-row-grad"][0].apply(x, self.weight, self.eps)  # type: ignore[no-untyped-call,no-any-return]
+
+    bad = check_op(Buggy, rmsnorm_reference, raise_on_failure=False, **settings)
+    assert {s.tensor for g in bad.groups for s in g.tensors if s.status == "fail"} == {
+        "grad.weight"
+    }
+
+
+def test_a_module_reference_gets_the_candidate_s_parameters() -> None:
+    class Reference(RMSNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return rmsnorm_reference(x, self.weight, self.eps)
+
+    check_op(
+        RMSNorm,
+        Reference,
+        inputs={"x": ["N", "D"]},
+        dims={"N": 4, "D": 8},
+        init={"dim": "D"},  # a named dim: the module's size follows D's variants
+        dtypes=["float32"],
+    )
+
+
+def test_the_tolerance_argument_is_used() -> None:
+    result = check_op(
+        rmsnorm,
+        rmsnorm_reference,
+        inputs={"x": (4, 8), "weight": (8,)},
+        dtypes=["float32"],
+        variants=False,
+        tolerance="allclose",
+    )
+    assert {s.tol.mode for s in result.groups[0].tensors} == {"allclose"}
+    exact = check_op(
+        rmsnorm,
+        rmsnorm_reference,
+        inputs={"x": (4, 8), "weight": (8,)},
+        dtypes=["float32"],
+        variants=False,
+        tolerance="exact",
+        raise_on_failure=False,
+    )
+    assert not exact.ok and "exact (bitwise)" in exact.report()
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (5, 7)])
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_check_op_under_parametrize(shape: tuple[int, int], dtype: str) -> None:
+    check_op(
+        rmsnorm,
+        rmsnorm_reference,
+        inputs={"x": shape, "weight": shape[-1:]},
+        dtypes=[dtype],
+        variants=False,
+    )
+
+
+# --- guard and reporting -------------------------------------------------------------------
+
+
+def test_the_guard_finds_custom_functions() -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    w = torch.ones(4, requires_grad=True)
+    through = (rmsnorm(x, w) * 2).sum() + x.sum()
+    assert custom_functions_in_graph(through) == ["gradaudit_ops.rmsnorm.RMSNormFunction"]
+    assert custom_functions_in_graph(rmsnorm_reference(x, w).sum()) == []
+    assert custom_functions_in_graph(torch.tensor(1.0)) == []
+    text = warning_for(through)
+    assert text is not None and "RMSNormFunction" in text and "op spec" in text
+    assert warning_for(x.sum()) is None
+
+
+def test_the_existing_reporters_print_op_groups(tmp_path: Path) -> None:
+    from gradaudit.report.console import group_rows
+    from gradaudit.report.jsonfile import group_record
+    from gradaudit.report.junit import document, group_suite
+
+    spec = REPO / "specs" / "op-rmsnorm.yaml"
+    loaded = load_op_spec(spec)
+    groups = check_op(
+        BUGS["rmsnorm-wrong-axis"][0],
+        rmsnorm_reference,
+        raise_on_failure=False,
+        inputs={"x": (4, 8), "weight": (8,)},
+        dtypes=["float32"],
+    ).groups
+    rows = [row for g in groups for row in group_rows(g)]
+    assert any("grad.x [variant:lead1]" in text and word == "FAIL" for text, word in rows)
+    xml = document(group_suite("op-rmsnorm", g, metadata(loaded)) for g in groups)
+    assert 'name="op-rmsnorm[cpu,float32,variant:lead1]"' in xml and "<failure" in xml
+    record = json.loads(json.dumps(group_record(groups[0])))
+    assert record["check"] == "variant:base" and record["tensors"][0]["status"] == "pass"
+    assert metadata(loaded)["kind"] == "op" and "lead2" in metadata(loaded)["variants"]
+    seen: list[str] = []
+    run_op_spec(
+        spec,
+        dtypes=["float64"],
+        on_group=lambda g: seen.append(g.check),
+        on_case=lambda c: seen.append("case"),
+    )
+    assert seen.count("variant:base") == 1 and "case" in seen and seen[-1] == "saved_tensors"
