@@ -128,6 +128,9 @@ class Audit:
                 f"{self.loaded.where('model')}: model plugin '{plugin}': forward must return "
                 f"gradaudit.Forward, got {type(forward).__name__}"
             )
+        from gradaudit.ops.guard import warning_for
+
+        self.warnings = [w for w in [warning_for(forward.loss)] if w]
         params = [name for name, _ in self.master.named_parameters()]
         self.probe_numel = sum(t.numel() for t in forward.intermediates.values())
         clash = set(params) & set(forward.intermediates)

@@ -132,6 +132,10 @@ def run(spec_path: str, options: RunOptions) -> int:
     interrupts = _Interrupts()
     interrupts.install()  # first: a cancelled job in the first seconds still writes reports
     try:
+        from gradaudit.ops import command as ops
+
+        if ops.is_op_spec(spec_path):
+            return ops.run(spec_path, options)
         return _run(spec_path, options, interrupts)
     except (KeyboardInterrupt, Interrupted) as exc:
         return EXIT_SIGTERM if isinstance(exc, Interrupted) else EXIT_SIGINT

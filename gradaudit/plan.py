@@ -146,7 +146,8 @@ def audit_warnings(audit: Audit) -> list[str]:
 
     spec = audit.loaded.spec
     problem = plugin_options_error(audit.gradient_fn, spec.gradients.options)
-    return [f"gradients '{spec.gradients.plugin}' {problem}"] if problem else []
+    found = [f"gradients '{spec.gradients.plugin}' {problem}"] if problem else []
+    return [*audit.warnings, *found]
 
 
 def plan_lines(plan: Plan) -> list[str]:

@@ -50,6 +50,28 @@ class PlainTensorRegression(Regression):
         self.W2 = w2  # type: ignore[assignment]
 
 
+class Tanh(torch.autograd.Function):
+    """tanh with its own backward: autograd's reference then runs this very backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class CustomFunctionRegression(Regression):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
+        h = Tanh.apply(x @ self.W1 + self.b1)
+        out = h @ self.W2
+        return Forward(F.mse_loss(out.squeeze(1), y), {"out": out, "h": h})
+
+
 def regression_backward(
     model: nn.Module, batch: Batch, forward: Forward, **options: Any
 ) -> dict[str, torch.Tensor]:
@@ -85,6 +107,7 @@ def _exits(how: str) -> Callable[..., dict[str, torch.Tensor]]:
 def register_models(register: Callable[[str, Any], None]) -> None:
     register("regression", Regression)
     register("regression-plain-tensor", PlainTensorRegression)
+    register("regression-custom-function", CustomFunctionRegression)
 
 
 @hookimpl

@@ -188,3 +188,14 @@ def test_random_data_is_seeded_and_validated() -> None:
     assert data.model_args == {"shapes": {"x": (3,), "y": ()}, "classes": {"y": 4}}
     with pytest.raises(ValueError, match=r"tensors\.y: an int tensor needs `classes`"):
         load_random({"tensors": {"y": {"shape": [], "dtype": "int"}}}, Path("."))
+
+
+def test_custom_function_in_a_model_audit_warns(tmp_path: Path, run_cli: CliRunner) -> None:
+    spec = regression_spec(
+        tmp_path, model={"plugin": "regression-custom-function"}, dtypes=["float64"]
+    )
+    result = run_cli("run", spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gradaudit: warning:" in result.stdout and "Tanh" in result.stdout
+    plain = run_cli("run", regression_spec(tmp_path, dtypes=["float64"]))
+    assert "warning" not in plain.stdout

@@ -48,7 +48,7 @@ def run(
 ) -> Iterator[GroupResult]:
     """Groups as they finish: for each device and dtype, every variant, then invariance."""
     from gradaudit.ops.invariance import invariance_groups
-    from gradaudit.runner import device_unavailable
+    from gradaudit.plan import device_unavailable
 
     drawn = {v.name: draw_inputs(audit.inputs, v) for v in audit.variants}
     masters = {v.name: build_modules(audit, v) for v in audit.variants}

@@ -51,6 +51,7 @@ class RunInfo:
             "batches": f"{b.split}: count={b.count} size={b.size}",
             "tolerance_mode": spec.tolerance.mode,
             "shard": str(self.shard) if self.shard else "",
+            "warnings": " | ".join(self.plan.warnings) if self.plan else "",
             "started": self.started,
             "host": self.host,
         }

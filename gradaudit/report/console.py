@@ -129,6 +129,8 @@ class ConsoleReporter:
                 f"gradients {spec.gradients.plugin}, {len(info.tensors)} tensors, {shape} "
                 f"({b.split}, seed {b.seed}){shard}"
             )
+            for warning in info.plan.warnings if info.plan else ():
+                self._echo(f"gradaudit: warning: {warning}", "SKIP")
             self._echo(header())
 
     def case(self, result: CaseResult) -> None:

@@ -1,0 +1,94 @@
+"""`gradaudit run` and `gradaudit plan` for op specs (a spec with a top-level `op:`).
+
+The same console table, JUnit, JSON and exit codes as model audits; the reports are on disk
+before the first variant runs and name every planned (device, dtype, variant) case.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK
+
+
+def is_op_spec(path: str) -> bool:
+    """A cheap look: does the file's top level have `op:`? Anything odd is left to the
+    model-spec loader, which reports it with its line."""
+    try:
+        file = Path(path)
+        if not file.is_file() or file.stat().st_size > 1 << 20:
+            return False
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except Exception:
+        return False
+    return isinstance(data, dict) and "op" in data
+
+
+def run(spec_path: str, options: Any) -> int:
+    """Audit an op spec; `options` is commands.RunOptions."""
+    from gradaudit.ops.run import groups, metadata
+    from gradaudit.ops.spec import load_op_spec
+    from gradaudit.report.console import closing_line, group_rows, header
+    from gradaudit.report.describe import detail
+    from gradaudit.report.jsonfile import SCHEMA, SCHEMA_VERSION, dumps, group_record
+    from gradaudit.report.junit import run_document
+    from gradaudit.results import RunSummary
+    from gradaudit.write import check_writable, write_atomic
+
+    loaded = load_op_spec(spec_path)
+    for path in (options.junit_xml, options.json_path):
+        if path:
+            if Path(path).resolve() == Path(spec_path).resolve():
+                from gradaudit.errors import UsageError
+
+                raise UsageError(f"{path}: is the spec of this run")
+            check_writable(path)
+    facts = metadata(loaded)
+    summary = RunSummary()
+    start = time.perf_counter()
+
+    def write(stopped: str | None) -> None:
+        summary.stopped = stopped
+        if options.junit_xml:
+            write_atomic(options.junit_xml, run_document(loaded.spec.name, summary, facts))
+        if options.json_path:
+            records = ",\n  ".join(dumps(group_record(g)) for g in summary.groups)
+            write_atomic(
+                options.json_path,
+                f'{{"schema": "{SCHEMA}", "schema_version": {SCHEMA_VERSION},\n'
+                f' "run": {dumps(facts)},\n "cases": [],\n "groups": [\n  {records}\n ],\n'
+                f' "totals": {dumps(summary.totals())},\n "stopped": {dumps(stopped)}\n}}\n',
+            )
+
+    write("the run did not finish (killed, or still running)")
+    quiet = options.verbosity < 0
+    if not quiet:
+        click.echo(f"gradaudit: {loaded.spec.name} ({spec_path}): op {loaded.spec.op.candidate}")
+        click.echo(header())
+    try:
+        for group in groups(loaded, options.devices, options.dtypes):
+            summary.add(group)
+            if not quiet:
+                for text, _ in group_rows(group):
+                    click.echo(text)
+            write("the run did not finish (killed, or still running)")
+    except BaseException as exc:
+        write(f"interrupted: {type(exc).__name__}")
+        raise
+    write(None)
+    if not quiet:
+        for group in summary.groups:
+            for s in group.tensors:
+                if s.status in ("fail", "error"):
+                    click.echo(f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}")
+                    click.echo(detail(s))
+    click.echo(closing_line(summary, time.perf_counter() - start))
+    if summary.ok and summary.passed == 0:
+        click.echo("gradaudit: no tensor was compared (every case skipped): nothing was proven")
+        return 5
+    return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
