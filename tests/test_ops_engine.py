@@ -362,3 +362,28 @@ def test_the_existing_reporters_print_op_groups(tmp_path: Path) -> None:
         on_case=lambda c: seen.append("case"),
     )
     assert seen.count("variant:base") == 1 and "case" in seen and seen[-1] == "saved_tensors"
+
+
+def reference_calls(dtypes: list[str], low: float = 0.5) -> list[torch.dtype]:
+    calls: list[torch.dtype] = []
+
+    def counted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        calls.append(x.dtype)
+        return rmsnorm_reference(x, weight)
+
+    inputs: dict[str, Any] = {
+        "x": {"shape": [4, 8], "distribution": "uniform", "low": low, "high": 2 * low},
+        "weight": (8,),
+    }
+    check_op(rmsnorm, counted, inputs=inputs, dtypes=dtypes, variants=False)
+    return calls
+
+
+def test_one_float64_reference_run_is_the_truth_of_every_dtype() -> None:
+    """Inputs are rounded to the run's narrowest dtype, so each dtype holds them exactly and
+    the float64 case's reference run is every other case's truth."""
+    calls = reference_calls(["float64", "float32", "bfloat16", "float16"])
+    assert calls.count(torch.float64) == 1 and len(calls) == 4
+    # below float16's normal range a bfloat16 value is not exact in float16: its own truth
+    calls = reference_calls(["bfloat16", "float16"], low=1e-6)
+    assert calls.count(torch.float64) == 2

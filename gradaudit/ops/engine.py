@@ -28,11 +28,11 @@ from gradaudit.ops.call import (
     guarded,
     make_inputs,
     output_names,
-    upstream,
     wrt_of,
 )
 from gradaudit.ops.errors import OpError
 from gradaudit.ops.fd import finite_differences
+from gradaudit.ops.share import Shared
 from gradaudit.ops.variants import Variant, draw_inputs
 from gradaudit.results import CaseListener, CaseResult, GroupResult
 
@@ -50,7 +50,8 @@ def run(
     from gradaudit.ops.invariance import invariance_groups
     from gradaudit.plan import device_unavailable
 
-    drawn = {v.name: draw_inputs(audit.inputs, v) for v in audit.variants}
+    shared = Shared(audit, dtypes)
+    drawn = {v.name: shared.inputs(v, draw_inputs(audit.inputs, v)) for v in audit.variants}
     masters = {v.name: build_modules(audit, v) for v in audit.variants}
     names: list[str] = []
     for device in devices:
@@ -60,7 +61,9 @@ def run(
                 if reason:
                     yield _skipped(audit, device, dtype, variant, names, reason)
                     continue
-                group = _case(audit, device, dtype, index, variant, drawn, masters, names, on_case)
+                group = _case(
+                    audit, device, dtype, index, variant, drawn, masters, names, on_case, shared
+                )
                 if not names and not any(s.error_count for s in group.tensors):
                     names = [s.tensor for s in group.tensors]
                 yield group
@@ -81,6 +84,7 @@ def _case(
     masters: Mapping[str, tuple[Any, Any]],
     names: list[str],
     on_case: CaseListener | None,
+    shared: Shared,
 ) -> GroupResult:
     import torch
 
@@ -93,7 +97,7 @@ def _case(
 
     try:
         items = _compare(
-            audit, device, dtype, variant, drawn[variant.name], masters[variant.name], tol
+            audit, device, dtype, variant, drawn[variant.name], masters[variant.name], tol, shared
         )
         ordered = list(items)
         batch_scale = max(
@@ -153,6 +157,7 @@ def _compare(
     drawn: Mapping[str, torch.Tensor],
     masters: tuple[Any, Any],
     tol: Callable[[str], Tol],
+    shared: Shared,
 ) -> list[tuple[str, Comparison]]:
     """Run both sides (and the truth) of one case; the comparisons, tensor by tensor."""
     import torch
@@ -162,7 +167,7 @@ def _compare(
     params = dict(cand_module.named_parameters()) if cand_module is not None else {}
     inputs = make_inputs(audit, variant, drawn, dtype, device)
     outs = guarded("candidate", lambda: forward(audit.candidate, cand_module, inputs, args))
-    grads64 = upstream(outs, variant)
+    grads64 = shared.upstream(outs, variant)
     names = output_names(len(outs))
     if audit.reference is None:
         _check_detached(audit, variant, outs, None, bool(wrt_of(audit, inputs, params)))
@@ -174,22 +179,20 @@ def _compare(
     _check_structure(audit, variant, outs, ref.outputs)
     _check_detached(audit, variant, outs, ref.outputs, bool(ref.grads))
     ref = differentiate(ref, grads64, variant, "reference")
+    if dtype == torch.float64:
+        shared.offer(device, variant, ref)
     cand = differentiate(Run(outs, wrt_of(audit, inputs, params)), grads64, variant)
     tols = {n: tol(n) for n in [*names, *cand.grads]}
     truth: Run | None = None
     if any(t.mode == "baseline" for t in tols.values()):
-        truth = _side(
-            audit,
-            variant,
-            drawn,
-            device,
-            torch.float64,
-            masters[1],
-            params,
-            args,
-            rounded_from=dtype,
-        )
-        truth = differentiate(truth, grads64, variant, "reference", rounded_from=dtype)
+
+        def compute() -> Run:
+            run = _side(
+                audit, variant, drawn, device, torch.float64, masters[1], params, args, dtype
+            )
+            return differentiate(run, grads64, variant, "reference", rounded_from=dtype)
+
+        truth = shared.truth(device, variant, str(dtype).removeprefix("torch."), compute)
     items: list[tuple[str, Comparison]] = []
     for i, name in enumerate(names):
         manual, reference = outs[i].detach(), ref.outputs[i].detach()
