@@ -15,6 +15,7 @@ from gradaudit.types import Batch, DataLoader, Dataset, Forward, ManualGradient,
 if TYPE_CHECKING:
     from gradaudit.corpus import TokenCorpus
     from gradaudit.notebook import check
+    from gradaudit.ops.api import check_op
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "TokenCorpus",
     "__version__",
     "check",
+    "check_op",
     "hookimpl",
 ]
 
@@ -43,4 +45,8 @@ def __getattr__(name: str) -> Any:
         from gradaudit.notebook import check
 
         return check
+    if name == "check_op":
+        from gradaudit.ops.api import check_op
+
+        return check_op
     raise AttributeError(f"module 'gradaudit' has no attribute {name!r}")
