@@ -62,12 +62,12 @@ class Tanh(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
-        return grad * (1 - y * y)
+        return torch.mul(grad, 1 - y * y)
 
 
 class CustomFunctionRegression(Regression):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
-        h = Tanh.apply(x @ self.W1 + self.b1)
+        h: torch.Tensor = Tanh.apply(x @ self.W1 + self.b1)  # type: ignore[no-untyped-call]
         out = h @ self.W2
         return Forward(F.mse_loss(out.squeeze(1), y), {"out": out, "h": h})
 
