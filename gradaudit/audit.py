@@ -21,9 +21,32 @@ PROBE_ROWS = 4  # enough for batch statistics with Bessel's correction (n - 1 > 
 
 
 def why(exc: BaseException) -> str:
-    """`Type: first line` of an exception, for one-line messages."""
+    """`Type: first line` of an exception, for one-line messages, with where it was raised
+    in plugin code (the innermost frame outside gradaudit and torch); GRADAUDIT_DEBUG=1
+    prints the whole traceback to stderr."""
+    import os
+    import traceback
+
     lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if os.environ.get("GRADAUDIT_DEBUG"):
+        traceback.print_exception(exc)
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_OURS)
+    ]
+    if frames:
+        text += f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})"
+    return text
+
+
+def _own_dirs() -> tuple[str, ...]:
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
+    return (here, str(Path(torch.__file__).resolve().parent), "<")
+
+
+_OURS = _own_dirs()
 
 
 def select(names: list[str], globs: list[str], where: str) -> list[str]:

@@ -220,7 +220,18 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
     if summary.ok and summary.passed == 0:
         _echo("gradaudit: no tensor was compared (every case skipped): nothing was proven")
         return EXIT_NOTHING_COMPARED
+    if summary.ok and _all_zero(summary):
+        _echo("gradaudit: every tensor's autograd gradient was zero on every batch: red")
+        return EXIT_CHECK_FAILED
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
+
+
+def _all_zero(summary: RunSummary) -> bool:
+    """A run whose every compared gradient had a zero reference compared nothing real."""
+    compared = [
+        (g, s) for g in summary.groups if g.check == "gradients" for s in g.tensors if s.batches
+    ]
+    return bool(compared) and all(s.tensor in g.zero_reference for g, s in compared)
 
 
 class _Interrupts:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from gradaudit.plan import Plan, PlannedCase
 
 
+ZERO_REFERENCE = "zero reference on every batch: this check proves nothing"
+
+
 @dataclass
 class GroupResult:
     """Every audited tensor on one (device, dtype), over all batches (of this shard)."""
@@ -27,6 +30,12 @@ class GroupResult:
     device_name: str = ""
     done: bool = False  # False while running, and for a group cut short by an interrupt
     check: str = "gradients"  # gradients | repeat | finite_difference
+    # Tensors whose autograd gradient was zero on every batch: their check proves nothing.
+    zero_reference: list[str] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{name}: {ZERO_REFERENCE}" for name in self.zero_reference]
 
     @classmethod
     def planned(cls, case: PlannedCase) -> GroupResult:

@@ -112,6 +112,7 @@ class _Pass:
         self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
         self.events: list[Event] = []
+        self.nonzero: set[str] = set()  # tensors whose autograd gradient was nonzero once
         self.computed: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
         self.truth_model: torch.nn.Module | None = None
         self.setup_error = self._setup()
@@ -163,6 +164,10 @@ class _Pass:
             self.events.clear()
             for group in self.groups.values():
                 group.seconds = time.perf_counter() - start
+        gradients = self.groups.get("gradients", _EMPTY)
+        for summary in gradients.tensors:
+            if summary.batches and summary.tensor in self.all_names - self.nonzero:
+                gradients.zero_reference.append(summary.tensor)
         for group in self.groups.values():
             for summary in group.tensors:
                 summary.seconds = group.seconds / max(len(group.tensors), 1)
@@ -331,6 +336,9 @@ class _Pass:
             if name not in saturated
         ]
         checks = self.compare("gradients", batch, wanted)
+        for name, _, ref, _ in wanted:
+            if name not in self.nonzero and ref.numel() and bool(ref.any()):
+                self.nonzero.add(name)
         step = Step(batch, forward, grads, names, reference, truth, checks)
         if self.mutation is not None:
             self.mutation.batch(step)

@@ -75,7 +75,9 @@ def group_rows(group: GroupResult) -> list[tuple[str, str]]:
         count = f"({len(group.tensors)} {what})"
         cells = (group.device, group.dtype, count, "", "", "", "", "", "", "SKIP")
         return [(_row(cells) + f"  {group.skipped}", "SKIP")]
-    return [tensor_row(group.device, group.dtype, s, group.check) for s in group.tensors]
+    rows = [tensor_row(group.device, group.dtype, s, group.check) for s in group.tensors]
+    warned = [(f"  warning: {group.device}/{group.dtype} {w}", "SKIP") for w in group.warnings]
+    return rows + warned
 
 
 def closing_line(summary: RunSummary, seconds: float) -> str:
@@ -85,6 +87,50 @@ def closing_line(summary: RunSummary, seconds: float) -> str:
         f"{t['passed']} passed, {t['failed']} failed, {t['errors']} errors, "
         f"{t['skipped']} skipped in {seconds:.2f}s"
     )
+
+
+def failure_blocks(summary: RunSummary) -> list[tuple[str, str]]:
+    """A block per failing tensor; tensors that only errored, with the same errors (one crash
+    hits every tensor of a batch), share one block naming them all and the batches hit."""
+    blocks: list[tuple[str, str]] = []
+    shared: dict[tuple[str, ...], tuple[list[str], set[str]]] = {}
+    for group in summary.groups:
+        where = f"{group.device}/{group.dtype}"
+        if group.check != "gradients":
+            where += f" [{group.check.replace('_', ' ')}]"
+        for s in group.tensors:
+            if s.failed_batches or (s.status == "error" and s.worst is not None):
+                title = f"--- {s.status.upper()} {where} {s.tensor}"
+                blocks.append((f"{title}\n{detail(s)}", RESULTS[s.status]))
+            elif s.status == "error":
+                key = (where, str(s.error_count), *(_without_batch(e) for e in s.errors))
+                names, batches = shared.setdefault(key, ([], set()))
+                names.append(s.tensor)
+                batches.update(_batch_of(e) for e in s.errors)
+    for (where, count, *errors), (names, batches) in shared.items():
+        title = f"--- ERROR {where} {_names(names)}"
+        body = "\n".join(f"  {e}" for e in errors)
+        more = (
+            f" ({count} errors each, the first {len(errors)} shown)"
+            if int(count) > len(errors)
+            else ""
+        )
+        blocks.append((f"{title}\nin batch {', '.join(sorted(batches))}{more}:\n{body}", "ERROR"))
+    return blocks
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{len(names)} tensors: {', '.join(names)}"
+
+
+def _batch_of(error: str) -> str:
+    head, sep, _ = error.partition("): ")
+    return head.removeprefix("batch ") + ")" if sep and head.startswith("batch ") else "-"
+
+
+def _without_batch(error: str) -> str:
+    head, sep, rest = error.partition("): ")
+    return rest if sep and head.startswith("batch ") else error
 
 
 class ConsoleReporter:
@@ -175,11 +221,8 @@ class ConsoleReporter:
     def finish(self, summary: RunSummary) -> None:
         self._clear_progress()
         if self.verbosity >= 0:
-            for group in summary.groups:
-                for s in group.tensors:
-                    if s.status in ("fail", "error"):
-                        title = f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}"
-                        self._echo(f"{title}\n{detail(s)}", RESULTS[s.status])
+            for text, result in failure_blocks(summary):
+                self._echo(text, result)
         if summary.stopped:
             self._echo(f"gradaudit: run stopped early: {summary.stopped}", "ERROR")
         seconds = time.perf_counter() - self.start_time

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -113,6 +115,7 @@ def group_record(group: GroupResult) -> dict[str, Any]:
         "device_name": group.device_name,
         "skipped": group.skipped,
         "complete": group.done,
+        "warnings": [clean(w) for w in group.warnings],
         "seconds": round(max(group.seconds, sum(seconds)), 6),
         "tensors": [
             {**s.to_dict(), "seconds": t} for s, t in zip(group.tensors, seconds, strict=True)
@@ -126,18 +129,18 @@ def totals(summary: RunSummary) -> dict[str, int]:
 
 
 class JsonReporter:
-    """Streams case records into a temp file beside the target; renames it at the end."""
+    """Streams case records into an anonymous temp file (the OS removes it whatever happens
+    to the run, SIGKILL included), and copies it beside the target then renames it at the
+    end; meanwhile `checkpoint` keeps a complete "did not finish" document at the target."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.handle: IO[str] | None = None
-        self.tmp = ""
         self.first_case = True
         self.header = ""
 
     def start(self, info: RunInfo) -> None:
-        fd, self.tmp = temp_beside(self.path)
-        self.handle = os.fdopen(fd, "w", encoding="utf-8")
+        self.handle = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - lives until finish
         run = info.metadata() | {"tensors": info.tensors}
         self.header = (
             f'{{"schema": "{SCHEMA}", "schema_version": {SCHEMA_VERSION},\n'
@@ -170,6 +173,15 @@ class JsonReporter:
         if self.handle is None:
             return
         self.handle.write(self.closing(summary))
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        self.handle = None
+        self.handle.seek(0)
+        fd, tmp = temp_beside(self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                shutil.copyfileobj(self.handle, out)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            self.handle.close()
+            self.handle = None
