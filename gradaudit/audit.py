@@ -132,12 +132,24 @@ class Audit:
     def _probe_names(self) -> list[str]:
         """Learn the intermediate names from a forward on the first rows of the first batch
         (a few rows, never the whole, possibly huge, batch)."""
-        plugin = self.loaded.spec.model.plugin
-        first = next(iter(self.batches()), None)
+        plugin, b = self.loaded.spec.model.plugin, self.loaded.spec.batches
+        rows = PROBE_ROWS if b.size is None else min(b.size, PROBE_ROWS)
+        try:
+            first = next(iter(self.dataset.batches(b.split, 1, rows, b.seed)), None)
+        except ValueError as exc:
+            raise DataError(
+                f"{self.loaded.where('batches')}: data plugin '{self.loaded.spec.data.plugin}': "
+                f"{exc}"
+            ) from None
         if first is None:
             raise DataError(f"{self.loaded.where('batches')}: the data plugin gave no batches")
         probe = first.head(PROBE_ROWS)
         self.probe_rows = probe.rows
+        size = "all" if b.size is None else str(b.size)
+        self.inputs = [  # one batch's tensors, for reports: "inputs 32x8"
+            f"{n} {'x'.join([size, *map(str, t.shape[1:])]) if t.dim() else 'scalar'}"
+            for n, t in probe.tensors.items()
+        ]
         try:
             forward = self.master(**probe.tensors)
         except Exception as exc:

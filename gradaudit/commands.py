@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
-from gradaudit.guards import Interrupted
+from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, Interrupted, UsageError
 from gradaudit.spec import LoadedSpec, load_spec
 from gradaudit.write import check_writable
 
@@ -294,7 +293,7 @@ def list_plugins(spec_path: str | None, as_json: bool = False) -> int:
         loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd(), loaded
     )
     keys = ("name", "kind", "plugin", "version", "source")
-    rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all()]
+    rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all(builtin=True)]
     rows.sort(key=lambda row: (row[1], row[0]))
     if as_json:
         _echo(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))

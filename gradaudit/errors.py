@@ -30,5 +30,13 @@ class OutputError(GradauditError):
     """A report path cannot be written."""
 
 
+class CaseTimeout(BaseException):  # not an Exception: plugin error handlers must not eat it
+    """A case ran past --timeout."""
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGTERM handler (a cancelled CI job), like KeyboardInterrupt for SIGINT."""
+
+
 class UsageError(GradauditError):
     """Command-line arguments that cannot work (bad --shard, a required device is absent)."""

@@ -11,16 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gradaudit.errors import CaseTimeout, Interrupted
 from gradaudit.types import Forward
 
-
-class CaseTimeout(BaseException):  # not an Exception: plugin error handlers must not eat it
-    """A case ran past --timeout."""
-
-
-class Interrupted(BaseException):
-    """Raised from the SIGTERM handler (a cancelled CI job), like KeyboardInterrupt for SIGINT."""
-
+__all__ = ["OURS", "CaseTimeout", "Interrupted", "deadline"]
 
 # gradaudit's own signals and time limits pass through plugin guards; everything else a
 # plugin raises (SystemExit, pytest's Skipped, GeneratorExit ...) is an error of its case.

@@ -62,6 +62,7 @@ class Plan:
     shard: Shard | None = None
     batches: tuple[int, ...] | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    inputs: tuple[str, ...] = ()  # each batch tensor with its shape, e.g. "inputs 32x8"
 
     @property
     def checks(self) -> int:
@@ -130,7 +131,15 @@ def make_plan(
                     cases.append(case if case.skip or not skip else _skipped(case, skip))
     warnings = tuple(audit_warnings(audit))
     return Plan(
-        spec.name, str(loaded.path), loaded.sha256, tuple(cases), names, shard, batches, warnings
+        spec.name,
+        str(loaded.path),
+        loaded.sha256,
+        tuple(cases),
+        names,
+        shard,
+        batches,
+        warnings,
+        tuple(audit.inputs),
     )
 
 

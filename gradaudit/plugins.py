@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gradaudit.spec import LoadedSpec
 
 ENTRY_POINT_GROUP = "gradaudit"
+BUILTIN = "gradaudit.builtin"
 ALLOW_ENV = "GRADAUDIT_PLUGINS"  # comma-separated entry-point names; empty loads none
 TRACE_ENV = "GRADAUDIT_TRACE_HOOKS"
 KINDS = ("model", "gradients", "data", "check", "reporter")
@@ -73,8 +74,15 @@ class Registry:
         """Everything registered of one kind, in registration order."""
         return {name: reg.obj for name, reg in self.entries[kind].items()}
 
-    def all(self) -> list[Registration]:
-        return [reg for kind in KINDS for reg in self.entries[kind].values()]
+    def all(self, builtin: bool = False) -> list[Registration]:
+        """What the plugins registered; gradaudit's own check kinds and reporters too
+        when `builtin` (they register through the same hooks)."""
+        return [
+            reg
+            for kind in KINDS
+            for reg in self.entries[kind].values()
+            if builtin or reg.plugin != BUILTIN
+        ]
 
 
 def _allowed(name: str) -> bool:
@@ -118,8 +126,8 @@ def plugin_manager(
     sources: dict[str, tuple[str, str]] = {}
     from gradaudit import builtin
 
-    _register(pm, builtin, "gradaudit.builtin")
-    sources["gradaudit.builtin"] = ("built in (gradaudit.builtin)", _version())
+    _register(pm, builtin, BUILTIN)
+    sources[BUILTIN] = ("built in (gradaudit.builtin)", _version())
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if not _allowed(ep.name) or pm.has_plugin(ep.name):
@@ -154,7 +162,7 @@ def plugin_manager(
     except pluggy.PluginValidationError as exc:
         raise PluginError(_one_line(str(exc))) from None
 
-    registry = Registry(plugins=[(name, *sources[name]) for name in sources])
+    registry = Registry(plugins=[(name, *sources[name]) for name in sources if name != BUILTIN])
     for kind, hook_name in HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             source, version = sources.get(impl.plugin_name, ("?", "?"))

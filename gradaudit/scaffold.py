@@ -143,8 +143,8 @@ SPEC = """\
 name: $name
 model: {plugin: $name, options: {n_embd: 16}}
 gradients: {plugin: $name-manual}
-data: {plugin: text, options: {source: builtin}}
-batches: {split: train, count: 4, size: 16, block_size: 8, seed: 0}
+data: {plugin: text, options: {source: builtin, block_size: 8}}
+batches: {split: train, count: 4, size: 16, seed: 0}
 devices: [cpu, cuda]
 dtypes: [float32, float64]
 tensors: ["*"]

@@ -430,6 +430,8 @@ def _parse(text: str, where: str, sets: tuple[str, ...] = ()) -> tuple[Spec, dic
 def load_spec(path: str | Path, sets: tuple[str, ...] = ()) -> LoadedSpec:
     """Read and validate a spec file, with `--set key.path=value` overrides applied."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path}: cannot read spec: Is a directory")
     if path.exists() and not path.is_file():  # a FIFO or device would block the read
         raise SpecError(f"{path}: not a regular file")
     try:

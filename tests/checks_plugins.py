@@ -56,7 +56,10 @@ def noisy_bptt(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[str,
 
 @hookimpl
 def register_models(register: Callable[[str, Any], None]) -> None:
-    register("charrnn-badtanh", lambda vocab_size, **options: BadTanhRNN(vocab_size, **options))
+    register(
+        "charrnn-badtanh",
+        lambda vocab_size, block_size, **options: BadTanhRNN(vocab_size, **options),
+    )
 
 
 @hookimpl

@@ -112,7 +112,10 @@ def numpy_bptt(hidden_size: int = 16, recurrent: bool = True) -> Any:
 
 @hookimpl
 def register_models(register: Callable[[str, Any], None]) -> None:
-    register("minchar-rnn", lambda vocab_size, hidden_size=16: MinCharRNN(vocab_size, hidden_size))
+    register(
+        "minchar-rnn",
+        lambda vocab_size, block_size, hidden_size=16: MinCharRNN(vocab_size, hidden_size),
+    )
 
 
 @hookimpl

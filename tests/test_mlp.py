@@ -335,7 +335,7 @@ def test_shipped_spec_passes_end_to_end(tmp_path: Path, run_cli: CliRun) -> None
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "model mlp-batchnorm, gradients mlp-batchnorm-manual, 19 tensors" in proc.stdout
-    assert "8 batches of 32x3 (train, seed 42)" in proc.stdout
+    assert "8 batches of inputs 32x3, targets 32x3 (train, seed 42)" in proc.stdout
     results = junit_results(junit, "mlp-batchnorm")
     assert list(results) == [
         f"mlp-batchnorm[{device},{dtype}]" for device in ("cpu", "cuda") for dtype in DTYPES

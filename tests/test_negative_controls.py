@@ -232,7 +232,7 @@ def test_over_t_is_not_caught_at_batch_size_one(
     """1/T == 1/(B*T) when B == 1: an audit needs B > 1 to catch this (see the B > 1 run)."""
     proc, junit = cli_runs["bptt-over-T@B1"]
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "batches of 1x5" in proc.stdout
+    assert "batches of inputs 1x5" in proc.stdout
     for cases in junit_results(junit).values():
         assert set(cases.values()) == {"pass"}
     assert cli_runs["bptt-over-T"][0].returncode == 1

@@ -164,7 +164,8 @@ class ConsoleReporter:
         spec = info.loaded.spec
         b = spec.batches
         count = b.count if b.count is not None else "all"
-        shape = f"{count} batches of {b.size or 'all'} rows"
+        tensors = ", ".join(info.plan.inputs) if info.plan else f"{b.size or 'all'} rows"
+        shape = f"{count} batches of {tensors}"
         shard = f", shard {info.shard}" if info.shard else ""
         if info.plan is not None and info.plan.batches is not None:
             runnable = info.plan.runnable

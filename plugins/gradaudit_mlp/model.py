@@ -97,6 +97,8 @@ class MLPBatchNorm(nn.Module):
 def build_mlp_batchnorm(vocab_size: int, block_size: int = 3, **options: int) -> MLPBatchNorm:
     """Model factory: options n_embd (10) and n_hidden (64), positive ints; the vocabulary
     size and window length come from the text data."""
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     allowed = {"n_embd", "n_hidden"}
     unknown = set(options) - allowed
     if unknown:
