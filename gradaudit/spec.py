@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from gradaudit.distributed.config import Distributed
 from gradaudit.errors import SpecError
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake
@@ -131,6 +132,7 @@ class Spec(_Strict):
     tensors: list[Glob] = Field(default_factory=lambda: ["*"], min_length=1)
     tolerance: Tolerance = Field(default_factory=Tolerance)
     checks: Checks = Field(default_factory=Checks)
+    distributed: Distributed | None = None
 
     @field_validator("devices", "dtypes")
     @classmethod

@@ -1,0 +1,407 @@
+"""Launching a distributed audit with torchrun, watching its ranks, folding their events.
+
+Everything that can be checked before a rank starts is checked in `DistributedRun(...)`
+(exit 2 on a bad spec, backend, device count, port or layout). `run()` starts
+`python -m torch.distributed.run` in its own session, reads each rank's event file as it
+grows, and stops the launcher (SIGTERM: torchrun stops its ranks; then SIGKILL) when a rank
+is silent past the timeout. Every planned (device, dtype, rank) group comes back, finished
+or carrying an error that says why it did not: a report never looks complete when it isn't.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradaudit.compare import Check, TensorSummary, Tol, tolerance_for
+from gradaudit.distributed.layout import Replicated
+from gradaudit.distributed.setup import DistSetup
+from gradaudit.errors import SpecError, UsageError
+from gradaudit.report.jsonfile import unfinite
+from gradaudit.results import CaseListener, CaseResult, GroupResult
+from gradaudit.spec import LoadedSpec
+
+STARTUP_TIMEOUT = 120.0  # seconds from launch until every rank runs its first case
+GRACE = 15.0  # seconds torchrun gets to stop its ranks before everything is SIGKILLed
+POLL = 0.05
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _check_machine(loaded: LoadedSpec, devices: list[str]) -> dict[str, str]:
+    """Exit-2 problems of backend, devices and port; returns the devices to skip (absent)."""
+    import torch
+    import torch.distributed as dist
+
+    cfg = loaded.spec.distributed
+    assert cfg is not None
+    where = f"{loaded.path}:{loaded.line_of('distributed')}"
+    if not dist.is_available():
+        raise UsageError(f"{where}: this torch build has no torch.distributed")
+    for device in devices:
+        if device not in ("cpu", "cuda"):
+            raise SpecError(
+                f"{where}: devices: '{device}': distributed audits run on cpu or cuda "
+                "(rank r uses cuda:r)"
+            )
+    if cfg.backend == "nccl":
+        if not dist.is_nccl_available() or not torch.cuda.is_available():
+            raise UsageError(f"{where}: backend nccl needs CUDA GPUs; this machine has none")
+        if "cpu" in devices:
+            raise SpecError(f"{where}: backend nccl cannot audit the cpu device: use gloo")
+    elif not dist.is_gloo_available():
+        raise UsageError(f"{where}: this torch build has no gloo backend")
+    skipped = {}
+    cores = os.cpu_count() or 1
+    if "cpu" in devices and cfg.world_size > cores:
+        raise UsageError(
+            f"{where}: world_size {cfg.world_size}: this machine has {cores} CPU cores, "
+            "one per cpu rank"
+        )
+    if "cuda" in devices:
+        if not torch.cuda.is_available():
+            skipped["cuda"] = "cuda is not available on this machine"
+        elif cfg.world_size > torch.cuda.device_count():
+            raise UsageError(
+                f"{where}: world_size {cfg.world_size}: this machine has "
+                f"{torch.cuda.device_count()} CUDA devices, one per rank"
+            )
+    if cfg.port is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", cfg.port))
+            except OSError:
+                raise UsageError(
+                    f"{where}: port {cfg.port} is already in use: free it, or drop `port` "
+                    "to let torchrun pick a free one"
+                ) from None
+    return skipped
+
+
+@dataclass
+class _Rank:
+    pid: int | None = None
+    where: tuple[str, str] | None = None  # the (device, dtype) in progress
+    batch: int | None = None
+    seen: float = 0.0  # monotonic time of its last event
+    done: set[tuple[str, str]] = field(default_factory=set)
+    abort: tuple[float, str] | None = None
+    finished: bool = False
+
+
+class DistributedRun:
+    """A checked distributed audit, ready to launch; `groups` holds every planned group."""
+
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        devices: list[str] | None = None,
+        dtypes: list[str] | None = None,
+        timeout: float | None = None,
+        on_case: CaseListener | None = None,
+        workdir: str | Path | None = None,
+    ) -> None:
+        spec = loaded.spec
+        if spec.distributed is None:
+            raise SpecError(f"{loaded.path}: not a distributed spec (no `distributed:` section)")
+        self.loaded, self.cfg = loaded, spec.distributed
+        self.devices = list(devices or spec.devices)
+        self.dtypes = list(dtypes or spec.dtypes)
+        self.timeout, self.on_case, self.workdir = timeout, on_case, workdir
+        self.startup_timeout = STARTUP_TIMEOUT
+        self.skipped = _check_machine(loaded, self.devices)
+        self.setup = DistSetup.load(loaded, self.cfg.world_size)
+        self.tensor_names = self.setup.audited
+        self.groups = self._plan()
+        self.log_tail = ""
+
+    def _plan(self) -> list[GroupResult]:
+        setup, world = self.setup, self.cfg.world_size
+        replicated = [n for n in setup.audited if isinstance(setup.layout[n], Replicated)]
+        groups = []
+        for device in self.devices:
+            for dtype in self.dtypes:
+                tols = {n: tolerance_for(self.loaded.spec.tolerance, n, device, dtype) for n in setup.audited}
+                for rank in range(world):
+                    summaries = [TensorSummary(n, tols[n]) for n in setup.audited]
+                    groups.append(GroupResult(device, dtype, summaries, check=f"rank{rank}"))
+                for rank in range(1, world) if replicated else ():
+                    summaries = [TensorSummary(n, self._replica_tol(tols[n])) for n in replicated]
+                    groups.append(GroupResult(device, dtype, summaries, check=f"rank{rank}.replicas"))
+        for group in groups:
+            reason = self.skipped.get(group.device)
+            if reason:
+                group.skipped, group.done = reason, True
+                for summary in group.tensors:
+                    summary.skipped = reason
+        return groups
+
+    def _replica_tol(self, tol: Tol) -> Tol:
+        return Tol("exact") if self.cfg.replicas == "exact" else Tol("allclose", tol.rtol, tol.atol)
+
+    def run(self) -> list[GroupResult]:
+        """Launch, watch, fold. On KeyboardInterrupt the ranks are stopped, `groups` says so,
+        and the interrupt propagates."""
+        devices = [d for d in self.devices if d not in self.skipped]
+        if not devices:
+            return self.groups
+        run_dir = Path(tempfile.mkdtemp(prefix="gradaudit-dist-", dir=self.workdir))
+        self.ranks = {r: _Rank(seen=time.monotonic()) for r in range(self.cfg.world_size)}
+        self.offsets = dict.fromkeys(self.ranks, 0)
+        self.by_key = {(g.device, g.dtype, g.check): g for g in self.groups}
+        job = {
+            "spec": str(self.loaded.path.resolve()),
+            "sha256": self.loaded.sha256,
+            "devices": devices,
+            "dtypes": self.dtypes,
+            "backend": self.cfg.backend,
+            "timeout": self.timeout,
+            "replicas": self.cfg.replicas,
+        }
+        (run_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        reason: str | None = None
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with open(run_dir / "launcher.log", "wb") as log:
+                proc = subprocess.Popen(
+                    self._command(run_dir),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=_environment(),
+                    start_new_session=True,
+                )
+                reason = self._watch(proc, run_dir)
+        except BaseException:
+            reason = "interrupted"
+            raise
+        finally:
+            if proc is not None:
+                _stop(proc, [r.pid for r in self.ranks.values() if r.pid], run_dir)
+            self._read(run_dir)
+            self.log_tail = _tail(run_dir / "launcher.log")
+            code = proc.returncode if proc is not None else None
+            self._finish(reason or self._why_stopped(code))
+            if not os.environ.get("GRADAUDIT_DEBUG"):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        return self.groups
+
+    def _command(self, run_dir: Path) -> list[str]:
+        world = str(self.cfg.world_size)
+        if self.cfg.port is None:
+            rendezvous = ["--standalone"]
+        else:
+            endpoint = f"127.0.0.1:{self.cfg.port}"
+            rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint]
+            rendezvous += ["--rdzv-id", run_dir.name]
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc-per-node", world, "--max-restarts", "0", "--monitor-interval", "0.1",
+            *rendezvous, "-m", "gradaudit.distributed.worker", str(run_dir),
+        ]  # fmt: skip
+
+    def _watch(self, proc: subprocess.Popen[bytes], run_dir: Path) -> str | None:
+        """Until torchrun exits (None) or a rank is silent too long (the reason)."""
+        started = time.monotonic()
+        while proc.poll() is None:
+            self._read(run_dir)
+            now = time.monotonic()
+            waiting = [r for r, s in self.ranks.items() if s.where is None and not s.finished]
+            if waiting and now - started > self.startup_timeout:
+                who = ", ".join(map(str, waiting))
+                return f"rank(s) {who} did not start within {self.startup_timeout:g}s"
+            silent = [
+                r
+                for r, s in self.ranks.items()
+                if self.timeout and s.where and not s.finished and now - s.seen > self.timeout
+            ]
+            if silent:
+                first = self.ranks[silent[0]]
+                assert first.where is not None
+                where = f"{'/'.join(first.where)} batch {first.batch}"
+                return (
+                    f"timed out: rank(s) {', '.join(map(str, silent))} reported nothing for "
+                    f"{self.timeout:g}s (--timeout) during {where}"
+                )
+            time.sleep(POLL)
+        return None
+
+    def _read(self, run_dir: Path) -> None:
+        """Fold the complete new lines of every rank's event file."""
+        for rank, state in self.ranks.items():
+            path = run_dir / f"rank{rank}.jsonl"
+            if not path.exists():
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(self.offsets[rank])
+                data = handle.read()
+            end = data.rfind(b"\n") + 1
+            self.offsets[rank] += end
+            for line in data[:end].splitlines():
+                state.seen = time.monotonic()
+                self._event(rank, state, unfinite(json.loads(line)))
+
+    def _event(self, rank: int, state: _Rank, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "ready":
+            state.pid = int(event["pid"])
+        elif kind == "start":
+            state.where, state.batch = (event["device"], event["dtype"]), None
+            for suffix in ("", ".replicas"):
+                group = self.by_key.get((event["device"], event["dtype"], f"rank{rank}{suffix}"))
+                if group is not None:
+                    group.device_name = str(event.get("device_name", event["device"]))
+        elif kind == "batch":
+            state.batch = int(event["batch"])
+        elif kind == "case":
+            self._case(event)
+        elif kind == "done":
+            where = (event["device"], event["dtype"])
+            state.done.add(where)
+            for suffix in ("", ".replicas"):
+                group = self.by_key.get((*where, f"rank{rank}{suffix}"))
+                if group is not None:
+                    group.seconds, group.done = float(event["seconds"]), True
+                    for summary in group.tensors:
+                        summary.seconds = group.seconds / max(len(group.tensors), 1)
+        elif kind == "abort":
+            state.abort = (float(event["t"]), str(event["message"]))
+        elif kind == "finished":
+            state.finished = True
+
+    def _case(self, event: dict[str, Any]) -> None:
+        group = self.by_key[(event["device"], event["dtype"], event["kind"])]
+        name = event["tensor"]
+        summary = next((s for s in group.tensors if s.tensor == name), None)
+        if summary is None:  # a gradient for a tensor the model lacks: an error case of its own
+            summary = TensorSummary(name, Tol("allclose"))
+            group.tensors.append(summary)
+        check = None
+        if "error" in event:
+            summary.add_error(event["error"])
+        else:
+            fields = dict(event["check"])
+            fields["worst_index"] = tuple(fields["worst_index"])
+            check = Check(**fields)
+            summary.add(check, int(event["batch"]), int(event["seed"]))
+        if self.on_case is not None:
+            self.on_case(
+                CaseResult(
+                    group.device, group.dtype, name, int(event["batch"]), int(event["seed"]),
+                    check=check, error=event.get("error"), tol=summary.tol, kind=group.check,
+                )
+            )  # fmt: skip
+
+    def _why_stopped(self, code: int | None) -> str | None:
+        """None when every rank finished; otherwise which rank failed and how."""
+        if all(s.finished for s in self.ranks.values()):
+            return None
+        aborted = sorted((s.abort for s in self.ranks.values() if s.abort), key=lambda a: a[0])
+        if aborted:
+            return aborted[0][1]
+        match = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", self.log_tail, re.S)
+        if match:
+            rank, exit_code = int(match[1]), int(match[2])
+            state = self.ranks.get(rank, _Rank())
+            how = f"killed by {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit code {exit_code}"
+            where = f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
+            return f"rank {rank} died ({how}){where}"
+        last = _one_line(self.log_tail.strip().splitlines()[-1]) if self.log_tail.strip() else ""
+        return f"the launcher exited with code {code} before every rank finished: {last[:300]}"
+
+    def _finish(self, reason: str | None) -> None:
+        """Give every group that did not finish an error saying why (the report stays complete)."""
+        for group in self.groups:
+            if group.done:
+                continue
+            rank = int(group.check.removeprefix("rank").split(".")[0])
+            state = self.ranks[rank]
+            where = (group.device, group.dtype)
+            if where in state.done:
+                continue
+            why = reason or f"rank {rank} never ran {'/'.join(where)}"
+            if state.where == where:
+                at = f"batch {state.batch}" if state.batch is not None else "its set-up"
+                message = f"stopped during {at}: {why}"
+            else:
+                message = f"not run: {why}"
+            for summary in group.tensors:
+                summary.add_error(message)
+
+
+def run_distributed(
+    loaded: LoadedSpec,
+    devices: list[str] | None = None,
+    dtypes: list[str] | None = None,
+    timeout: float | None = None,
+    on_case: CaseListener | None = None,
+) -> list[GroupResult]:
+    """Check (exit-2 errors before any rank starts), launch, and return every planned group."""
+    return DistributedRun(loaded, devices, dtypes, timeout, on_case).run()
+
+
+def _environment() -> dict[str, str]:
+    """The ranks import this gradaudit, one torch thread each unless the caller chose."""
+    import gradaudit
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    root = str(Path(gradaudit.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _stop(proc: subprocess.Popen[bytes], pids: list[int], run_dir: Path) -> None:
+    """torchrun stops its ranks on SIGTERM; SIGKILL whatever is left, ranks included."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(GRACE)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in pids:
+        _kill_rank(pid, run_dir)
+
+
+def _kill_rank(pid: int, run_dir: Path) -> None:
+    """SIGKILL a rank that outlived torchrun (checked by its command line: pids get reused)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        if str(run_dir).encode() not in (proc / "cmdline").read_bytes():
+            return
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        return
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            if (proc / "stat").read_text().split(") ")[1].startswith("Z"):
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(POLL)
+
+
+def _tail(path: Path, limit: int = 20_000) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
