@@ -98,7 +98,7 @@ class _Rank:
     batch: int | None = None
     seen: float = 0.0  # monotonic time of its last event
     done: set[tuple[str, str]] = field(default_factory=set)
-    abort: tuple[float, str] | None = None
+    abort: tuple[float, str, bool] | None = None  # time, message, caused by a lost peer
     finished: bool = False
 
 
@@ -278,7 +278,7 @@ class DistributedRun:
                     for summary in group.tensors:
                         summary.seconds = group.seconds / max(len(group.tensors), 1)
         elif kind == "abort":
-            state.abort = (float(event["t"]), str(event["message"]))
+            state.abort = (float(event["t"]), str(event["message"]), bool(event.get("peer")))
         elif kind == "finished":
             state.finished = True
 
@@ -309,16 +309,20 @@ class DistributedRun:
         """None when every rank finished; otherwise which rank failed and how."""
         if all(s.finished for s in self.ranks.values()):
             return None
-        aborted = sorted((s.abort for s in self.ranks.values() if s.abort), key=lambda a: a[0])
-        if aborted:
-            return aborted[0][1]
-        match = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", self.log_tail, re.S)
-        if match:
-            rank, exit_code = int(match[1]), int(match[2])
+        aborts = sorted(s.abort for s in self.ranks.values() if s.abort)
+        own = [message for _, message, peer in aborts if not peer]
+        if own:  # a plugin raised on that rank; the others' collectives failed after it
+            return own[0]
+        for rank, exit_code in _failures(self.log_tail):
             state = self.ranks.get(rank, _Rank())
-            how = f"killed by {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit code {exit_code}"
-            where = f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
-            return f"rank {rank} died ({how}){where}"
+            if state.abort is None and exit_code != -signal.SIGTERM:  # not torchrun's stop
+                how = f"exit code {exit_code}"
+                if exit_code < 0:
+                    how = f"killed by {signal.Signals(-exit_code).name}"
+                where = f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
+                return f"rank {rank} died ({how}){where}"
+        if aborts:
+            return aborts[0][1]
         last = _one_line(self.log_tail.strip().splitlines()[-1]) if self.log_tail.strip() else ""
         return f"the launcher exited with code {code} before every rank finished: {last[:300]}"
 
@@ -396,6 +400,15 @@ def _kill_rank(pid: int, run_dir: Path) -> None:
         except (OSError, IndexError):
             return
         time.sleep(POLL)
+
+
+def _failures(log: str) -> list[tuple[int, int]]:
+    """(rank, exit code) of each failed rank in torchrun's failure report, root cause first."""
+    pattern = r"rank\s*:\s*(\d+)\s*\(local_rank[^\n]*\n\s*exitcode\s*:\s*(-?\d+)"
+    found = [(int(m[1]), int(m[2])) for m in re.finditer(pattern, log)]
+    root = log.rfind("Root Cause")
+    first = [(int(m[1]), int(m[2])) for m in re.finditer(pattern, log[root:])] if root >= 0 else []
+    return first[:1] + [f for f in found if f not in first[:1]]
 
 
 def _tail(path: Path, limit: int = 20_000) -> str:

@@ -49,6 +49,10 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
+# A collective that fails because another rank is gone: a consequence, not the cause.
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
 class PluginRaised(Exception):
     """A plugin raised on this rank; the message says which and where."""
 
@@ -74,7 +78,9 @@ def main() -> None:
         _run(job, rank, world, local, events)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, PluginRaised) else _why(exc)
-        events.emit("abort", message=f"rank {rank}: {message}", **events.where)
+        cause = exc.__context__ if isinstance(exc, PluginRaised) else exc
+        peer = any(sign in str(cause) for sign in PEER_LOST) or isinstance(cause, dist.DistError)
+        events.emit("abort", message=f"rank {rank}: {message}", peer=peer, **events.where)
         events.handle.close()
         os._exit(1)
     events.emit("finished")
@@ -165,7 +171,7 @@ class _Case:
             return call()
         except Exception as exc:
             where = f"{self.device}/{self.dtype} batch {self.events.where.get('batch')}"
-            raise PluginRaised(f"{what} raised {_why(exc)} ({where})") from None
+            raise PluginRaised(f"{what} raised {_why(exc)[:300]} ({where})") from exc
 
     def _batch(self, index: int) -> None:
         tensors, seed = draw_inputs(self.setup.loaded, index)
