@@ -23,7 +23,9 @@ def _rank(model: torch.nn.Module) -> int:
     return int(getattr(model, "rank", 0) or 0)
 
 
-def drift(model: torch.nn.Module, batch: Any, forward: Forward, **options: Any) -> Mapping[str, torch.Tensor]:
+def drift(
+    model: torch.nn.Module, batch: Any, forward: Forward, **options: Any
+) -> Mapping[str, torch.Tensor]:
     """Correct, except rank 1's b2 gradient moves by 1e-12 relative: within every tolerance
     against autograd, but no longer bitwise rank 0's."""
     grads = dict(tp_mlp_backward(model, batch, forward))
@@ -33,7 +35,9 @@ def drift(model: torch.nn.Module, batch: Any, forward: Forward, **options: Any) 
 
 
 def _on_rank1_batch1(action: Callable[[], None]) -> Callable[..., Mapping[str, torch.Tensor]]:
-    def gradient(model: torch.nn.Module, batch: Any, forward: Forward, **options: Any) -> Mapping[str, torch.Tensor]:
+    def gradient(
+        model: torch.nn.Module, batch: Any, forward: Forward, **options: Any
+    ) -> Mapping[str, torch.Tensor]:
         if _rank(model) == 1 and batch.index == 1:
             action()
         return tp_mlp_backward(model, batch, forward)

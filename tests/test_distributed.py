@@ -36,12 +36,14 @@ def tp_spec(tmp_path: Path, **overrides: Any) -> Path:
     return path
 
 
-def run_dist(tmp_path: Path, spec: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_dist(
+    tmp_path: Path, spec: Path, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """`python -m gradaudit.distributed SPEC` with reports in tmp_path; its run dir under
     tmp_path too (TMPDIR), so that leftover processes can be found by their command line."""
+    reports = ["--junit-xml", str(tmp_path / "report.xml"), "--json", str(tmp_path / "report.json")]
     return subprocess.run(
-        [sys.executable, "-m", "gradaudit.distributed", str(spec),
-         "--junit-xml", str(tmp_path / "report.xml"), "--json", str(tmp_path / "report.json"), *args],
+        [sys.executable, "-m", "gradaudit.distributed", str(spec), *reports, *args],
         cwd=REPO, env=cli_env({"TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}),
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
@@ -54,9 +56,9 @@ def leftovers(tmp_path: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            if str(tmp_path).encode() in (entry / "cmdline").read_bytes():
-                if not (entry / "stat").read_text().split(") ")[1].startswith("Z"):
-                    found.append(int(entry.name))
+            mine = str(tmp_path).encode() in (entry / "cmdline").read_bytes()
+            if mine and not (entry / "stat").read_text().split(") ")[1].startswith("Z"):
+                found.append(int(entry.name))
         except (OSError, IndexError):
             continue
     return found
@@ -75,7 +77,11 @@ def outcomes(tmp_path: Path) -> dict[tuple[str, str, str], str]:
 
 def bad(status: dict[tuple[str, str, str], str]) -> set[tuple[str, str]]:
     """(group, tensor) of every failure or error; group is `rank1`, `rank1.replicas`, ..."""
-    return {(name.split(",")[-1].rstrip("]"), tensor) for (name, _, tensor), s in status.items() if s != "pass"}
+    return {
+        (name.split(",")[-1].rstrip("]"), tensor)
+        for (name, _, tensor), s in status.items()
+        if s != "pass"
+    }
 
 
 def test_green_in_float64_and_float32_one_report_for_all_ranks(tmp_path: Path) -> None:
@@ -142,20 +148,33 @@ def test_replicated_drift_within_tolerance_is_caught_only_by_the_replica_check(
     assert bad(outcomes(tmp_path)) == ({("rank1.replicas", "b2")} if code else set())
 
 
-def _assert_stopped_red(tmp_path: Path, result: subprocess.CompletedProcess[str], says: str) -> None:
+def _assert_stopped_red(
+    tmp_path: Path, result: subprocess.CompletedProcess[str], says: str
+) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     status = outcomes(tmp_path)
     suites = {name for name, _, _ in status}
     assert suites == {f"tp-mlp[cpu,{d},{g}]" for d in ("float64", "float32") for g in RANK_GROUPS}
     assert len(status) == 2 * 25  # every planned tensor of every rank is in the report
-    errors = [c for s in JUnitXml.fromfile(str(tmp_path / "report.xml")) for c in s if any(isinstance(r, Error) for r in c.result)]
-    assert errors and all(says in (c.result[0].message or "") + (c.result[0].text or "") for c in errors)
+    errors = [
+        c
+        for s in JUnitXml.fromfile(str(tmp_path / "report.xml"))
+        for c in s
+        if any(isinstance(r, Error) for r in c.result)
+    ]
+    assert errors and all(
+        says in (c.result[0].message or "") + (c.result[0].text or "") for c in errors
+    )
     data = yaml.safe_load((tmp_path / "report.json").read_text())
-    assert data["totals"]["errors"] == len(errors) and not all(g["complete"] for g in data["groups"])
+    assert data["totals"]["errors"] == len(errors) and not all(
+        g["complete"] for g in data["groups"]
+    )
     assert not leftovers(tmp_path)
 
 
-def test_a_rank_killed_mid_run_gives_a_red_complete_report_and_no_process_left(tmp_path: Path) -> None:
+def test_a_rank_killed_mid_run_gives_a_red_complete_report_and_no_process_left(
+    tmp_path: Path,
+) -> None:
     result = run_dist(tmp_path, tp_spec(tmp_path, gradients={"plugin": "tp-test-die"}))
     _assert_stopped_red(tmp_path, result, "rank 1 died (killed by SIGKILL)")
 
@@ -163,7 +182,9 @@ def test_a_rank_killed_mid_run_gives_a_red_complete_report_and_no_process_left(t
 @pytest.mark.slow
 def test_a_rank_that_raises_names_itself_and_stops_the_run(tmp_path: Path) -> None:
     result = run_dist(tmp_path, tp_spec(tmp_path, gradients={"plugin": "tp-test-raise"}))
-    _assert_stopped_red(tmp_path, result, "rank 1: gradients 'tp-test-raise' raised ValueError: boom")
+    _assert_stopped_red(
+        tmp_path, result, "rank 1: gradients 'tp-test-raise' raised ValueError: boom"
+    )
 
 
 @pytest.mark.slow
@@ -204,7 +225,9 @@ def test_nccl_without_gpus_is_refused(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert "backend nccl needs CUDA GPUs" in _refused(tmp_path, distributed={"backend": "nccl"}, devices=["cuda"])
+    assert "backend nccl needs CUDA GPUs" in _refused(
+        tmp_path, distributed={"backend": "nccl"}, devices=["cuda"]
+    )
 
 
 @pytest.mark.usefixtures("no_launch")

@@ -1,4 +1,4 @@
-"""`python -m gradaudit.distributed SPEC`: a distributed audit with the usual reports and exit codes.
+"""`python -m gradaudit.distributed SPEC`: a distributed audit, the usual reports and exit codes.
 
 This is what `gradaudit run` does for a spec with a `distributed:` section (see
 docs/distributed.md, "Wiring"); it stands alone until the core dispatches to it.
@@ -43,7 +43,11 @@ def run_spec(
     for path in (junit_xml, json_path):
         if path:
             check_writable(path)
-    for option, chosen, allowed in (("--device", devices, loaded.spec.devices), ("--dtype", dtypes, loaded.spec.dtypes)):  # fmt: skip
+    spec = loaded.spec
+    for option, chosen, allowed in (
+        ("--device", devices, spec.devices),
+        ("--dtype", dtypes, spec.dtypes),
+    ):
         unknown = [c for c in chosen or [] if c not in allowed]
         if unknown:
             raise UsageError(f"{option} {unknown[0]}: not in the spec's list {list(allowed)}")
@@ -70,7 +74,7 @@ def run_spec(
             reporter.case(result)
 
     keep = [d for d in loaded.spec.devices if not devices or d in devices]
-    wanted = [d for d in loaded.spec.dtypes if not dtypes or d in dtypes]
+    wanted: list[str] = [d for d in loaded.spec.dtypes if not dtypes or d in dtypes]
     run = DistributedRun(loaded, keep, wanted, timeout, on_case)
     versions = {
         "gradaudit_version": gradaudit.__version__,

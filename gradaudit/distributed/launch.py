@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,69 +24,18 @@ from typing import Any
 
 from gradaudit.compare import Check, TensorSummary, Tol, tolerance_for
 from gradaudit.distributed.layout import Replicated
+from gradaudit.distributed.processes import POLL, check_machine, environment, failures, stop, tail
 from gradaudit.distributed.setup import DistSetup
-from gradaudit.errors import SpecError, UsageError
+from gradaudit.errors import SpecError
 from gradaudit.report.jsonfile import unfinite
 from gradaudit.results import CaseListener, CaseResult, GroupResult
 from gradaudit.spec import LoadedSpec
 
 STARTUP_TIMEOUT = 120.0  # seconds from launch until every rank runs its first case
-GRACE = 15.0  # seconds torchrun gets to stop its ranks before everything is SIGKILLed
-POLL = 0.05
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _check_machine(loaded: LoadedSpec, devices: list[str]) -> dict[str, str]:
-    """Exit-2 problems of backend, devices and port; returns the devices to skip (absent)."""
-    import torch
-    import torch.distributed as dist
-
-    cfg = loaded.spec.distributed
-    assert cfg is not None
-    where = f"{loaded.path}:{loaded.line_of('distributed')}"
-    if not dist.is_available():
-        raise UsageError(f"{where}: this torch build has no torch.distributed")
-    for device in devices:
-        if device not in ("cpu", "cuda"):
-            raise SpecError(
-                f"{where}: devices: '{device}': distributed audits run on cpu or cuda "
-                "(rank r uses cuda:r)"
-            )
-    if cfg.backend == "nccl":
-        if not dist.is_nccl_available() or not torch.cuda.is_available():
-            raise UsageError(f"{where}: backend nccl needs CUDA GPUs; this machine has none")
-        if "cpu" in devices:
-            raise SpecError(f"{where}: backend nccl cannot audit the cpu device: use gloo")
-    elif not dist.is_gloo_available():
-        raise UsageError(f"{where}: this torch build has no gloo backend")
-    skipped = {}
-    cores = os.cpu_count() or 1
-    if "cpu" in devices and cfg.world_size > cores:
-        raise UsageError(
-            f"{where}: world_size {cfg.world_size}: this machine has {cores} CPU cores, "
-            "one per cpu rank"
-        )
-    if "cuda" in devices:
-        if not torch.cuda.is_available():
-            skipped["cuda"] = "cuda is not available on this machine"
-        elif cfg.world_size > torch.cuda.device_count():
-            raise UsageError(
-                f"{where}: world_size {cfg.world_size}: this machine has "
-                f"{torch.cuda.device_count()} CUDA devices, one per rank"
-            )
-    if cfg.port is not None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", cfg.port))
-            except OSError:
-                raise UsageError(
-                    f"{where}: port {cfg.port} is already in use: free it, or drop `port` "
-                    "to let torchrun pick a free one"
-                ) from None
-    return skipped
 
 
 @dataclass
@@ -122,7 +69,7 @@ class DistributedRun:
         self.dtypes = list(dtypes or spec.dtypes)
         self.timeout, self.on_case, self.workdir = timeout, on_case, workdir
         self.startup_timeout = STARTUP_TIMEOUT
-        self.skipped = _check_machine(loaded, self.devices)
+        self.skipped = check_machine(loaded, self.devices)
         self.setup = DistSetup.load(loaded, self.cfg.world_size)
         self.tensor_names = self.setup.audited
         self.groups = self._plan()
@@ -134,13 +81,18 @@ class DistributedRun:
         groups = []
         for device in self.devices:
             for dtype in self.dtypes:
-                tols = {n: tolerance_for(self.loaded.spec.tolerance, n, device, dtype) for n in setup.audited}
+                tols = {
+                    n: tolerance_for(self.loaded.spec.tolerance, n, device, dtype)
+                    for n in setup.audited
+                }
                 for rank in range(world):
                     summaries = [TensorSummary(n, tols[n]) for n in setup.audited]
                     groups.append(GroupResult(device, dtype, summaries, check=f"rank{rank}"))
                 for rank in range(1, world) if replicated else ():
                     summaries = [TensorSummary(n, self._replica_tol(tols[n])) for n in replicated]
-                    groups.append(GroupResult(device, dtype, summaries, check=f"rank{rank}.replicas"))
+                    groups.append(
+                        GroupResult(device, dtype, summaries, check=f"rank{rank}.replicas")
+                    )
         for group in groups:
             reason = self.skipped.get(group.device)
             if reason:
@@ -181,7 +133,7 @@ class DistributedRun:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    env=_environment(),
+                    env=environment(),
                     start_new_session=True,
                 )
                 reason = self._watch(proc, run_dir)
@@ -190,9 +142,9 @@ class DistributedRun:
             raise
         finally:
             if proc is not None:
-                _stop(proc, [r.pid for r in self.ranks.values() if r.pid], run_dir)
+                stop(proc, [r.pid for r in self.ranks.values() if r.pid], run_dir)
             self._read(run_dir)
-            self.log_tail = _tail(run_dir / "launcher.log")
+            self.log_tail = tail(run_dir / "launcher.log")
             code = proc.returncode if proc is not None else None
             self._finish(reason or self._why_stopped(code))
             if not os.environ.get("GRADAUDIT_DEBUG"):
@@ -313,13 +265,15 @@ class DistributedRun:
         own = [message for _, message, peer in aborts if not peer]
         if own:  # a plugin raised on that rank; the others' collectives failed after it
             return own[0]
-        for rank, exit_code in _failures(self.log_tail):
+        for rank, exit_code in failures(self.log_tail):
             state = self.ranks.get(rank, _Rank())
             if state.abort is None and exit_code != -signal.SIGTERM:  # not torchrun's stop
                 how = f"exit code {exit_code}"
                 if exit_code < 0:
                     how = f"killed by {signal.Signals(-exit_code).name}"
-                where = f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
+                where = (
+                    f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
+                )
                 return f"rank {rank} died ({how}){where}"
         if aborts:
             return aborts[0][1]
@@ -355,66 +309,3 @@ def run_distributed(
 ) -> list[GroupResult]:
     """Check (exit-2 errors before any rank starts), launch, and return every planned group."""
     return DistributedRun(loaded, devices, dtypes, timeout, on_case).run()
-
-
-def _environment() -> dict[str, str]:
-    """The ranks import this gradaudit, one torch thread each unless the caller chose."""
-    import gradaudit
-
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    root = str(Path(gradaudit.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _stop(proc: subprocess.Popen[bytes], pids: list[int], run_dir: Path) -> None:
-    """torchrun stops its ranks on SIGTERM; SIGKILL whatever is left, ranks included."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(GRACE)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for pid in pids:
-        _kill_rank(pid, run_dir)
-
-
-def _kill_rank(pid: int, run_dir: Path) -> None:
-    """SIGKILL a rank that outlived torchrun (checked by its command line: pids get reused)."""
-    proc = Path(f"/proc/{pid}")
-    try:
-        if str(run_dir).encode() not in (proc / "cmdline").read_bytes():
-            return
-        os.kill(pid, signal.SIGKILL)
-    except (OSError, ProcessLookupError):
-        return
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline:
-        try:
-            if (proc / "stat").read_text().split(") ")[1].startswith("Z"):
-                return
-        except (OSError, IndexError):
-            return
-        time.sleep(POLL)
-
-
-def _failures(log: str) -> list[tuple[int, int]]:
-    """(rank, exit code) of each failed rank in torchrun's failure report, root cause first."""
-    pattern = r"rank\s*:\s*(\d+)\s*\(local_rank[^\n]*\n\s*exitcode\s*:\s*(-?\d+)"
-    found = [(int(m[1]), int(m[2])) for m in re.finditer(pattern, log)]
-    root = log.rfind("Root Cause")
-    first = [(int(m[1]), int(m[2])) for m in re.finditer(pattern, log[root:])] if root >= 0 else []
-    return first[:1] + [f for f in found if f not in first[:1]]
-
-
-def _tail(path: Path, limit: int = 20_000) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, path.stat().st_size - limit))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""

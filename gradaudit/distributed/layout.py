@@ -47,7 +47,9 @@ class Shard:
         return list(zip(starts, sizes, strict=True))
 
     def __str__(self) -> str:
-        return f"Shard(dim={self.dim})" if self.sizes is None else f"Shard({self.dim}, {self.sizes})"
+        return (
+            f"Shard(dim={self.dim})" if self.sizes is None else f"Shard({self.dim}, {self.sizes})"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""One rank of a distributed audit, started by torchrun (`python -m gradaudit.distributed.worker DIR`).
+"""One rank of a distributed audit, started by torchrun (`-m gradaudit.distributed.worker DIR`).
 
 The rank reads its job from DIR/job.json and streams events, one JSON line each, to
 DIR/rank<R>.jsonl, which the launcher folds into the report. A plugin that raises may
@@ -188,7 +188,9 @@ class _Case:
         batch = make_batch({n: t.clone() for n, t in inputs.items()}, index, seed)
         torch.default_generator.manual_seed(seed)
         with torch.no_grad():
-            forward = self._plugin(f"{model_name} (rank {self.rank}'s shard)", lambda: self.shard(**batch.tensors))
+            forward = self._plugin(
+                f"{model_name} (rank {self.rank}'s shard)", lambda: self.shard(**batch.tensors)
+            )
             if not isinstance(forward, Forward):
                 raise PluginRaised(f"the shard's forward returned {type(forward).__name__}")
             options = self.spec.gradients.options
@@ -241,7 +243,8 @@ class _Case:
         cast = getattr(torch, self.dtype)
         sizes = [ref[n].numel() for n in self.replicated]
         flat = torch.zeros(sum(sizes) + len(sizes), dtype=cast, device=self.on)
-        values, flags = flat[: sum(sizes)].split(sizes), flat[sum(sizes) :]
+        values = flat[: sum(sizes)].split_with_sizes(sizes)
+        flags = flat[sum(sizes) :]
         if self.rank == 0:
             for i, name in enumerate(self.replicated):
                 if name in usable:
@@ -257,7 +260,9 @@ class _Case:
             elif name not in usable:
                 self._record(kind, name, index, seed, None, "no usable gradient on this rank")
             else:
-                pair = Comparison(usable[name], values[i].view(ref[name].shape), self.replica_tols[name])
+                pair = Comparison(
+                    usable[name], values[i].view(ref[name].shape), self.replica_tols[name]
+                )
                 self._record(kind, name, index, seed, check_all([pair])[0], None)
 
     def _unusable(self, got: object, expected: torch.Tensor) -> str | None:

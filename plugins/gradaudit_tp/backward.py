@@ -1,13 +1,13 @@
 """The tensor-parallel MLP's hand-written backward, on one rank, with its collectives.
 
-  dout   = 2 (out - y) / numel                 replicated: every rank has all of it
-  b2     : a mean over the batch rows, split the way sequence parallelism splits it: each
-           rank averages its own chunk of rows, the chunk means are summed across ranks
-           (all-reduce) and divided by the world size
-  W2, h  : dW2 = dout^T h, dh = dout W2        this rank's columns
-  h_pre  : dh * (1 - h^2);  b1, W1 from it     this rank's rows
-  u      : du = all_reduce(dh_pre W1)          the column-parallel backward's all-reduce
-  W0, b0 : from du                              replicated
+dout   = 2 (out - y) / numel                 replicated: every rank has all of it
+b2     : a mean over the batch rows, split the way sequence parallelism splits it: each
+         rank averages its own chunk of rows, the chunk means are summed across ranks
+         (all-reduce) and divided by the world size
+W2, h  : dW2 = dout^T h, dh = dout W2        this rank's columns
+h_pre  : dh * (1 - h^2);  b1, W1 from it     this rank's rows
+u      : du = all_reduce(dh_pre W1)          the column-parallel backward's all-reduce
+W0, b0 : from du                              replicated
 """
 
 from __future__ import annotations
@@ -49,10 +49,9 @@ def tp_mlp_backward(
 
     per_row = 2 * (out - y) / width  # each row's gradient of its own mean squared error
     chunk = per_row.tensor_split(world)[rank]
-    if bug == "world-size-twice":  # the global batch already holds the world size
+    local = chunk.mean(0)
+    if bug == "world-size-twice":  # the global batch size already holds the world size
         local = chunk.sum(0) / rows
-    else:
-        local = chunk.mean(0)
     if bug != "bias-unsynced":
         _all_reduce(local, world)
     db2 = local / world
