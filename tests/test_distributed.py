@@ -264,3 +264,29 @@ def test_bad_input_is_one_line_and_exit_2_from_the_command_line(tmp_path: Path) 
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "does not tile" in result.stderr
     assert not (tmp_path / "report.xml").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_gradaudit_stops_every_rank_and_writes_the_reports(tmp_path: Path) -> None:
+    spec = tp_spec(tmp_path, gradients={"plugin": "tp-test-hang"})
+    reports = ["--junit-xml", str(tmp_path / "report.xml"), "--json", str(tmp_path / "report.json")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradaudit.distributed", str(spec), *reports],
+        cwd=REPO,
+        env=cli_env({"TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any('"batch": 1' in p.read_text() for p in tmp_path.glob("gradaudit-*/rank1.jsonl")):
+        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never reached batch 1"
+        time.sleep(0.1)
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    status = outcomes(tmp_path)
+    assert len(status) == 2 * 25 and set(status.values()) == {"error"}
+    data = yaml.safe_load((tmp_path / "report.json").read_text())
+    assert data["stopped"] == "interrupted by SIGTERM"
+    assert not leftovers(tmp_path)

@@ -52,6 +52,12 @@ def input_shapes(loaded: LoadedSpec) -> dict[str, tuple[int, ...]]:
             f"{where}: data.plugin: distributed audits take inputs from '{INPUTS_PLUGIN}' "
             f"(normal tensors of declared shapes), not '{data.plugin}'"
         )
+    b = loaded.spec.batches
+    if b.split != "train" or b.count is None or b.size is None:
+        raise SpecError(
+            f"{loaded.path}:{loaded.line_of('batches')}: batches: a distributed audit draws "
+            "`count` batches of `size` rows (split: train)"
+        )
     tensors = data.options.get("tensors")
     if not isinstance(tensors, dict) or not tensors:
         raise SpecError(f"{where}: data.options.tensors: expected {{name: [dims per row]}}")
