@@ -8,6 +8,8 @@ the same batches, and are timed inside the ranks (the case's loop, not torchrun'
 - by hand: what a careful hand-written torchrun test does per batch (Megatron-style):
   the same forward, manual backward and full-model autograd, then `torch.allclose` of each
   shard against its slice and of each replicated gradient against rank 0's;
+- arithmetic: the forward, manual backward and full-model autograd alone, compared with
+  nothing (the work no audit can skip);
 - plain: the shard's forward and manual backward alone (what training runs; for scale).
 
     python benchmarks/bench_dist.py [--quick]     # prints the rows; bench.py imports rows()
@@ -54,13 +56,13 @@ def _audit(spec: Path) -> tuple[float, float]:
     return max(g.seconds for g in groups if "replicas" not in g.check), wall
 
 
-def _by_hand(spec: Path, plain: bool) -> tuple[float, float]:
+def _by_hand(spec: Path, mode: str) -> tuple[float, float]:
     """(slowest rank's loop seconds, wall seconds) of this file's rank loop under torchrun."""
     start = time.perf_counter()
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         __file__, "--rank-loop", str(spec), "--plain" if plain else "--check"],
+         __file__, "--rank-loop", str(spec), mode],
         capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     wall = time.perf_counter() - start
@@ -78,15 +80,16 @@ def rows(quick: bool) -> list[tuple[str, float, float, str]]:
     batches, rounds = (5, 1) if quick else (200, 3)
     with tempfile.TemporaryDirectory() as folder:
         spec = _spec(Path(folder), batches)
-        audit, hand, plain, audit_wall, hand_wall = [], [], [], [], []
+        audit, hand, arith, plain, audit_wall, hand_wall = [], [], [], [], [], []
         for _ in range(rounds):
             seconds, wall = _audit(spec)
             audit.append(seconds)
             audit_wall.append(wall)
-            seconds, wall = _by_hand(spec, plain=False)
+            seconds, wall = _by_hand(spec, "check")
             hand.append(seconds)
             hand_wall.append(wall)
-            plain.append(_by_hand(spec, plain=True)[0])
+            arith.append(_by_hand(spec, "arithmetic")[0])
+            plain.append(_by_hand(spec, "plain")[0])
     what = f"tp-mlp, 2 gloo ranks, float64, {batches} batches of 32"
     med = statistics.median
     return [
@@ -95,6 +98,12 @@ def rows(quick: bool) -> list[tuple[str, float, float, str]]:
             med(audit),
             med(hand),
             f"<= {TARGET}x",
+        ),
+        (
+            f"distributed audit vs its arithmetic alone ({what})",
+            med(audit),
+            med(arith),
+            "report only",
         ),
         (
             f"distributed audit vs plain shard forward+backward ({what})",
@@ -111,9 +120,8 @@ def rows(quick: bool) -> list[tuple[str, float, float, str]]:
     ]
 
 
-def _rank_loop(spec_path: str, plain: bool) -> None:
-    """One rank of the hand-written test (or of the plain loop)."""
-
+def _rank_loop(spec_path: str, mode: str) -> None:
+    """One rank of the hand-written test (mode check), or of a part of it (see the top)."""
     import torch
     import torch.distributed as dist
     from gradaudit_tp.backward import tp_mlp_backward
@@ -139,12 +147,14 @@ def _rank_loop(spec_path: str, plain: bool) -> None:
         with torch.no_grad():
             forward = shard(**tensors)
             manual = tp_mlp_backward(shard, DistBatch(tensors, index, seed), forward.detached())
-        if plain:
+        if mode == "plain":
             continue
         reference_forward = full(**tensors)
         names = list(layout)
         available = {**reference_forward.intermediates, **dict(full.named_parameters())}
         grads = torch.autograd.grad(reference_forward.loss, [available[n] for n in names])
+        if mode == "arithmetic":
+            continue
         for name, grad in zip(names, grads, strict=True):
             expected = piece(grad, layout[name], rank, world)
             assert torch.allclose(manual[name], expected, rtol=1e-7, atol=1e-7), name
@@ -162,7 +172,8 @@ def main() -> None:
 
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     if "--rank-loop" in sys.argv:
-        _rank_loop(sys.argv[sys.argv.index("--rank-loop") + 1], "--plain" in sys.argv)
+        at = sys.argv.index("--rank-loop")
+        _rank_loop(sys.argv[at + 1], sys.argv[at + 2])
         return
     quick = "--quick" in sys.argv
     for what, audit, baseline, target in rows(quick):

@@ -286,7 +286,9 @@ def test_sigterm_to_gradaudit_stops_every_rank_and_writes_the_reports(tmp_path: 
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, out + err
     status = outcomes(tmp_path)
-    assert len(status) == 2 * 25 and set(status.values()) == {"error"}
+    stopped = {key: value for key, value in status.items() if key[0] == "tp-mlp[run]"}
+    assert stopped == {("tp-mlp[run]", "gradaudit.tp-mlp.run", "run"): "error"}
+    assert len(status) == 2 * 25 + 1 and set(status.values()) == {"error"}
     data = yaml.safe_load((tmp_path / "report.json").read_text())
     assert data["stopped"] == "interrupted by SIGTERM"
     assert not leftovers(tmp_path)

@@ -1,7 +1,7 @@
 """`python -m gradaudit.distributed SPEC`: a distributed audit, the usual reports and exit codes.
 
-This is what `gradaudit run` does for a spec with a `distributed:` section (see
-docs/distributed.md, "Wiring"); it stands alone until the core dispatches to it.
+This is what `gradaudit run` does for a spec with a `distributed:` section; it stands
+alone until the core dispatches to `DistributedRun` itself (docs/distributed.md).
 """
 
 from __future__ import annotations

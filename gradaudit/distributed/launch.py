@@ -10,6 +10,7 @@ or carrying an error that says why it did not: a report never looks complete whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,10 +28,10 @@ from gradaudit.distributed.layout import Replicated
 from gradaudit.distributed.processes import POLL, check_machine, environment, failures, stop, tail
 from gradaudit.distributed.setup import DistSetup
 from gradaudit.errors import SpecError
-from gradaudit.report.jsonfile import unfinite
 from gradaudit.results import CaseListener, CaseResult, GroupResult
 from gradaudit.spec import LoadedSpec
 
+CHECK_FIELDS = [f.name for f in dataclasses.fields(Check)]  # as the ranks send them
 STARTUP_TIMEOUT = 120.0  # seconds from launch until every rank runs its first case
 
 
@@ -204,7 +205,7 @@ class DistributedRun:
             self.offsets[rank] += end
             for line in data[:end].splitlines():
                 state.seen = time.monotonic()
-                self._event(rank, state, unfinite(json.loads(line)))
+                self._event(rank, state, json.loads(line))
 
     def _event(self, rank: int, state: _Rank, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -218,8 +219,9 @@ class DistributedRun:
                     group.device_name = str(event.get("device_name", event["device"]))
         elif kind == "batch":
             state.batch = int(event["batch"])
-        elif kind == "case":
-            self._case(event)
+        elif kind == "cases":
+            for group_kind, tensor, outcome in event["items"]:
+                self._case(event, group_kind, tensor, outcome)
         elif kind == "done":
             where = (event["device"], event["dtype"])
             state.done.add(where)
@@ -234,26 +236,28 @@ class DistributedRun:
         elif kind == "finished":
             state.finished = True
 
-    def _case(self, event: dict[str, Any]) -> None:
-        group = self.by_key[(event["device"], event["dtype"], event["kind"])]
-        name = event["tensor"]
+    def _case(self, event: dict[str, Any], kind: str, name: str, outcome: Any) -> None:
+        """One tensor's result on one batch: a Check's values, or an error message."""
+        group = self.by_key[(event["device"], event["dtype"], kind)]
         summary = next((s for s in group.tensors if s.tensor == name), None)
         if summary is None:  # a gradient for a tensor the model lacks: an error case of its own
             summary = TensorSummary(name, Tol("allclose"))
             group.tensors.append(summary)
-        check = None
-        if "error" in event:
-            summary.add_error(event["error"])
+        batch, seed = int(event["batch"]), int(event["seed"])
+        check, error = None, None
+        if isinstance(outcome, str):
+            error = outcome
+            summary.add_error(error)
         else:
-            fields = dict(event["check"])
-            fields["worst_index"] = tuple(fields["worst_index"])
-            check = Check(**fields)
-            summary.add(check, int(event["batch"]), int(event["seed"]))
+            values = dict(zip(CHECK_FIELDS, outcome, strict=True))
+            values["worst_index"] = tuple(values["worst_index"])
+            check = Check(**values)
+            summary.add(check, batch, seed)
         if self.on_case is not None:
             self.on_case(
                 CaseResult(
-                    group.device, group.dtype, name, int(event["batch"]), int(event["seed"]),
-                    check=check, error=event.get("error"), tol=summary.tol, kind=group.check,
+                    group.device, group.dtype, name, batch, seed,
+                    check=check, error=error, tol=summary.tol, kind=group.check,
                 )
             )  # fmt: skip
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -27,9 +27,10 @@ import torch.distributed as dist
 from gradaudit.compare import Check, Comparison, Scratch, Tol, check_all, mismatch, tolerance_for
 from gradaudit.distributed.layout import Replicated, piece
 from gradaudit.distributed.setup import DistSetup, build, draw_inputs, load_slices, make_batch
-from gradaudit.report.jsonfile import dumps
 from gradaudit.spec import load_spec
 from gradaudit.types import Forward
+
+CHECK_FIELDS = [f.name for f in fields(Check)]  # the order of a result's values in an event
 
 
 class Events:
@@ -40,7 +41,8 @@ class Events:
         self.where: dict[str, Any] = {}  # the case and batch in progress, for "abort"
 
     def emit(self, event: str, **fields: Any) -> None:
-        self.handle.write(dumps({"event": event, "t": time.time(), **fields}) + "\n")
+        # NaN and inf as Python's json writes them (the launcher's json reads them back)
+        self.handle.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
         self.handle.flush()
 
 
@@ -88,11 +90,12 @@ def main() -> None:
 
 
 def _run(job: dict[str, Any], rank: int, world: int, local: int, events: Events) -> None:
-    timeout = job.get("timeout")
-    dist.init_process_group(
-        job["backend"], timeout=timedelta(seconds=max(60.0, 2 * (timeout or 0.0)) or 1800)
-    )
+    timeout = job.get("timeout")  # the launcher stops silent ranks; this is a backstop
+    limit = timedelta(seconds=max(60.0, 2 * timeout)) if timeout else timedelta(minutes=30)
+    dist.init_process_group(job["backend"], timeout=limit)
     loaded = load_spec(job["spec"])
+    if loaded.sha256 != job["sha256"]:
+        raise RuntimeError(f"{loaded.path} changed on disk after the launch")
     setup = DistSetup.load(loaded, world)
     shard = build(loaded, setup.factory, rank, world)
     load_slices(shard, setup.full, setup.layout, rank, world)
@@ -137,6 +140,7 @@ class _Case:
         }
         self.params = {p.untyped_storage().data_ptr(): n for n, p in self.shard.named_parameters()}
         self.scratch = Scratch()
+        self.pending: list[list[Any]] = []
 
     def run(self) -> None:
         start = time.perf_counter()
@@ -151,13 +155,26 @@ class _Case:
         self.events.emit("done", device=self.device, dtype=self.dtype, seconds=seconds)
 
     def _reference(
-        self, model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], seed: int
+        self,
+        model: torch.nn.Module,
+        inputs: Mapping[str, torch.Tensor],
+        seed: int,
+        wanted: torch.dtype,
     ) -> dict[str, torch.Tensor]:
         """Autograd's gradient of the full model's loss for every audited tensor."""
         torch.default_generator.manual_seed(seed)
         forward = model(**inputs)
         if not isinstance(forward, Forward):
             raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
+        odd = [
+            n
+            for n, t in {"loss": forward.loss, **forward.intermediates}.items()
+            if t.dtype != wanted
+        ]
+        if odd:  # never a silent run in another dtype than the case's
+            raise TypeError(
+                f"the full model computed {', '.join(odd)} in another dtype than {wanted}"
+            )
         available = {**forward.intermediates, **dict(model.named_parameters())}
         targets = [available[n] for n in self.setup.audited]
         grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
@@ -178,12 +195,14 @@ class _Case:
         cast = getattr(torch, self.dtype)
         inputs = {n: t.to(self.on, cast) for n, t in tensors.items()}
         model_name = f"model '{self.spec.model.plugin}'"
-        reference = self._plugin(model_name, lambda: self._reference(self.full, inputs, seed))
+        reference = self._plugin(model_name, lambda: self._reference(self.full, inputs, seed, cast))
         truth: dict[str, torch.Tensor] | None = None
         scale = 0.0
         if self.truth is not None:
             wide = {n: t.to(torch.float64) for n, t in inputs.items()}
-            truth = self._plugin(model_name, lambda: self._reference(self.truth, wide, seed))
+            truth = self._plugin(
+                model_name, lambda: self._reference(self.truth, wide, seed, torch.float64)
+            )
             scale = max((float(t.abs().max()) for t in truth.values() if t.numel()), default=0.0)
         batch = make_batch({n: t.clone() for n, t in inputs.items()}, index, seed)
         torch.default_generator.manual_seed(seed)
@@ -202,8 +221,10 @@ class _Case:
         if not isinstance(manual, Mapping):
             raise PluginRaised(f"gradients returned {type(manual).__name__}, not a mapping")
         usable = self._compare(index, seed, manual, reference, truth, scale)
+        self._flush(index, seed)
         if self.world > 1 and self.replicated:
             self._replicas(index, seed, usable, reference)
+            self._flush(index, seed)
 
     def _compare(
         self,
@@ -281,14 +302,20 @@ class _Case:
     def _record(
         self, kind: str, name: str, index: int, seed: int, check: Check | None, error: str | None
     ) -> None:
-        fields: dict[str, Any] = {"kind": kind, "device": self.device, "dtype": self.dtype}
-        fields |= {"tensor": name, "batch": index, "seed": seed}
+        """Queue one result; `_flush` writes a batch's results as one line (a line per tensor
+        cost more than the comparisons: dataclasses.asdict and a flush each)."""
         if error is not None:
-            fields["error"] = f"rank {self.rank}, batch {index} (seed {seed}): {error}"
+            where = f"rank {self.rank}, batch {index} (seed {seed})"
+            self.pending.append([kind, name, f"{where}: {error}"])
         else:
             assert check is not None
-            fields["check"] = asdict(check)
-        self.events.emit("case", **fields)
+            self.pending.append([kind, name, [getattr(check, f) for f in CHECK_FIELDS]])
+
+    def _flush(self, index: int, seed: int) -> None:
+        if self.pending:
+            where = {"device": self.device, "dtype": self.dtype, "batch": index, "seed": seed}
+            self.events.emit("cases", items=self.pending, **where)
+            self.pending = []
 
 
 if __name__ == "__main__":
