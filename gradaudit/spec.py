@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from gradaudit.distributed.config import Distributed
 from gradaudit.errors import SpecError
 from gradaudit.postprocess import Rule
 
@@ -151,6 +152,7 @@ class Spec(_Strict):
     # Transformations the manual code applies on purpose (clip to +-c, a scale), applied to
     # autograd's reference and the float64 truth too, so such code is audited as written.
     postprocess: list[Rule] = Field(default_factory=list)
+    distributed: Distributed | None = None
 
     @field_validator("devices", "dtypes")
     @classmethod

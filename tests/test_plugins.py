@@ -108,6 +108,12 @@ def test_entry_points_register_the_shipped_plugins() -> None:
         ("reporter", "json"),
         ("reporter", "github"),
     }
+    tp = [(r.kind, r.name) for r in registry.all() if r.plugin == "tp"]  # docs/distributed.md
+    assert tp[:2] == [("model", "tp-mlp"), ("gradients", "tp-mlp-manual")]
+    assert {name for _, name in tp[2:]} == {
+        f"tp-mlp-bug-{s}"
+        for s in ("no-allreduce", "rank1-only", "world-size-twice", "bias-unsynced")
+    }
 
 
 def test_allow_list_loads_only_the_named_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,7 +398,7 @@ def test_registry_get_suggests_and_lists() -> None:
         registry.get("model", "charnn")
     message = str(info.value)
     assert message.startswith("unknown model plugin 'charnn' (did you mean 'charrnn'?)")
-    assert message.endswith("; available: charrnn, mlp-batchnorm")
+    assert message.endswith("; available: charrnn, mlp-batchnorm, tp-mlp")
 
 
 def test_registry_get_lists_sorted_names_without_a_suggestion() -> None:

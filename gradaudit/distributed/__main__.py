@@ -1,0 +1,3 @@
+from gradaudit.distributed.command import main
+
+main()

@@ -1,0 +1,29 @@
+"""gradaudit's tensor-parallel example: a 2-way (any-way) Megatron-style MLP, its manual
+backward with the all-reduces it needs, and a gallery of the bugs such backwards ship with.
+
+Written against gradaudit's public API only, as a third-party plugin would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gradaudit import hookimpl
+
+
+@hookimpl
+def register_models(register: Callable[[str, Any], None]) -> None:
+    from gradaudit_tp.model import build_tp_mlp
+
+    register("tp-mlp", build_tp_mlp)
+
+
+@hookimpl
+def register_gradients(register: Callable[[str, Any], None]) -> None:
+    from gradaudit_tp.backward import tp_mlp_backward
+    from gradaudit_tp.gallery import BUGS
+
+    register("tp-mlp-manual", tp_mlp_backward)
+    for slug, fn in BUGS.items():
+        register(f"tp-mlp-bug-{slug}", fn)
