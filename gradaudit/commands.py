@@ -114,14 +114,44 @@ def plan(spec_path: str, options: RunOptions, as_json: bool) -> int:
     """Print the plan without running a batch (the CI dry run)."""
     import json
 
+    from gradaudit.ops import command as ops
     from gradaudit.plan import plan_lines
 
+    if ops.is_op_spec(spec_path):
+        return ops.plan(spec_path, options, as_json)
+    loaded = load_spec(spec_path, options.sets)
+    if loaded.spec.distributed is not None:
+        return _plan_distributed(loaded, options, as_json)
     _, made, _ = prepare(spec_path, options)
     if as_json:
         _echo(json.dumps(made.to_dict(), indent=2))
     else:
         for line in plan_lines(made):
             _echo(line)
+    return EXIT_OK
+
+
+def _plan_distributed(loaded: LoadedSpec, options: RunOptions, as_json: bool) -> int:
+    """The per-rank cases of a distributed spec, checked as before a run; no rank starts."""
+    import json
+
+    from gradaudit.distributed import DistributedRun
+
+    devices = _subset("--device", options.devices, loaded.spec.devices)
+    dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
+    groups = DistributedRun(loaded, devices, dtypes, None).groups
+    rows = [
+        (g.device, g.dtype, g.check, s.tensor, s.skipped or s.tol.describe())
+        for g in groups
+        for s in g.tensors
+    ]
+    if as_json:
+        keys = ("device", "dtype", "check", "tensor", "tolerance")
+        _echo(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
+        return EXIT_OK
+    _echo(f"plan: {loaded.spec.name} ({loaded.path}): {len(groups)} cases, {len(rows)} checks")
+    for device, dtype, check, tensor, tol in rows:
+        _echo(f"{device:<8} {dtype:<9} {check:<18} {tensor:<20} {tol}")
     return EXIT_OK
 
 
@@ -135,11 +165,32 @@ def run(spec_path: str, options: RunOptions) -> int:
 
         if ops.is_op_spec(spec_path):
             return ops.run(spec_path, options)
+        if load_spec(spec_path, options.sets).spec.distributed is not None:
+            return _run_distributed(spec_path, options)
         return _run(spec_path, options, interrupts)
     except (KeyboardInterrupt, Interrupted) as exc:
         return EXIT_SIGTERM if isinstance(exc, Interrupted) else EXIT_SIGINT
     finally:
         interrupts.uninstall()
+
+
+def _run_distributed(spec_path: str, options: RunOptions) -> int:
+    """A spec with `distributed:`: ranks launched by torchrun (docs/distributed.md)."""
+    for option, given in (("--shard", options.shard), ("--set", options.sets)):
+        if given:
+            raise UsageError(f"{option} does not apply to a distributed spec yet")
+    from gradaudit.distributed.command import run_spec
+
+    _report_paths(spec_path, options, load_spec(spec_path))
+    return run_spec(
+        spec_path,
+        options.junit_xml,
+        options.json_path,
+        options.timeout,
+        list(options.devices),
+        list(options.dtypes),
+        options.verbosity,
+    )
 
 
 def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
@@ -269,7 +320,15 @@ def _subset(option: str, chosen: tuple[str, ...], allowed: Sequence[str]) -> lis
 
 def validate(spec_paths: tuple[str, ...], sets: tuple[str, ...] = ()) -> int:
     """Validate specs without importing torch or any plugin, and say what that leaves out."""
+    from gradaudit.ops import command as ops
+
     for path in spec_paths:
+        if ops.is_op_spec(path):
+            from gradaudit.ops.spec import load_op_spec
+
+            load_op_spec(path)
+            _echo(f"{path}: ok (op spec schema); `gradaudit plan {path}` lists its cases")
+            continue
         load_spec(path, sets)
         _echo(
             f"{path}: ok (schema). Not checked without loading plugins: plugin names, "

@@ -92,3 +92,49 @@ def run(spec_path: str, options: Any) -> int:
         click.echo("gradaudit: no tensor was compared (every case skipped): nothing was proven")
         return 5
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
+
+
+def plan(spec_path: str, options: Any, as_json: bool) -> int:
+    """The cases of an op spec: (device, dtype, variant) with each variant's shapes, layout
+    and seed; checks named per case when it runs (outputs and input gradients)."""
+    import json
+
+    from gradaudit.ops.run import subset
+    from gradaudit.ops.spec import load_op_spec
+    from gradaudit.ops.variants import derive
+    from gradaudit.plan import device_unavailable
+
+    loaded = load_op_spec(spec_path)
+    spec, op = loaded.spec, loaded.spec.op
+    variants = derive(op.inputs, op.dims, op.variant_options, spec.seed)
+    rows = []
+    for device in subset("--device", options.devices, spec.devices):
+        skip = device_unavailable(device)
+        for dtype in subset("--dtype", options.dtypes, spec.dtypes):
+            for v in variants:
+                shapes = ", ".join(
+                    f"{n} {'x'.join(map(str, s)) or 'scalar'}" for n, s in v.shapes.items()
+                )
+                rows.append(
+                    {
+                        "device": device,
+                        "dtype": dtype,
+                        "variant": v.name,
+                        "seed": v.seed,
+                        "shapes": shapes,
+                        "layout": v.layout,
+                        "skip": skip,
+                    }
+                )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return EXIT_OK
+    click.echo(f"plan: {spec.name} ({spec_path}): op {op.candidate}, {len(rows)} cases")
+    for r in rows:
+        what = (
+            f"SKIP  {r['skip']}"
+            if r["skip"]
+            else f"{r['shapes']} ({r['layout']}, seed {r['seed']})"
+        )
+        click.echo(f"{r['device']:<8} {r['dtype']:<9} {r['variant']:<24} {what}")
+    return EXIT_OK

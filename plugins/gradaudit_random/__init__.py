@@ -6,6 +6,7 @@
       options:
         tensors:
           x: {shape: [16]}                                  # float, normal(0, 1)
+          z: [4, 4]                                         # the same, short
           image: {shape: [3, 8, 8], distribution: uniform, low: -1, high: 1}
           y: {shape: [], classes: 4}                        # int64 class ids in [0, 4)
           mask: {shape: [16], dtype: bool, p: 0.5}          # True with probability p
@@ -64,6 +65,8 @@ def load_random(options: Mapping[str, Any], base_dir: Path) -> RandomData:
 
 
 def _tensor_spec(name: str, body: Any) -> TensorSpec:
+    if isinstance(body, list):  # `x: [16]` is short for `x: {shape: [16]}`
+        body = {"shape": body}
     if not isinstance(body, Mapping):
         raise ValueError(f"tensors.{name}: expected a mapping with at least `shape`")
     extra = sorted(str(k) for k in body if k not in _KEYS)
