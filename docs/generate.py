@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = ("README.md", "docs/specs.md", "docs/ci-reference.md", "docs/mutation.md")
+FILES = ("README.md", "docs/specs.md", "docs/ci.md", "docs/mutation.md")
 BLOCK = re.compile(r"(<!-- generated: (.*?) -->\n)(.*?)(<!-- end generated -->)", re.S)
 VOLATILE = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?(s|%| ms| MiB)?\b")
 

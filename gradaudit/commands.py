@@ -230,8 +230,13 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
         for reporter in reporters:
             reporter.checkpoint(provisional(summary, made))
 
+    live: list[GroupResult] = []  # cases started and not yet done
+
     def finish() -> None:
         if summary.stopped:
+            for group in live:  # cut short: the batches they finished still count
+                if not group.done:
+                    summary.add(group)
             summary.complete(made, summary.stopped)
         for reporter in reporters:
             reporter.finish(summary)
@@ -250,7 +255,9 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
                 for reporter in reporters:
                     reporter.group(event)
                 checkpoint()
-            elif not isinstance(event, CaseStarted):
+            elif isinstance(event, CaseStarted):
+                live.append(event.group)
+            else:
                 raise TypeError(f"unexpected event {type(event).__name__}")
     except (KeyboardInterrupt, Interrupted) as exc:
         sigterm = isinstance(exc, Interrupted)

@@ -41,7 +41,11 @@ from gradaudit.types import Batch, Forward
 
 @dataclass(frozen=True)
 class CaseStarted:
+    """A case begins; `group` fills batch by batch, so a run cut short can still report
+    what the case had done (the group's `done` stays False)."""
+
     case: PlannedCase
+    group: GroupResult
 
 
 Event = CaseStarted | CaseResult | GroupResult | MutationReport
@@ -71,8 +75,8 @@ def run(
         passes.setdefault((case.device, case.group_dtype or case.dtype), []).append(case)
     for (device, dtype), cases in passes.items():
         groups = [GroupResult.planned(case) for case in cases]
-        for case in cases:
-            yield CaseStarted(case)
+        for case, group in zip(cases, groups, strict=True):
+            yield CaseStarted(case, group)
         runnable = [(c, g) for c, g in zip(cases, groups, strict=True) if c.skip is None]
         if runnable:
             yield from _Pass(

@@ -39,7 +39,7 @@ def make_batch(tensors: Mapping[str, torch.Tensor], index: int, seed: int) -> An
     from gradaudit import types
 
     if "tensors" in getattr(types.Batch, "__dataclass_fields__", {}):
-        return types.Batch(tensors=tensors, index=index, seed=seed)  # type: ignore[call-arg]
+        return types.Batch(tensors=tensors, index=index, seed=seed)
     return DistBatch(tensors, index, seed)
 
 

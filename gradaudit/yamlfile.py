@@ -1,0 +1,148 @@
+"""Reading YAML for specs: PyYAML's safe loader only, the line of every key, and refusal
+of duplicate keys, alias bombs and cycles before anything is expanded."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel
+
+from gradaudit.errors import SpecError
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-6` as a float (YAML 1.2 style) instead of a string.
+
+    It also puts a line on values PyYAML cannot build (`2024-02-30`, `!!int eight`), which
+    PyYAML reports as plain ValueErrors with no position.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({_one_line(str(exc))})", node.start_mark
+            ) from None
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+Loc = tuple[str | int, ...]
+
+
+def _key_lines(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], where: str, seen: set[int] | None = None
+) -> None:
+    """Record the line of every key and item; reject duplicate keys (YAML keeps the last)."""
+    lines.setdefault(loc, node.start_mark.line + 1)
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: walked once, so alias bombs and cycles stay cheap
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in keys:
+                line = key_node.start_mark.line + 1
+                path = _dotted(loc + (key,))
+                raise SpecError(f"{where}:{line}: {path}: duplicate key")
+            keys.add(key)
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+            _key_lines(value_node, loc + (key,), lines, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _key_lines(item, loc + (i,), lines, where, seen)
+
+
+MAX_EXPANDED_NODES = 10_000
+
+
+def _check_expansion(node: yaml.Node, where: str) -> None:
+    """Refuse alias bombs and cycles before anything expands them (plugin options included)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(f"{where}:{n.start_mark.line + 1}: a recursive alias")
+        active.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [part for pair in n.value for part in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                raise SpecError(
+                    f"{where}:{n.start_mark.line + 1}: aliases expand to more than "
+                    f"{MAX_EXPANDED_NODES} values"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(node)
+
+
+def _deep_line(text: str, limit: int = 100) -> int:
+    """The line where bracket nesting first passes `limit` (for the nested-too-deeply error)."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        for char in line:
+            depth += char in "[{"
+            depth -= char in "]}"
+            if depth > limit:
+                return number
+    return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _dotted(loc: Loc) -> str:
+    """A field path for messages; odd keys (line breaks, control characters) are escaped."""
+    return ".".join(str(p).encode("unicode_escape").decode("ascii") for p in loc)
+
+
+def _line_for(loc: Loc, lines: dict[Loc, int]) -> int:
+    while loc not in lines and loc:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `Batches`, `list[X]` or `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
