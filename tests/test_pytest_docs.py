@@ -43,7 +43,7 @@ def test_each_command_runs_green(project: pytest.Pytester, command: str) -> None
     if "--junitxml" in args:
         report = project.path / args[args.index("--junitxml") + 1]
         names = [c.get("name") for c in ET.parse(report).getroot().iter("testcase")]
-        assert names and all(n.endswith("[cpu-float64]") for n in names), names
+        assert names and all(str(n).endswith("[cpu-float64]") for n in names), names
 
 
 def test_the_collected_names_shown_are_real(project: pytest.Pytester) -> None:
