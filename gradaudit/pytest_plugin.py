@@ -109,6 +109,10 @@ def _marks(item: pytest.Item, group: str) -> None:
         item.add_marker(pytest.mark.xdist_group(name=group))
 
 
+class GradauditWarning(UserWarning):
+    """What the plan can already say is weak about a collected spec."""
+
+
 def _skip(reason: str) -> None:
     """Skip, reported at the spec's location (not this module's), as a skip mark would be."""
     raise pytest.skip.Exception(reason, _use_item_location=True)
@@ -124,6 +128,8 @@ class SpecFile(pytest.File):
             found = store(self.config).get(_shown(self.path))
         except GradauditError as exc:
             raise self.CollectError(str(exc)) from None
+        for warning in found.plan.warnings:  # what `gradaudit run` prints as "warning:"
+            self.warn(GradauditWarning(f"{_shown(self.path)}: {warning}"))
         for case in found.plan.cases:
             for tensor in case.tensors:
                 item = CheckItem.from_parent(

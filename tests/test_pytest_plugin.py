@@ -253,3 +253,10 @@ def test_loading_the_plugin_imports_no_torch(tmp_path: Path) -> None:
     assert "LOADED True HEAVY []" in done.stdout, done.stdout + done.stderr
     off = run_pytest(tmp_path, "-q", "-s", "-p", "no:gradaudit")
     assert "LOADED False HEAVY []" in off.stdout, off.stdout + off.stderr
+
+
+def test_the_plans_warnings_are_pytest_warnings(pytester: pytest.Pytester) -> None:
+    spec = small_spec(gradients={"plugin": "charrnn-bptt", "options": {"bogus": 1}})
+    write(pytester.path, "spec.yaml", spec)
+    result = pytester.runpytest_inprocess("spec.yaml", "--co", "-q")
+    result.stdout.fnmatch_lines(["*GradauditWarning: spec.yaml: *does not accept option(s) bogus*"])
