@@ -1,0 +1,252 @@
+"""gradaudit's pytest plugin (the `pytest11` entry point): specs as test items, and fixtures.
+
+pytest collects a gradaudit spec given on its command line, or matching the `gradaudit_specs`
+ini globs, as one item per (device, dtype, check, tensor) of the spec's plan, named like
+`W.weight[cpu-float32]`, so -k, -x, markers, --junitxml and xdist's -n work on them. A
+(device, dtype) pass runs once per pytest process, when its first item runs.
+
+Loading this module imports neither torch nor yaml: they are imported in the hooks, only
+when a gradaudit item is collected or a gradaudit fixture is used.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from gradaudit.plan import PlannedCase
+    from gradaudit.pytest_audits import AuditResult, Store
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+_STORE = pytest.StashKey["Store"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "gradaudit_specs",
+        "globs of gradaudit spec files to collect as tests (e.g. specs/*.yaml); "
+        "a spec given on the command line is always collected",
+        type="args",
+        default=[],
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gradaudit: a tensor check collected from a gradaudit spec")
+
+
+def store(config: pytest.Config) -> Store:
+    """This session's loaded specs and finished passes (one per process: per xdist worker)."""
+    found = config.stash.get(_STORE, None)
+    if found is None:
+        from gradaudit.pytest_audits import Store
+
+        found = config.stash[_STORE] = Store()
+    return found
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in SPEC_SUFFIXES:
+        return None
+    patterns: list[str] = parent.config.getini("gradaudit_specs")
+    matched = _matches(file_path, patterns, parent.config.rootpath)
+    if not matched and not parent.session.isinitpath(file_path):
+        return None
+    kind = _spec_kind(file_path)
+    if kind is None and not matched:
+        # Given on the command line but not a gradaudit spec: another plugin may own it.
+        # A file the ini globs match is the user's word that it is one: the loader says why not.
+        return None
+    if kind == "op":
+        return OpSpecFile.from_parent(parent, path=file_path)
+    return SpecFile.from_parent(parent, path=file_path)
+
+
+def _matches(path: Path, patterns: list[str], root: Path) -> bool:
+    """A glob without a slash matches the file name; one with a slash, the path from rootdir."""
+    try:
+        relative = path.relative_to(root).as_posix()
+    except ValueError:
+        relative = path.as_posix()
+    return any(
+        fnmatch.fnmatchcase(relative if "/" in p else path.name, p.removeprefix("./"))
+        for p in patterns
+    )
+
+
+def _spec_kind(path: Path) -> str | None:
+    """ "op", "model", "broken" (unreadable or not YAML: the loader reports it with its line)
+    or None (YAML that is not a gradaudit spec)."""
+    import yaml
+
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except Exception:
+        return "broken"
+    if not isinstance(data, dict):
+        return None
+    if "op" in data:
+        return "op"
+    return "model" if {"model", "gradients"} & set(data) else None
+
+
+def _shown(path: Path) -> Path:
+    """The spec path as errors print it: relative to the working directory when inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else Path(relative)
+
+
+def _marks(item: pytest.Item, group: str) -> None:
+    item.add_marker("gradaudit")
+    if item.config.pluginmanager.hasplugin("xdist"):
+        # `-n N --dist loadgroup` keeps a pass's items on one worker: it runs once.
+        item.add_marker(pytest.mark.xdist_group(name=group))
+
+
+class GradauditWarning(UserWarning):
+    """What the plan can already say is weak about a collected spec."""
+
+
+def _skip(reason: str) -> None:
+    """Skip, reported at the spec's location (not this module's), as a skip mark would be."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
+
+
+class SpecFile(pytest.File):
+    """A model spec: its plan's tensor checks, one item each."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from gradaudit.errors import GradauditError
+
+        try:
+            found = store(self.config).get(_shown(self.path))
+        except GradauditError as exc:
+            raise self.CollectError(str(exc)) from None
+        for warning in found.plan.warnings:  # what `gradaudit run` prints as "warning:"
+            self.warn(GradauditWarning(f"{_shown(self.path)}: {warning}"))
+        for case in found.plan.cases:
+            for tensor in case.tensors:
+                item = CheckItem.from_parent(
+                    self, name=f"{tensor.name}[{case_id(case)}]", case=case, tensor=tensor.name
+                )
+                _marks(item, f"{self.path.name}-{case.device}-{case.group_dtype or case.dtype}")
+                yield item
+
+
+def case_id(case: PlannedCase) -> str:
+    extra = "" if case.check == "gradients" else f"-{case.check}"
+    return f"{case.device}-{case.dtype}{extra}"
+
+
+class CheckItem(pytest.Item):
+    """One tensor of one planned case. Its pass runs in setup, so that a tensor the audit
+    could not compare (a plugin raised) is a pytest error, and a mismatch a failure."""
+
+    def __init__(self, *, case: PlannedCase, tensor: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case, self.tensor = case, tensor
+        self.outcome: tuple[str, str] = ("error", "not run")
+
+    def setup(self) -> None:
+        from gradaudit.errors import GradauditError
+        from gradaudit.pytest_audits import verdict
+
+        if self.case.skip:
+            _skip(self.case.skip)
+        found = store(self.config).get(_shown(self.path))
+        try:
+            summary = found.summary(self.case.key, found.pass_of(self.case), self.tensor)
+        except GradauditError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        self.outcome = verdict(summary)
+        if self.outcome[0] == "error":
+            pytest.fail(self.outcome[1], pytrace=False)
+
+    def runtest(self) -> None:
+        status, text = self.outcome
+        if status == "skip":
+            _skip(text)
+        if status != "pass":
+            pytest.fail(text, pytrace=False)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"gradaudit {self.case.check}: {self.tensor} {case_id(self.case)}"
+
+
+class OpSpecFile(pytest.File):
+    """An op spec: one item per (device, dtype), every variant and check folded in (its
+    tensors are known only once it has run)."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from gradaudit.errors import GradauditError
+
+        try:
+            spec = store(self.config).op(_shown(self.path)).spec
+        except GradauditError as exc:
+            raise self.CollectError(str(exc)) from None
+        for device in spec.devices:
+            for dtype in spec.dtypes:
+                item = OpItem.from_parent(self, name=f"{spec.name}[{device}-{dtype}]")
+                item.key = (device, dtype)
+                _marks(item, f"{self.path.name}-{device}-{dtype}")
+                yield item
+
+
+class OpItem(pytest.Item):
+    key: tuple[str, str] = ("", "")
+
+    def runtest(self) -> None:
+        from gradaudit.errors import GradauditError
+        from gradaudit.pytest_audits import op_verdict
+
+        try:
+            groups = store(self.config).op(_shown(self.path)).groups(self.key)
+        except GradauditError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        status, text = op_verdict(groups)
+        if status == "skip":
+            _skip(text)
+        if status != "pass":
+            pytest.fail(text, pytrace=False)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"gradaudit op: {self.name}"
+
+
+@pytest.fixture
+def gradaudit_check_op() -> Callable[..., Any]:
+    """gradaudit.check_op: audit an op's backward against a reference (raises on failure)."""
+    from gradaudit.ops.api import check_op
+
+    return check_op
+
+
+@pytest.fixture
+def gradaudit_audit(request: pytest.FixtureRequest) -> Callable[..., AuditResult]:
+    """audit(spec, devices=None, dtypes=None, tensors=None) -> AuditResult: run a model spec
+    (each pass once per session) and raise AssertionError naming every tensor that did not
+    pass; skip when nothing was compared (an absent device)."""
+    config = request.config
+
+    def audit(
+        spec: str | Path,
+        devices: list[str] | None = None,
+        dtypes: list[str] | None = None,
+        tensors: list[str] | None = None,
+    ) -> AuditResult:
+        from gradaudit.pytest_audits import audit as run_audit
+
+        result = run_audit(store(config), spec, devices, dtypes, tensors)
+        if not result.ok:
+            raise AssertionError(result.report())
+        if not result.passed:
+            pytest.skip("; ".join(result.skipped) or f"{spec}: nothing was compared")
+        return result
+
+    return audit
