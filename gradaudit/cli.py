@@ -216,7 +216,9 @@ def main() -> None:
     # torch warns on import when NumPy is absent; gradaudit never needs NumPy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns ctx.exit()'s code here
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

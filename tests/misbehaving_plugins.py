@@ -209,7 +209,7 @@ def build_raises(vocab_size: int, **options: Any) -> nn.Module:
 
 
 def _build(cls: type[CharRNN]) -> Callable[..., nn.Module]:
-    def build(vocab_size: int, **options: Any) -> nn.Module:
+    def build(vocab_size: int, block_size: int, **options: Any) -> nn.Module:
         build_charrnn(vocab_size, **options)  # the same option checks
         return cls(vocab_size, **options)
 

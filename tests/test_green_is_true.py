@@ -134,7 +134,8 @@ def test_plugin_and_data_errors_point_at_the_spec_line(
     )
     spec = write_spec("b.yaml", plugins=["missing.py"])
     line = one_line(run_cli("run", spec))
-    assert line.startswith(f"gradaudit: error: {spec}:2:") and "not found" in line
+    at = spec.read_text(encoding="utf-8").splitlines().index("plugins:") + 2  # the list item
+    assert line.startswith(f"gradaudit: error: {spec}:{at}:") and "not found" in line
     spec = write_spec("c.yaml", data={"plugin": "text", "options": {"path": "nope.txt"}})
     line = one_line(run_cli("run", spec))
     assert f"{spec}:" in line and "nope.txt" in line

@@ -74,9 +74,15 @@ class Run:
         """(word, dtype, tensor) -> the console's detail block for a FAIL/ERROR tensor."""
         blocks: dict[tuple[str, str, str], str] = {}
         for block in re.split(r"^(?=--- )", self.out, flags=re.M)[1:]:
-            title = re.match(r"--- (FAIL|ERROR) cpu/(float32|float64) (\S+)\n", block)
+            title = re.match(r"--- (FAIL|ERROR) cpu/(float32|float64) (.+)\n", block)
             assert title, block
-            blocks[(title[1], title[2], title[3])] = block
+            # One block per distinct error: "--- ERROR cpu/float64 12 tensors: logits, h.1"
+            names = (
+                title[3].split(": ", 1)[1].split(", ") if " tensors: " in title[3] else [title[3]]
+            )
+            for name in names:
+                assert (title[1], title[2], name) not in blocks, f"{name} in two blocks"
+                blocks[(title[1], title[2], name)] = block
         return blocks
 
     def junit_cases(self) -> dict[tuple[str, str], tuple[str, str]]:
@@ -310,10 +316,12 @@ def check_run(run: Run, case: Case) -> None:
         assert outcome == case.outcome, (tensor, outcome, message)
         if case.outcome == "error":
             verdict = rf"batch {first_index} \(seed {first_seed}\): (?:{case.message}){more}"
-            assert re.search(rf"^{verdict}$", block, flags=re.M), block
-            for index, seed in case.batches:  # every batch's error is listed
-                line = rf"^  batch {index} \(seed {seed}\): (?:{case.message})$"
-                assert re.search(line, block, flags=re.M), block
+            # the console: one block for the tensors the error hit, each batch named once
+            hit = re.search(r"^in batch (.*?)(?: \(\d+ errors each.*)?:$", block, flags=re.M)
+            assert hit, block
+            for index, seed in case.batches:
+                assert f"{index} (seed {seed})" in hit[1], block
+            assert re.search(rf"^  (?:{case.message})$", block, flags=re.M), block
             assert re.fullmatch(rf"{re.escape(tensor)}: {verdict}", message), message
         else:  # a NaN or an Inf where autograd has a finite value: a failed comparison
             assert re.search(r"^NaN/Inf disagreements: [1-9]\d*$", block, flags=re.M), block
@@ -343,10 +351,12 @@ def test_model_factory_that_raises_is_a_one_line_setup_error(audit: Runner) -> N
     assert run.code == 2, run.out + run.err
     assert "Traceback" not in run.out + run.err
     assert run.out == ""  # nothing ran: no banner, no table
-    assert run.err.splitlines() == [
-        "gradaudit: error: model plugin 'mis-build-raises' failed to build: "
-        f"RuntimeError: {mis.BUILD_MESSAGE}"
-    ]
+    (line,) = run.err.splitlines()
+    assert line.startswith("gradaudit: error: ")
+    assert line.endswith(
+        f"model plugin 'mis-build-raises' failed to build: RuntimeError: {mis.BUILD_MESSAGE} "
+        f"(at {mis.__file__}:{mis.build_raises.__code__.co_firstlineno + 1} in build_raises)"
+    ), line
     assert not run.junit.exists() and not run.json.exists()
 
 

@@ -174,7 +174,7 @@ def sharded(
 
 
 def test_every_run_and_merge_exits_as_documented(sharded: dict[str, Any]) -> None:
-    expected_runs = {"full": 0, "s1": 0, "s2": 0, "s3": 0, "s7of7": 0}
+    expected_runs = {"full": 0, "s1": 0, "s2": 0, "s3": 0, "s7of7": 5}  # 5: nothing compared
     expected_runs |= {"bad-full": 1, "bad-s1": 1, "bad-s2": 1}
     for name, code in expected_runs.items():
         proc = sharded["runs"][name]
@@ -234,7 +234,7 @@ def test_merged_junit_equals_the_unsharded_run(sharded: dict[str, Any]) -> None:
 def test_a_shard_with_no_batches_skips_and_merges_away(sharded: dict[str, Any]) -> None:
     tmp = sharded["tmp"]
     proc = sharded["runs"]["s7of7"]
-    assert proc.returncode == 0
+    assert proc.returncode == 5  # nothing was compared: pytest's "no tests ran"
     assert summary_line(proc) == f"0 passed, 0 failed, 0 errors, {2 * len(TENSORS_T5)} skipped"
     empty = load_json(tmp / "s7of7.json")
     assert empty["cases"] == []

@@ -103,18 +103,15 @@ def failure_blocks(summary: RunSummary) -> list[tuple[str, str]]:
                 title = f"--- {s.status.upper()} {where} {s.tensor}"
                 blocks.append((f"{title}\n{detail(s)}", RESULTS[s.status]))
             elif s.status == "error":
-                key = (where, str(s.error_count), *(_without_batch(e) for e in s.errors))
+                unique = dict.fromkeys(_without_batch(e) for e in s.errors)
+                key = (where, str(s.error_count), *unique)
                 names, batches = shared.setdefault(key, ([], set()))
                 names.append(s.tensor)
                 batches.update(_batch_of(e) for e in s.errors)
     for (where, count, *errors), (names, batches) in shared.items():
         title = f"--- ERROR {where} {_names(names)}"
         body = "\n".join(f"  {e}" for e in errors)
-        more = (
-            f" ({count} errors each, the first {len(errors)} shown)"
-            if int(count) > len(errors)
-            else ""
-        )
+        more = f" and others ({count} errors each)" if int(count) > len(batches) else ""
         blocks.append((f"{title}\nin batch {', '.join(sorted(batches))}{more}:\n{body}", "ERROR"))
     return blocks
 
