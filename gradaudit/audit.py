@@ -153,11 +153,14 @@ class Audit:
         try:
             forward = self.master(**probe.tensors)
         except Exception as exc:
-            raise PluginError(
-                f"{self.loaded.where('model')}: model plugin '{plugin}': the probe forward on "
-                f"{probe.rows} row(s) of the first batch (run to learn the tensor names) "
-                f"failed: {why(exc)}"
-            ) from None
+            try:  # a forward that fails only on some shapes fails its cases, not the plan
+                forward = self.master(**probe.head(1).tensors)
+            except Exception:
+                raise PluginError(
+                    f"{self.loaded.where('model')}: model plugin '{plugin}': the probe forward "
+                    f"on {probe.rows} row(s) of the first batch (run to learn the tensor names) "
+                    f"failed: {why(exc)}"
+                ) from None
         if not isinstance(forward, Forward):
             raise PluginError(
                 f"{self.loaded.where('model')}: model plugin '{plugin}': forward must return "

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, Interrupted, UsageError
+from gradaudit.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    GradauditError,
+    Interrupted,
+    UsageError,
+)
 from gradaudit.spec import LoadedSpec, load_spec
 from gradaudit.write import check_writable
 
@@ -196,11 +202,19 @@ def _run_distributed(spec_path: str, options: RunOptions) -> int:
 def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
     from gradaudit.report.placeholder import write_placeholders
 
-    audit, made, checks = prepare(
-        spec_path,
-        options,
-        lambda: write_placeholders(spec_path, options.junit_xml, options.json_path, options.sets),
-    )
+    placeholders = (spec_path, options.junit_xml, options.json_path, options.sets)
+    written = []
+
+    def before_loading() -> None:
+        write_placeholders(*placeholders)
+        written.append(True)
+
+    try:
+        audit, made, checks = prepare(spec_path, options, before_loading)
+    except GradauditError as exc:  # a setup error: the reports say so instead of "not finished"
+        if written:
+            write_placeholders(*placeholders, reason=f"the run could not start: {exc}")
+        raise
     import torch
 
     import gradaudit

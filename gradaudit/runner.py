@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -115,7 +116,10 @@ class _Pass:
         self.all_names = set(audit.all_names)
         self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
+        # A batch's results reach the summaries and the event stream together, one by one
+        # after the batch: a run cut short then reports the same batches everywhere.
         self.events: list[Event] = []
+        self.pending: list[Callable[[], None]] = []
         self.nonzero: set[str] = set()  # tensors whose autograd gradient was nonzero once
         self.computed: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
         self.truth_model: torch.nn.Module | None = None
@@ -164,7 +168,10 @@ class _Pass:
                 self.fail_all(batch, self.setup_error)
             else:
                 self._batch(batch.to(self.device, self.torch_dtype))
-            yield from self.events
+            for fold, event in zip(self.pending, self.events, strict=True):
+                fold()  # the summary counts the result just as the event goes out
+                yield event
+            self.pending.clear()
             self.events.clear()
             for group in self.groups.values():
                 group.seconds = time.perf_counter() - start
@@ -182,7 +189,10 @@ class _Pass:
 
     # -- what check kinds call -------------------------------------------------------------
 
-    def emit(self, kind: str, name: str, batch: Batch, **fields: Any) -> None:
+    def emit(
+        self, kind: str, name: str, batch: Batch, fold: Callable[[], None], **fields: Any
+    ) -> None:
+        """Queue a tensor's result with the update of its summary (`fold`)."""
         summary = self._summary(kind, name)
         self.events.append(
             CaseResult(
@@ -196,14 +206,16 @@ class _Pass:
                 **fields,
             )
         )
+        self.pending.append(fold)
 
     def _summary(self, check: str, name: str) -> TensorSummary:
         return next(s for s in self.groups[check].tensors if s.tensor == name)
 
     def error(self, name: str, batch: Batch, message: str, check: str = "gradients") -> None:
         full = f"batch {batch.index} (seed {batch.seed}): {message}"
-        self._summary(check, name).add_error(full)
-        self.emit(check, name, batch, error=full)
+        self.emit(
+            check, name, batch, partial(self._summary(check, name).add_error, full), error=full
+        )
 
     def fail_all(self, batch: Batch, message: str) -> None:
         for check, group in self.groups.items():
@@ -275,8 +287,10 @@ class _Pass:
             if name in problems:
                 self.error(name, batch, problems[name], check)
             else:
-                self._summary(check, name).add(results[name], batch.index, batch.seed)
-                self.emit(check, name, batch, check=results[name])
+                fold = partial(
+                    self._summary(check, name).add, results[name], batch.index, batch.seed
+                )
+                self.emit(check, name, batch, fold, check=results[name])
         return results
 
     # -- the gradient comparison -----------------------------------------------------------

@@ -315,13 +315,14 @@ def check_run(run: Run, case: Case) -> None:
         outcome, message = junit[(case.dtype, tensor)]
         assert outcome == case.outcome, (tensor, outcome, message)
         if case.outcome == "error":
-            verdict = rf"batch {first_index} \(seed {first_seed}\): (?:{case.message}){more}"
+            at = r"(?: \(at \S+:\d+ in \w+\))?"  # where in the plugin it was raised
+            verdict = rf"batch {first_index} \(seed {first_seed}\): (?:{case.message}){at}{more}"
             # the console: one block for the tensors the error hit, each batch named once
             hit = re.search(r"^in batch (.*?)(?: \(\d+ errors each.*)?:$", block, flags=re.M)
             assert hit, block
             for index, seed in case.batches:
                 assert f"{index} (seed {seed})" in hit[1], block
-            assert re.search(rf"^  (?:{case.message})$", block, flags=re.M), block
+            assert re.search(rf"^  (?:{case.message}){at}$", block, flags=re.M), block
             assert re.fullmatch(rf"{re.escape(tensor)}: {verdict}", message), message
         else:  # a NaN or an Inf where autograd has a finite value: a failed comparison
             assert re.search(r"^NaN/Inf disagreements: [1-9]\d*$", block, flags=re.M), block
@@ -357,7 +358,11 @@ def test_model_factory_that_raises_is_a_one_line_setup_error(audit: Runner) -> N
         f"model plugin 'mis-build-raises' failed to build: RuntimeError: {mis.BUILD_MESSAGE} "
         f"(at {mis.__file__}:{mis.build_raises.__code__.co_firstlineno + 1} in build_raises)"
     ), line
-    assert not run.junit.exists() and not run.json.exists()
+    # The reports (written before loading, for kills) say why the run could not start.
+    assert "the run could not start: " in run.junit.read_text(encoding="utf-8")
+    assert json.loads(run.json.read_text(encoding="utf-8"))["stopped"].startswith(
+        "the run could not start: "
+    )
 
 
 # --- misbehaving models: the affected dtype errors, the other passes --------------------------

@@ -53,12 +53,11 @@ gradients:
   plugin: charrnn-bptt
 data:
   plugin: text
-  options: {source: builtin}
+  options: {source: builtin, block_size: 5}
 batches:
   split: train
   count: 2
   size: 4
-  block_size: 5
   seed: 3
 devices: [cpu]
 dtypes: [float32, float64]
@@ -182,7 +181,7 @@ def report(name: str, counts: Counter[str]) -> None:
 FRAGMENTS = [
     *("name", "model", "gradients", "plugin", "options", "data", "batches", "devices"),
     *("dtypes", "tensors", "tolerance", "overrides", "checks", "repeat", "count", "size"),
-    *("split", "seed", "block_size", "finite_difference", "rtol", "atol", "mode", "plugins"),
+    *("split", "seed", "source", "finite_difference", "rtol", "atol", "mode", "plugins"),
     *(": ", ":", "\n", "\n  ", "\n    ", "  ", "- ", "-", "[", "]", "{", "}", ", ", ",", "? "),
     *("&a ", "&b ", "*a", "*b", "<<: *a", "!!str ", "!!int ", "!!float ", "!!map ", "!!seq "),
     *("!!binary ", "!!set ", "!!omap ", "!!python/object/apply:os.system ", "!custom ", "!<x> "),
@@ -623,8 +622,8 @@ def test_billion_laughs_alias_bomb_in_a_model_option_through_run(tmp_path: Path)
     items += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
     spec.write_text(
         "name: hostile\ngradients: {plugin: charrnn-bptt}\n"
-        "data: {plugin: text, options: {source: builtin}}\n"
-        "batches: {count: 1, size: 2, block_size: 3}\n"
+        "data: {plugin: text, options: {source: builtin, block_size: 3}}\n"
+        "batches: {count: 1, size: 2}\n"
         f"model:\n  plugin: charrnn\n  options:\n    d_model: [{', '.join(items)}]\n",
         encoding="utf-8",
     )

@@ -14,8 +14,13 @@ LOADING = "the run did not finish: it stopped while loading (torch, plugins, dat
 
 
 def write_placeholders(
-    spec_path: str, junit_xml: str | None, json_path: str | None, sets: tuple[str, ...] = ()
+    spec_path: str,
+    junit_xml: str | None,
+    json_path: str | None,
+    sets: tuple[str, ...] = (),
+    reason: str = LOADING,
 ) -> None:
+    """Reports with one error case: `reason` (by default, that the run did not finish)."""
     spec = Path(spec_path)
     try:
         raw = spec.read_bytes()
@@ -27,12 +32,12 @@ def write_placeholders(
     }
     name = spec.stem
     if junit_xml:
-        write_atomic(junit_xml, document([stopped_suite(name, LOADING, metadata)]))
+        write_atomic(junit_xml, document([stopped_suite(name, reason, metadata)]))
     if json_path:
         totals = {"passed": 0, "failed": 0, "errors": 1, "skipped": 0}
         write_atomic(
             json_path,
             f'{{"schema": "{SCHEMA}", "schema_version": {SCHEMA_VERSION},\n'
             f' "run": {dumps(metadata)},\n "cases": [],\n "groups": [],\n'
-            f' "totals": {dumps(totals)},\n "stopped": {dumps(LOADING)}\n}}\n',
+            f' "totals": {dumps(totals)},\n "stopped": {dumps(reason)}\n}}\n',
         )
