@@ -61,9 +61,13 @@ def floor_scale(own: float, reference_error: float, batch_scale: float) -> float
     autograd in the tested dtype cannot resolve the tensor at all (its error exceeds the true
     values: a gradient that is zero by cancellation, like a bias before batch norm). Such a
     tensor is rounding noise, held to a share of the batch's largest gradient instead of to
-    autograd's own noise, which another summation order legitimately exceeds."""
+    autograd's own noise, which another summation order legitimately exceeds; one whose
+    float64 truth is itself noise (zero by construction) to the whole of it: a correct b1
+    before batch norm used 99.6% of the 1/16 share in float16 over 1,000 batches."""
     if own > reference_error:
         return own
+    if is_noise(own, batch_scale):  # zero by construction: noise of sums of batch-size terms
+        return batch_scale
     return max(own, BATCH_FLOOR_SHARE * batch_scale)
 
 
