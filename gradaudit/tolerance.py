@@ -138,10 +138,12 @@ class Tol:
     def explain(self, allowed: float, reference_error: float) -> str:
         """The sentence a report gives for the numbers one batch was held to."""
         if self.mode == "baseline":
+            floor = allowed - self.k * reference_error
             return (
                 f"allowed {allowed:.3g} = {self.k:g} x autograd's own error "
-                f"{reference_error:.3g} + {self.floor_ulps:g} ULPs of the truth's largest entry"
-                + (" (more where autograd's error shows cancellation)" if reference_error else "")
+                f"{reference_error:.3g} + {floor:.3g} ({self.floor_ulps:g} ULPs of the truth's "
+                "largest entry; of the batch's for a gradient zero by cancellation; more where "
+                "autograd's error shows cancellation)"
             )
         if self.mode == "ulps":
             return (
