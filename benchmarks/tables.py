@@ -1,0 +1,136 @@
+"""Regenerate docs/verdict-tables.md: mutation scores, sensitivities and the soak, per shipped spec.
+
+Mutation testing runs here (8 batches of each shipped spec, every dtype, on the CPU: seconds);
+the soak takes minutes, so its figures come from a JSON file that benchmarks/tolerance_soak.py
+wrote (`--json`). Without one, the soak section already in the file is kept.
+
+    python benchmarks/tolerance_soak.py --batches 1000 --json /tmp/soak.json   # minutes
+    python benchmarks/tables.py --soak /tmp/soak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+OUT = REPO / "docs" / "verdict-tables.md"
+SPECS = ["specs/charrnn.yaml", "specs/mlp-batchnorm.yaml"]
+DTYPES = ["float64", "float32", "bfloat16", "float16"]
+SOAK_START = "<!-- soak -->"
+SOAK_END = "<!-- end soak -->"
+
+
+def mutation(spec_path: str) -> list[object]:
+    """Every dtype's MutationReport for one spec, as `gradaudit mutate` computes them."""
+    from gradaudit.api import plan_for
+    from gradaudit.audit import Audit
+    from gradaudit.mutate import MutationReport, generic_mutants
+    from gradaudit.runner import run
+    from gradaudit.spec import load_spec
+
+    loaded = load_spec(str(REPO / spec_path))
+    spec = loaded.spec.model_copy(update={"dtypes": DTYPES})
+    audit = Audit(type(loaded)(spec, loaded.path, loaded.sha256, loaded.lines))
+    plan = plan_for(audit, ["cpu"], DTYPES)
+    mutants = generic_mutants(audit.tensor_names)
+    return [e for e in run(audit, plan, {}, None, mutants) if isinstance(e, MutationReport)]
+
+
+def _scale_kills(report: object, delta: float) -> str:
+    results = [r for r in report.results if r.mutant.delta == delta]  # type: ignore[attr-defined]
+    counted = [r for r in results if r.status in ("killed", "survived")]
+    return f"{sum(r.killed for r in counted)}/{len(counted)}"
+
+
+def mutation_sections() -> list[str]:
+    lines = []
+    for spec_path in SPECS:
+        reports = mutation(spec_path)
+        name = Path(spec_path).stem
+        lines += [
+            f"### {name}",
+            "",
+            f"`gradaudit mutate {spec_path} --device cpu` (8 batches, `auto`; the dtypes the "
+            "spec does not list run with `--set 'dtypes=[float64,float32,bfloat16,float16]'`).",
+            "",
+            "| dtype | mutation score | killed | equivalent | not applicable (zero by "
+            "construction) | scale(1e-2) killed | scale(1e-3) killed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in reports:
+            counted = r.counted()  # type: ignore[attr-defined]
+            na = sum(x.status == "not-applicable" for x in r.results)  # type: ignore[attr-defined]
+            zero = sum(x.zero for x in r.results)  # type: ignore[attr-defined]
+            eq = sum(x.status == "equivalent" for x in r.results)  # type: ignore[attr-defined]
+            lines.append(
+                f"| {r.dtype} | {100 * r.score():.1f}% | "  # type: ignore[attr-defined]
+                f"{sum(x.killed for x in counted)}/{len(counted)} | {eq} | {na} ({zero}) | "
+                f"{_scale_kills(r, 1e-2)} | {_scale_kills(r, 1e-3)} |"
+            )
+        lines += [
+            "",
+            "Sensitivity, the smallest relative error (1 + d) g caught: elementwise rule / "
+            "systematic-error check (its bound over the 8 batches); `zero`: zero by construction.",
+            "",
+            "| tensor | " + " | ".join(r.dtype for r in reports) + " |",  # type: ignore[attr-defined]
+            "|---|" + "---|" * len(reports),
+        ]
+        from gradaudit.report.mutation import _cell
+
+        for tensor in reports[0].sensitivity:  # type: ignore[attr-defined]
+            cells = [_cell(r, tensor) for r in reports]  # type: ignore[arg-type]
+            lines.append(f"| {tensor} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def soak_section(path: str | None, current: str) -> list[str]:
+    if path is None:
+        if SOAK_START in current:
+            kept = current.split(SOAK_START, 1)[1].split(SOAK_END, 1)[0]
+            return [SOAK_START + kept + SOAK_END]
+        return [SOAK_START, "(no soak figures yet: see the module docstring)", SOAK_END]
+    from tolerance_soak import table
+
+    rows = json.loads(Path(path).read_text())
+    return [SOAK_START, "", *table(rows), "", SOAK_END]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--soak", help="the JSON written by tolerance_soak.py --json")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    current = OUT.read_text() if OUT.exists() else ""
+    text = [
+        "# Verdict tables: mutation, sensitivity and soak per shipped spec",
+        "",
+        "Generated by `python benchmarks/tables.py --soak SOAK.json` (see its docstring); do "
+        "not edit by hand. The rules are explained in [specs.md](specs.md#tolerances) and "
+        "[mutation.md](mutation.md).",
+        "",
+        "## Mutation score and sensitivity (CPU, 8 batches, `auto`)",
+        "",
+        *mutation_sections(),
+        "## Soak: correct gradients over 1,000 seeded batches (one thread, CPU)",
+        "",
+        "Worst budget: the largest share of the elementwise allowance any element used. Worst "
+        "bias / bound: the systematic-error statistic over all the batches as a share of its "
+        "bound, and over each window of 8 batches judged alone (what a default run sees). A "
+        "false failure is any failing batch, error or systematic verdict on correct code.",
+        "",
+        *soak_section(args.soak, current),
+        "",
+    ]
+    OUT.write_text("\n".join(text))
+    print(f"wrote {OUT.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
