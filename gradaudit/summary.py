@@ -66,12 +66,13 @@ class TensorSummary:
     seconds: float = 0.0
     skipped: str | None = None  # why this tensor was not checked (device absent, empty shard)
     # The systematic-error statistic as running sums over the batches that carry a direction:
-    # d = bias - reference_bias (count, sum, sum of squares), and each side's own sum.
+    # d = bias - reference_bias (count, sum, sum of squares), and each side's own sum, in
+    # integer quanta of the dtype's epsilon (systematic.quantum): exact whatever the order.
     bias_batches: int = 0
-    bias_sum: float = 0.0
-    bias_squares: float = 0.0
-    bias_manual_sum: float = 0.0
-    bias_reference_sum: float = 0.0
+    bias_sum: int = 0
+    bias_squares: int = 0
+    bias_manual_sum: int = 0
+    bias_reference_sum: int = 0
 
     def add(self, result: Check, batch_index: int, seed: int) -> None:
         self.batches += 1
@@ -95,12 +96,15 @@ class TensorSummary:
             return
         if not math.isfinite(result.bias + result.reference_bias):
             return
-        d = result.bias - result.reference_bias
+        eps = self.tol.eps
+        manual = systematic.quantize(result.bias, eps)
+        reference = systematic.quantize(result.reference_bias, eps)
+        d = manual - reference
         self.bias_batches += 1
         self.bias_sum += d
         self.bias_squares += d * d
-        self.bias_manual_sum += result.bias
-        self.bias_reference_sum += result.reference_bias
+        self.bias_manual_sum += manual
+        self.bias_reference_sum += reference
 
     def merge(self, other: TensorSummary) -> None:
         """Fold in the same tensor's summary from another shard of the batches."""
@@ -168,32 +172,41 @@ class TensorSummary:
     @property
     def bias(self) -> float:
         """Estimated relative bias of the manual gradient beyond autograd's (mean d)."""
-        return self.bias_sum / self.bias_batches if self.bias_batches else 0.0
+        unit = systematic.quantum(self.tol.eps)
+        return self.bias_sum * unit / self.bias_batches if self.bias_batches else 0.0
 
     @property
     def bias_bound(self) -> float:
         """The largest |bias| rounding noise may produce over these batches."""
-        n, total, squares = self.bias_batches, self.bias_sum, self.bias_squares
-        return systematic.bound(n, total, squares, self.tol.eps)
+        return systematic.bound(*self._moments(), self.tol.eps)
 
     @property
     def bias_verdict(self) -> str:
         """off (not asked for) | pass | fail | inconclusive (under 2 usable batches)."""
         if not self.tol.systematic:
             return "off"
-        n, total, squares = self.bias_batches, self.bias_sum, self.bias_squares
-        return systematic.verdict(n, total, squares, self.tol.eps)
+        return systematic.verdict(*self._moments(), self.tol.eps)
+
+    def _moments(self) -> tuple[int, float, float]:
+        """(n, sum, sum of squares) of d as floats, the spread taken exactly from the ints."""
+        n, eps = self.bias_batches, self.tol.eps
+        unit = systematic.quantum(eps)
+        sd = systematic.spread(n, self.bias_sum, self.bias_squares) * unit
+        total = self.bias_sum * unit
+        mean = total / n if n else 0.0
+        return n, total, n * mean * mean + (n - 1) * sd * sd
 
     @property
     def systematic(self) -> dict[str, Any]:
         """The systematic-error check as reports show it (relative to the true gradient)."""
         n = self.bias_batches
+        unit = systematic.quantum(self.tol.eps)
         return {
             "verdict": self.bias_verdict,
             "bias": self.bias,
             "bound": self.bias_bound if n >= 2 else None,
-            "manual": self.bias_manual_sum / n if n else None,
-            "autograd": self.bias_reference_sum / n if n else None,
+            "manual": self.bias_manual_sum * unit / n if n else None,
+            "autograd": self.bias_reference_sum * unit / n if n else None,
             "batches": n,
         }
 

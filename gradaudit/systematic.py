@@ -23,7 +23,9 @@ is autograd itself, so d = delta(manual). Batches where the tensor is rounding n
 construction, or not resolved by autograd in the dtype) carry no direction and are left out.
 
 Torch-free: the statistic is a running sum (count, sum, sum of squares) that summaries fold
-batch by batch and merge across shards.
+batch by batch and merge across shards. Summaries keep the sums as integers of QUANTUM_BITS
+below the dtype's epsilon (`quantize`): integer sums are exact in any order, so a run merged
+from shards reports the very numbers of the unsharded run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,22 @@ _T = {
     19: 4.90, 20: 4.84, 25: 4.62, 30: 4.48, 40: 4.32, 60: 4.17, 120: 4.03, 1000: 3.91,
 }  # fmt: skip
 _NORMAL = 3.89
+QUANTUM_BITS = 32
+
+
+def quantum(eps: float) -> float:
+    """The unit of a summary's integer sums: 2^-32 of the dtype's epsilon."""
+    return (eps or 2.0**-52) * 2.0**-QUANTUM_BITS
+
+
+def quantize(value: float, eps: float) -> int:
+    return round(value / quantum(eps))
+
+
+def exact_moments(n: int, total: int, squares: int, eps: float) -> tuple[float, float]:
+    """(sum, sum of squares) as floats from integer sums in quanta."""
+    unit = quantum(eps)
+    return total * unit, squares * unit * unit
 
 
 def critical(dof: int) -> float:
@@ -50,9 +68,12 @@ def critical(dof: int) -> float:
 
 
 def spread(n: int, total: float, squares: float) -> float:
-    """Sample standard deviation from running sums (0 below 2 samples)."""
+    """Sample standard deviation from running sums (0 below 2 samples); integer sums (quanta)
+    are combined exactly before the one rounding."""
     if n < 2:
         return 0.0
+    if isinstance(total, int) and isinstance(squares, int):
+        return math.sqrt(max(0, n * squares - total * total) / (n * (n - 1)))
     mean = total / n
     return math.sqrt(max(0.0, (squares - n * mean * mean) / (n - 1)))
 
