@@ -15,6 +15,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gradaudit.mutate import MutationReport
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -25,7 +29,7 @@ SOAK_START = "<!-- soak -->"
 SOAK_END = "<!-- end soak -->"
 
 
-def mutation(spec_path: str) -> list[object]:
+def mutation(spec_path: str) -> list[MutationReport]:
     """Every dtype's MutationReport for one spec, as `gradaudit mutate` computes them."""
     from gradaudit.api import plan_for
     from gradaudit.audit import Audit
@@ -41,8 +45,8 @@ def mutation(spec_path: str) -> list[object]:
     return [e for e in run(audit, plan, {}, None, mutants) if isinstance(e, MutationReport)]
 
 
-def _scale_kills(report: object, delta: float) -> str:
-    results = [r for r in report.results if r.mutant.delta == delta]  # type: ignore[attr-defined]
+def _scale_kills(report: MutationReport, delta: float) -> str:
+    results = [r for r in report.results if r.mutant.delta == delta]
     counted = [r for r in results if r.status in ("killed", "survived")]
     return f"{sum(r.killed for r in counted)}/{len(counted)}"
 
@@ -63,12 +67,12 @@ def mutation_sections() -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for r in reports:
-            counted = r.counted()  # type: ignore[attr-defined]
-            na = sum(x.status == "not-applicable" for x in r.results)  # type: ignore[attr-defined]
-            zero = sum(x.zero for x in r.results)  # type: ignore[attr-defined]
-            eq = sum(x.status == "equivalent" for x in r.results)  # type: ignore[attr-defined]
+            counted = r.counted()
+            na = sum(x.status == "not-applicable" for x in r.results)
+            zero = sum(x.zero for x in r.results)
+            eq = sum(x.status == "equivalent" for x in r.results)
             lines.append(
-                f"| {r.dtype} | {100 * r.score():.1f}% | "  # type: ignore[attr-defined]
+                f"| {r.dtype} | {100 * r.score():.1f}% | "
                 f"{sum(x.killed for x in counted)}/{len(counted)} | {eq} | {na} ({zero}) | "
                 f"{_scale_kills(r, 1e-2)} | {_scale_kills(r, 1e-3)} |"
             )
@@ -77,13 +81,13 @@ def mutation_sections() -> list[str]:
             "Sensitivity, the smallest relative error (1 + d) g caught: elementwise rule / "
             "systematic-error check (its bound over the 8 batches); `zero`: zero by construction.",
             "",
-            "| tensor | " + " | ".join(r.dtype for r in reports) + " |",  # type: ignore[attr-defined]
+            "| tensor | " + " | ".join(r.dtype for r in reports) + " |",
             "|---|" + "---|" * len(reports),
         ]
         from gradaudit.report.mutation import _cell
 
-        for tensor in reports[0].sensitivity:  # type: ignore[attr-defined]
-            cells = [_cell(r, tensor) for r in reports]  # type: ignore[arg-type]
+        for tensor in reports[0].sensitivity:
+            cells = [_cell(r, tensor) for r in reports]
             lines.append(f"| {tensor} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -95,7 +99,7 @@ def soak_section(path: str | None, current: str) -> list[str]:
             kept = current.split(SOAK_START, 1)[1].split(SOAK_END, 1)[0]
             return [SOAK_START + kept + SOAK_END]
         return [SOAK_START, "(no soak figures yet: see the module docstring)", SOAK_END]
-    from tolerance_soak import table
+    from tolerance_soak import table  # type: ignore[import-not-found]
 
     rows = json.loads(Path(path).read_text())
     return [SOAK_START, "", *table(rows), "", SOAK_END]
