@@ -4,45 +4,26 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradaudit.text import clean
-from gradaudit.tolerance import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES  # re-exported
+from gradaudit.summary import MAX_ERROR_CHARS as MAX_ERROR_CHARS  # re-exported
+from gradaudit.summary import MAX_ERRORS_KEPT as MAX_ERRORS_KEPT
+from gradaudit.summary import Check as Check
+from gradaudit.summary import TensorSummary as TensorSummary
+from gradaudit.tolerance import DEFAULT_TOLERANCES as DEFAULT_TOLERANCES
 from gradaudit.tolerance import Tol as Tol
+from gradaudit.tolerance import is_noise
 from gradaudit.tolerance import tolerance_for as tolerance_for
 
 if TYPE_CHECKING:
     import torch
 
 TRIAGE_MARGIN = 1e-4  # float32 measurements this close to the allowance are redone in float64
-MAX_ERRORS_KEPT = 5
-MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
 
 
 class GradientMismatch(ValueError):
     """The manual gradient cannot be compared at all (wrong shape, dtype or device)."""
-
-
-@dataclass(frozen=True)
-class Check:
-    """One tensor on one batch. In baseline mode differences are taken to the float64 truth."""
-
-    exact: bool
-    passed: bool
-    max_abs: float
-    max_rel: float
-    budget: float  # max over elements of |diff| / allowed; above 1 fails
-    worst_index: tuple[int, ...]
-    manual_value: float
-    reference_value: float  # autograd's value (allclose, exact) or the truth's (baseline)
-    mismatched: int
-    nonfinite: int  # elements where the two disagree on NaN/Inf
-    numel: int
-    allowed: float = 0.0  # the allowed difference at the worst element
-    reference_error: float = 0.0  # baseline: max|autograd in dtype - truth|
-    sym_rel: float = 0.0  # max of 2|a - b| / (|a| + |b|)
-    cosine: float = 1.0  # cosine similarity of the flattened tensors
 
 
 class Scratch:
@@ -107,8 +88,10 @@ def check_all(
     """Compare; verdicts are float64's (see _measure). NaN/Inf agree only with the same
     NaN/Inf; anything else fails.
 
-    `batch_scale` (baseline mode) is the largest truth entry among all of the batch's
-    gradients; see tolerance.floor_scale. Raises GradientMismatch when a pair cannot be compared.
+    `batch_scale` (baseline and ulps modes) is the largest truth entry among all of the
+    batch's gradients; see tolerance.floor_scale. Where it is not given (0) and a tolerance
+    is `ulps`, it is the largest entry of the given references. Raises GradientMismatch when
+    a pair cannot be compared.
 
     This runs for every batch, and at gradient sizes each torch call costs more than its
     arithmetic, so all of a batch's tensors are laid end to end and go through each
@@ -121,6 +104,8 @@ def check_all(
             raise GradientMismatch(problem)
         if item.tol.mode == "baseline" and item.truth is None:
             raise ValueError("baseline mode needs the float64 truth")
+    if not batch_scale and any(item.tol.mode == "ulps" for item in items):
+        batch_scale = _largest(items)
     devices = {item.manual.device for item in items}
     if len(devices) > 1:  # the flat layout needs one device; keep the order
         return [check_all([item], batch_scale, scratch)[0] for item in items]
@@ -189,7 +174,9 @@ class _Flat:
         m, r = self.pair.unbind(0)
         self.rows = scratch.take("rows", 6, numel, device, dtype)
         _, _, _, diff, _, magnitude = self.rows.unbind(0)
-        self.diff = torch.sub(m, r, out=diff).abs_()
+        torch.sub(m, r, out=diff)
+        self.dots = self._dots(items, diff, r) if any(i.tol.systematic for i in items) else None
+        self.diff = diff.abs_()
         magnitudes = self.rows.narrow(0, 4, 2)
         torch.abs(self.pair, out=magnitudes)
         self.disagree: torch.Tensor | None = None  # one side NaN/Inf, or different ones
@@ -201,9 +188,12 @@ class _Flat:
         allowed, both, own = self.bounds.unbind(0)
         own.copy_(magnitude)
         torch.add(magnitudes[0], magnitude, out=both)
-        self.reference_errors = [
-            _reference_error(item) if item.tol.mode == "baseline" else 0.0 for item in items
+        self.batch_scale = batch_scale
+        measured = [
+            _reference_error(item) if item.tol.mode == "baseline" else (0.0, 0.0) for item in items
         ]
+        self.reference_errors = [error for error, _ in measured]
+        self.reference_cross = [cross for _, cross in measured]
         self.allowed: list[float | None] = []  # per tensor: one number, or None (elementwise)
         tols = {item.tol for item in items}
         if len(tols) == 1 and items[0].tol.mode == "allclose":  # the usual case: one call
@@ -222,10 +212,33 @@ class _Flat:
         ratios = self.rows.narrow(0, 0, 3)
         torch.div(self.diff, self.bounds, out=ratios).nan_to_num_(nan=0.0, posinf=math.inf)
 
+    def _dots(self, items: list[Comparison], diff: torch.Tensor, r: torch.Tensor) -> list[Any]:
+        """Per tensor, <m - r, r> and <r, r> (the systematic-error check's numbers), in the
+        two first rows, which hold nothing yet."""
+        import torch
+
+        products = self.rows.narrow(0, 0, 2)
+        torch.mul(diff, r, out=products[0])
+        torch.mul(r, r, out=products[1])
+        pieces = products.split_with_sizes(self.sizes, dim=1)
+        return torch.stack([p.sum(dim=1) for p in pieces]).tolist()
+
+    def _bias(self, i: int, own: float) -> tuple[float | None, float | None]:
+        """(manual's, autograd's) error along the truth, or None where the tensor carries no
+        direction: zero by construction, or not resolved by autograd in the tested dtype."""
+        if self.dots is None or not self.items[i].tol.systematic:
+            return None, None
+        cross, square = self.dots[i]
+        if not (square > 0.0 and math.isfinite(cross + square)):
+            return None, None
+        if own <= self.reference_errors[i] or is_noise(own, self.batch_scale):
+            return None, None
+        return cross / square, self.reference_cross[i] / square
+
     def results(self) -> list[Check]:
         import torch
 
-        maxima = self.rows.narrow(0, 0, 4).split_with_sizes(self.sizes, dim=1)
+        maxima = self.rows.split_with_sizes(self.sizes, dim=1)
         worst = torch.stack([piece.amax(dim=1) for piece in maxima]).tolist()
         budget_row = self.rows[0].split_with_sizes(self.sizes)
         where = torch.stack([row.argmax() for row in budget_row])
@@ -237,7 +250,8 @@ class _Flat:
         norms = torch.stack([torch.linalg.vector_norm(p, dim=1) for p in pieces]).tolist()
         checks = []
         for i, item in enumerate(self.items):
-            budget, half_sym, max_rel, max_abs = worst[i]
+            budget, half_sym, max_rel, max_abs, _, own = worst[i]
+            bias, reference_bias = self._bias(i, own)
             mismatched, nonfinite = self._mismatched(i, budget)
             allowed = self.allowed[i]
             checks.append(
@@ -257,6 +271,8 @@ class _Flat:
                     reference_error=self.reference_errors[i],
                     sym_rel=2.0 * half_sym,
                     cosine=_cosine(*norms[i]),
+                    bias=bias,
+                    reference_bias=reference_bias,
                 )
             )
         return checks
@@ -286,8 +302,8 @@ def _fill_allowed(
         torch.mul(magnitude, tol.rtol, out=row).add_(tol.atol)
         return None
     value = 0.0
-    if tol.mode == "baseline":
-        value = tol.baseline_allowed(float(magnitude.max()), error, batch_scale)
+    if tol.mode in ("baseline", "ulps"):
+        value = tol.allowed(float(magnitude.max()), error, batch_scale)
     row.fill_(value)
     return value
 
@@ -299,14 +315,26 @@ def _second(item: Comparison) -> torch.Tensor:
     return item.reference
 
 
-def _reference_error(item: Comparison) -> float:
-    """max |autograd in the tested dtype - float64 truth|, over the finite differences."""
+def _reference_error(item: Comparison) -> tuple[float, float]:
+    """max |autograd in the tested dtype - float64 truth|, over the finite differences, and
+    <autograd - truth, truth> for the systematic-error check (0 where it is not asked)."""
     import torch
 
     assert item.truth is not None
-    gap = torch.sub(item.reference, item.truth.to(item.reference.device)).abs_()
+    truth = item.truth.to(item.reference.device)
+    gap = torch.sub(item.reference, truth)
+    cross = float(torch.dot(gap.reshape(-1).double(), truth.reshape(-1).double()))
+    cross = cross if item.tol.systematic else 0.0
+    gap.abs_()
     error = float(gap.max())
-    return error if math.isfinite(error) else _max_finite(gap)
+    return (error if math.isfinite(error) else _max_finite(gap)), cross
+
+
+def _largest(items: list[Comparison]) -> float:
+    """The largest entry among the references (or truths): the batch's scale."""
+    values = [float(_second(item).abs().max()) for item in items if item.manual.numel()]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite, default=0.0)
 
 
 def _nonfinite(
@@ -349,117 +377,3 @@ def _cosine(diff_norm: float, m_norm: float, r_norm: float) -> float:
         return 1.0 if m_norm == r_norm else 0.0
     cosine = (m_norm * m_norm + r_norm * r_norm - diff_norm * diff_norm) / (2 * m_norm * r_norm)
     return max(-1.0, min(1.0, cosine))
-
-
-@dataclass
-class TensorSummary:
-    """One tensor on one (device, dtype), accumulated batch by batch (results stream)."""
-
-    tensor: str
-    tol: Tol
-    batches: int = 0
-    failed_batches: int = 0
-    exact: bool = True
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    max_sym_rel: float = 0.0
-    min_cosine: float = 1.0
-    mismatched: int = 0
-    nonfinite: int = 0
-    numel: int = 0
-    worst: Check | None = None
-    worst_batch: int | None = None
-    worst_seed: int | None = None
-    errors: list[str] = field(default_factory=list)
-    error_count: int = 0
-    seconds: float = 0.0
-    skipped: str | None = None  # why this tensor was not checked (device absent, empty shard)
-
-    def add(self, result: Check, batch_index: int, seed: int) -> None:
-        self.batches += 1
-        self.failed_batches += not result.passed
-        self.exact &= result.exact
-        self.max_abs = max(self.max_abs, result.max_abs)
-        self.max_rel = max(self.max_rel, result.max_rel)
-        self.max_sym_rel = max(self.max_sym_rel, result.sym_rel)
-        self.min_cosine = min(self.min_cosine, result.cosine)
-        self.mismatched += result.mismatched
-        self.nonfinite += result.nonfinite
-        self.numel += result.numel
-        if self.worst is None or result.budget > self.worst.budget:
-            self.worst, self.worst_batch, self.worst_seed = result, batch_index, seed
-
-    def merge(self, other: TensorSummary) -> None:
-        """Fold in the same tensor's summary from another shard of the batches."""
-        self.batches += other.batches
-        self.failed_batches += other.failed_batches
-        self.exact &= other.exact
-        self.max_abs = max(self.max_abs, other.max_abs)
-        self.max_rel = max(self.max_rel, other.max_rel)
-        self.max_sym_rel = max(self.max_sym_rel, other.max_sym_rel)
-        self.min_cosine = min(self.min_cosine, other.min_cosine)
-        self.mismatched += other.mismatched
-        self.nonfinite += other.nonfinite
-        self.numel += other.numel
-        self.seconds += other.seconds
-        if other.worst is not None and (
-            self.worst is None
-            or other.worst.budget > self.worst.budget
-            or (
-                other.worst.budget == self.worst.budget
-                and (other.worst_batch or 0) < (self.worst_batch or 0)
-            )
-        ):
-            self.worst, self.worst_batch, self.worst_seed = (
-                other.worst,
-                other.worst_batch,
-                other.worst_seed,
-            )
-        if self.skipped and not other.skipped:
-            self.skipped = None
-        self.errors = (self.errors + other.errors)[:MAX_ERRORS_KEPT]
-        self.error_count += other.error_count
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TensorSummary:
-        fields = {k: v for k, v in data.items() if k != "status"}
-        fields["tol"] = Tol(**fields["tol"])
-        if fields.get("worst") is not None:
-            worst = dict(fields["worst"])
-            worst["worst_index"] = tuple(worst["worst_index"])
-            fields["worst"] = Check(**worst)
-        return cls(**fields)
-
-    def add_error(self, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_ERRORS_KEPT:
-            self.errors.append(clean(message, MAX_ERROR_CHARS))
-
-    @property
-    def budget(self) -> float:
-        return self.worst.budget if self.worst else 0.0
-
-    @property
-    def status(self) -> str:
-        """The headline verdict. A mismatch wins over an error: it proves the gradient wrong,
-        where an error only says that some batches could not be compared."""
-        if self.failed_batches:
-            return "fail"
-        if self.error_count:
-            return "error"
-        if self.skipped or not self.batches:
-            return "skipped"
-        return "pass"
-
-    @property
-    def outcomes(self) -> tuple[str, ...]:
-        """Every verdict that holds, for counts: ("fail", "error") when a tensor mismatched on
-        some batches and errored on others, so that neither hides the other."""
-        if self.failed_batches and self.error_count:
-            return ("fail", "error")
-        return (self.status,)

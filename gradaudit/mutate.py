@@ -4,7 +4,12 @@ Each mutant changes the manual gradient's *output* in a way a real bug would (a 
 scale, sign, transpose, a lost row, swapped time steps, a missing 1/B or 1/T, one bad
 element). The audit compares every mutant with the same reference as the real run; a
 mutant is killed when any of its tensors fails on any batch. Survivors name the tolerance
-that let them through.
+that let them through; the systematic-error check (gradaudit.systematic) also kills a mutant
+whose error, summed over the batches, is consistently along the true gradient.
+
+Truthfulness: swapped steps are only tried between steps of one sequence (a stem with a
+separator, like `h.1`, `h.2`, or one with at least three numbered members); a tensor whose
+truth is rounding noise on every batch (zero by construction) has no mutants that count.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gradaudit.tolerance import Tol
+from gradaudit import systematic
+from gradaudit.tolerance import Tol, is_noise
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +42,7 @@ class Mutant:
     tensor: str
     apply: Apply = field(compare=False, repr=False)
     delta: float | None = None  # the relative size, for scale mutants
+    relative: float | None = None  # the relative change of the largest element, where known
 
     @property
     def name(self) -> str:
@@ -112,21 +119,30 @@ def generic_mutants(tensors: list[str]) -> list[Mutant]:
     """The generic, plugin-independent mutants for these tensor names."""
     mutants = []
     for name in tensors:
-        mutants += [Mutant(f"scale({d:g})", name, _scale(name, d), d) for d in SCALES]
+        mutants += [Mutant(f"scale({d:g})", name, _scale(name, d), d, d) for d in SCALES]
         mutants += [
             Mutant("sign", name, _sign(name)),
             Mutant("transpose", name, _transpose(name)),
             Mutant("zero-row", name, _zero_row(name)),
             Mutant("times-B", name, _factor(name, "B")),
             Mutant("times-T", name, _factor(name, "T")),
-            Mutant("element", name, _element(name)),
+            Mutant("element", name, _element(name), relative=0.01),
         ]
         match = _STEP.match(name)
-        if match:
+        if match and _sequence(match[1], tensors):
             following = f"{match[1]}{int(match[2]) + 1}"
             if following in tensors:
                 mutants.append(Mutant("swap-steps", f"{name},{following}", _swap(name, following)))
     return mutants
+
+
+def _sequence(stem: str, tensors: list[str]) -> bool:
+    """Whether names `stem<N>` are steps of one sequence, not layers: the stem ends in a
+    separator (h.1, h_1, h[1) or it numbers at least three tensors."""
+    if stem[-1] in "._[":
+        return True
+    members = [t for t in tensors if (m := _STEP.match(t)) and m[1] == stem]
+    return len(members) >= 3
 
 
 def sensitivity(tol: Tol, scale: float, reference_error: float, batch_scale: float = 0.0) -> float:
@@ -144,10 +160,13 @@ class MutantResult:
     killed: bool = False
     killed_by: str = ""  # the first failing tensor and batch
     budget: float = 0.0  # the largest budget any of its checks used
+    zero: bool = False  # every tensor it changes is zero by construction
+    # per tensor: the systematic-error sums (count, sum, sum of squares) of d over batches
+    bias: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
-        if not self.applicable:
+        if not self.applicable or self.zero:
             return "not-applicable"
         if not self.changed:
             return "equivalent"
@@ -163,6 +182,9 @@ class MutationReport:
     results: list[MutantResult]
     sensitivity: dict[str, float] = field(default_factory=dict)
     tolerances: dict[str, Tol] = field(default_factory=dict)
+    # the smallest systematic relative error the bias check catches (its bound), per tensor
+    bias_sensitivity: dict[str, float] = field(default_factory=dict)
+    zero: set[str] = field(default_factory=set)  # tensors zero by construction
 
     def counted(self, min_delta: float = 0.0) -> list[MutantResult]:
         """Mutants that count towards the score (scale mutants only from min_delta up)."""
@@ -188,25 +210,61 @@ class MutationRun:
 
     def __init__(self, device: str, dtype: str, mutants: list[Mutant], run: Any) -> None:
         self.run = run  # the runner's pass: its tolerances, buffers and batch scale
-        self.report = MutationReport(
+        self._report = MutationReport(
             device,
             dtype,
             [MutantResult(m) for m in mutants],
             tolerances={name: s.tol for name, s in run.summaries.items()},
         )
+        self.noise: dict[str, bool] = {}  # per tensor: rounding noise on every batch so far
+        self.finished = False
+
+    @property
+    def report(self) -> MutationReport:
+        """The report, with the verdicts that need every batch (the systematic-error check,
+        zero by construction) settled on first access after the last batch."""
+        if not self.finished:
+            self.finished = True
+            self._finish()
+        return self._report
+
+    def _finish(self) -> None:
+        report = self._report
+        report.zero = {name for name, noise in self.noise.items() if noise}
+        for name, summary in self.run.summaries.items():
+            if summary.tol.systematic and summary.bias_batches >= 2:
+                report.bias_sensitivity[name] = summary.bias_bound
+        for result in report.results:
+            names = result.mutant.tensor.split(",")
+            result.zero = all(name in report.zero for name in names)
+            if result.killed or result.zero:
+                continue
+            for name, (n, total, squares) in result.bias.items():
+                eps = report.tolerances[name].eps
+                if systematic.verdict(int(n), total, squares, eps) == "fail":
+                    bound = systematic.bound(int(n), total, squares, eps)
+                    result.killed = True
+                    result.killed_by = (
+                        f"the systematic-error check on {name}: bias {total / n:.3g} "
+                        f"beyond bound {bound:.2g} over {int(n)} batches"
+                    )
+                    break
 
     def batch(self, step: Step) -> None:
         import torch
 
         from gradaudit.compare import Comparison, GradientMismatch, check_all
 
-        run, report = self.run, self.report
+        run, report = self.run, self._report
         index = {name: i for i, name in enumerate(step.names)}
+        bases = [step.truth[i] if step.truth else step.reference[i] for i in index.values()]
+        scales = [float(b.double().abs().max()) if b.numel() else 0.0 for b in bases]
+        batch_scale = run.batch_scale or max(scales, default=0.0)
         for name, i in index.items():
-            base = step.truth[i] if step.truth else step.reference[i]
-            scale = float(base.double().abs().max()) if base.numel() else 0.0
+            scale = scales[i]
+            self.noise[name] = self.noise.get(name, True) and is_noise(scale, batch_scale)
             error = step.checks[name].reference_error if name in step.checks else 0.0
-            found = run.summaries[name].tol.sensitivity(scale, error, run.batch_scale)
+            found = run.summaries[name].tol.sensitivity(scale, error, batch_scale)
             report.sensitivity[name] = min(report.sensitivity.get(name, float("inf")), found)
         batch = step.batch
         for result in report.results:
@@ -228,10 +286,25 @@ class MutationRun:
                 truth = step.truth[i] if step.truth else None
                 try:
                     pair = Comparison(mutated, step.reference[i], tol, truth)
-                    outcome = check_all([pair], run.batch_scale, run.scratch)[0]
+                    outcome = check_all([pair], batch_scale, run.scratch)[0]
                 except GradientMismatch:
                     continue
                 result.budget = max(result.budget, outcome.budget)
+                if tol.systematic:
+                    _fold_bias(result, name, outcome.bias, outcome.reference_bias)
                 if not outcome.passed and not result.killed:
                     result.killed = True
                     result.killed_by = f"{name} on batch {batch.index} (seed {batch.seed})"
+
+
+def _fold_bias(
+    result: MutantResult, name: str, bias: float | None, reference: float | None
+) -> None:
+    """Add one batch's d = bias - reference to the mutant's sums for this tensor."""
+    if bias is None or reference is None:
+        return
+    d = bias - reference
+    sums = result.bias.setdefault(name, [0.0, 0.0, 0.0])
+    sums[0] += 1
+    sums[1] += d
+    sums[2] += d * d

@@ -19,6 +19,15 @@ def verdict_line(s: TensorSummary) -> str:
         return "no batches compared"
     share = 100.0 * s.mismatched / max(s.numel, 1)
     tol = s.tol.describe()
+    if s.status == "fail" and not s.failed_batches:  # the systematic-error check alone
+        line = (
+            f"systematic error: bias {s.bias:.3g} of the true gradient beyond its bound "
+            f"{s.bias_bound:.2g} over {s.bias_batches} batches (every element within {tol})"
+        )
+        if s.error_count:
+            plural = "s" if s.error_count > 1 else ""
+            line += f"; and {s.error_count} error{plural}: {s.errors[0] if s.errors else '?'}"
+        return line
     if s.status == "fail":
         line = (
             f"{s.mismatched}/{s.numel} elements ({share:.3g}%) beyond {tol} in "
@@ -51,6 +60,7 @@ def detail(s: TensorSummary) -> str:
             f"mismatched elements: {s.mismatched} of {s.numel}",
             f"NaN/Inf disagreements: {s.nonfinite}",
             f"symmetric relative error: {s.max_sym_rel:.3g}; lowest cosine: {s.min_cosine:.6f}",
+            *_systematic(s),
             f"worst element: [{index}] in batch {s.worst_batch} (seed {s.worst_seed}): "
             f"manual {w.manual_value:.9g}, {_compared_with(s)} {w.reference_value:.9g}",
             f"reproduce: batches: {{seed: {s.worst_seed}, count: 1}}",
@@ -66,3 +76,17 @@ def _allowed(s: TensorSummary) -> str:
     """The numbers the worst batch was actually held to."""
     w = s.worst
     return "" if w is None else s.tol.explain(w.allowed, w.reference_error)
+
+
+def _systematic(s: TensorSummary) -> list[str]:
+    """The systematic-error check's lines: the bias along the true gradient and its bound."""
+    facts = s.systematic
+    if facts["verdict"] == "off":
+        return []
+    if facts["verdict"] == "inconclusive":
+        return [f"systematic error: no verdict ({facts['batches']} usable batches, needs 2)"]
+    return [
+        f"systematic error ({facts['verdict']}): bias {facts['bias']:.3g} of the true gradient "
+        f"(manual {facts['manual']:.3g}, autograd {facts['autograd']:.3g}), bound "
+        f"{facts['bound']:.2g} over {facts['batches']} batches; mean of <g - t, t> / <t, t>"
+    ]

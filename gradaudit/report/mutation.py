@@ -7,25 +7,56 @@ import click
 from gradaudit.mutate import MutantResult, MutationReport
 from gradaudit.report.junit import document, testcase, testsuite
 from gradaudit.spec import LoadedSpec
+from gradaudit.tolerance import Tol
 from gradaudit.write import write_atomic
+
+RESOLUTION_ULPS = 4.0  # a relative change within this many roundings is the dtype's noise
+
+
+def resolution(tol: Tol) -> float:
+    """The smallest relative change this dtype can tell from its own rounding under this
+    rule: a few ULPs, and never below the floor the rule needs for summation-order noise."""
+    return max(RESOLUTION_ULPS, tol.floor_ulps if tol.mode in ("baseline", "ulps") else 0.0) * (
+        tol.eps
+    )
 
 
 def survivor_line(report: MutationReport, result: MutantResult) -> str:
-    """Why a mutant survived, and whether a tighter tolerance could catch it at all."""
+    """Why a mutant survived, and whether a tighter tolerance could catch it at all: a change
+    within the dtype's resolution cannot be told from rounding ("nothing to tighten"); one
+    above it got through a tolerance looser than the dtype needs."""
     tensor = result.mutant.tensor.split(",")[0]
     tol = report.tolerances[tensor]
     found = report.sensitivity.get(tensor, float("nan"))
-    delta = result.mutant.delta
-    # A relative error within a few rounding steps of the dtype cannot be told from noise.
-    if delta is not None and tol.eps and delta <= 4 * tol.eps:
-        advice = f"below the dtype's resolution (eps {tol.eps:.2g}): nothing to tighten"
+    change = result.mutant.relative
+    floor = resolution(tol)
+    below = change <= floor if change is not None else found <= 2 * floor
+    if below and tol.eps:
+        size = f"a {change:.2g} relative change" if change is not None else "its change"
+        advice = (
+            f"{size} is below the dtype's resolution ({floor:.2g}, eps {tol.eps:.2g}): "
+            "nothing to tighten"
+        )
     else:
-        advice = f"the tolerance is looser than it needs to be: tighten it for {tensor}"
+        advice = (
+            f"the tolerance is looser than it needs to be (the dtype resolves {floor:.2g}): "
+            f"tighten it for {tensor}"
+        )
+    bias = report.bias_sensitivity.get(tensor)
+    systematic = f"; its systematic-error check catches biases above {bias:.2g}" if bias else ""
     return (
         f"{report.device}/{report.dtype} {result.mutant.name} survived "
         f"(largest budget used {100 * result.budget:.3g}%): {tol.describe()} catches only "
-        f"relative errors above {found:.2g} on {tensor}; {advice}"
+        f"relative errors above {found:.2g} on {tensor}{systematic}; {advice}"
     )
+
+
+def _cell(report: MutationReport, tensor: str) -> str:
+    if tensor in report.zero:
+        return "zero"
+    cell = f"{report.sensitivity.get(tensor, float('nan')):.2g}"
+    bias = report.bias_sensitivity.get(tensor)
+    return f"{cell} / {bias:.2g}" if bias is not None else cell
 
 
 def console_lines(
@@ -39,10 +70,12 @@ def console_lines(
             status: sum(r.status == status for r in report.results)
             for status in ("equivalent", "not-applicable")
         }
+        zero = sum(r.zero for r in report.results)
+        because = f", {zero} of a gradient zero by construction" if zero else ""
         lines.append(
             f"{report.device}/{report.dtype}: mutation score {100 * report.score():.1f}% "
             f"({killed}/{len(counted)} killed; {other['equivalent']} equivalent, "
-            f"{other['not-applicable']} not applicable)"
+            f"{other['not-applicable']} not applicable{because})"
         )
     survivors = [(r, s) for r in reports for s in r.survivors]
     if survivors:
@@ -51,11 +84,13 @@ def console_lines(
         lines += [f"  {warning} {survivor_line(r, s)}" for r, s in survivors]
     columns = [f"{r.device}/{r.dtype}" for r in reports]
     width = max(len(t) for t in tensors) + 2
-    lines.append("sensitivity: the smallest relative error (1+d)*g each tolerance catches")
-    lines.append("tensor".ljust(width) + "".join(c.ljust(16) for c in columns))
+    lines.append(
+        "sensitivity: the smallest relative error (1+d)*g each tolerance catches "
+        "(elementwise / systematic, over the batches run; zero: zero by construction)"
+    )
+    lines.append("tensor".ljust(width) + "".join(c.ljust(20) for c in columns))
     for tensor in tensors:
-        cells = [f"{r.sensitivity.get(tensor, float('nan')):.2g}".ljust(16) for r in reports]
-        lines.append(tensor.ljust(width) + "".join(cells))
+        lines.append(tensor.ljust(width) + "".join(_cell(r, tensor).ljust(20) for r in reports))
     return lines
 
 
@@ -79,7 +114,8 @@ def write_junit(
                 else:
                     skipped = (f"warning: {line}", line)
             elif result.status != "killed":
-                skipped = (result.status, result.status)
+                why = "not-applicable: zero by construction" if result.zero else result.status
+                skipped = (why, why)
             else:
                 stdout = f"killed by {result.killed_by}"
             cases.append(

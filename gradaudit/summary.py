@@ -1,0 +1,232 @@
+"""What a comparison yields: one tensor on one batch (`Check`), and its fold over batches
+(`TensorSummary`). Torch-free, so that reports and `gradaudit merge` start fast; both are
+re-exported by gradaudit.compare."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gradaudit import systematic
+from gradaudit.text import clean
+from gradaudit.tolerance import Tol
+
+MAX_ERRORS_KEPT = 5
+MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
+
+
+@dataclass(frozen=True)
+class Check:
+    """One tensor on one batch. In baseline mode differences are taken to the float64 truth."""
+
+    exact: bool
+    passed: bool
+    max_abs: float
+    max_rel: float
+    budget: float  # max over elements of |diff| / allowed; above 1 fails
+    worst_index: tuple[int, ...]
+    manual_value: float
+    reference_value: float  # autograd's value (allclose, exact) or the truth's (baseline)
+    mismatched: int
+    nonfinite: int  # elements where the two disagree on NaN/Inf
+    numel: int
+    allowed: float = 0.0  # the allowed difference at the worst element
+    reference_error: float = 0.0  # baseline: max|autograd in dtype - truth|
+    sym_rel: float = 0.0  # max of 2|a - b| / (|a| + |b|)
+    cosine: float = 1.0  # cosine similarity of the flattened tensors
+    # The error's component along the truth t, <g - t, t> / <t, t>, for the manual gradient
+    # and for autograd in the dtype (gradaudit.systematic); None where it carries no
+    # direction (t is rounding noise) or the tolerance does not ask for it.
+    bias: float | None = None
+    reference_bias: float | None = None
+
+
+@dataclass
+class TensorSummary:
+    """One tensor on one (device, dtype), accumulated batch by batch (results stream)."""
+
+    tensor: str
+    tol: Tol
+    batches: int = 0
+    failed_batches: int = 0
+    exact: bool = True
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    max_sym_rel: float = 0.0
+    min_cosine: float = 1.0
+    mismatched: int = 0
+    nonfinite: int = 0
+    numel: int = 0
+    worst: Check | None = None
+    worst_batch: int | None = None
+    worst_seed: int | None = None
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+    seconds: float = 0.0
+    skipped: str | None = None  # why this tensor was not checked (device absent, empty shard)
+    # The systematic-error statistic as running sums over the batches that carry a direction:
+    # d = bias - reference_bias (count, sum, sum of squares), and each side's own sum, in
+    # integer quanta of the dtype's epsilon (systematic.quantum): exact whatever the order.
+    bias_batches: int = 0
+    bias_sum: int = 0
+    bias_squares: int = 0
+    bias_manual_sum: int = 0
+    bias_reference_sum: int = 0
+
+    def add(self, result: Check, batch_index: int, seed: int) -> None:
+        self.batches += 1
+        self.failed_batches += not result.passed
+        self.exact &= result.exact
+        self.max_abs = max(self.max_abs, result.max_abs)
+        self.max_rel = max(self.max_rel, result.max_rel)
+        self.max_sym_rel = max(self.max_sym_rel, result.sym_rel)
+        self.min_cosine = min(self.min_cosine, result.cosine)
+        self.mismatched += result.mismatched
+        self.nonfinite += result.nonfinite
+        self.numel += result.numel
+        if self.worst is None or result.budget > self.worst.budget:
+            self.worst, self.worst_batch, self.worst_seed = result, batch_index, seed
+        if self.tol.systematic:
+            self.add_bias(result)
+
+    def add_bias(self, result: Check) -> None:
+        """Fold one batch into the systematic-error sums (batches without a direction skip)."""
+        if result.bias is None or result.reference_bias is None:
+            return
+        if not math.isfinite(result.bias + result.reference_bias):
+            return
+        eps = self.tol.eps
+        manual = systematic.quantize(result.bias, eps)
+        reference = systematic.quantize(result.reference_bias, eps)
+        d = manual - reference
+        self.bias_batches += 1
+        self.bias_sum += d
+        self.bias_squares += d * d
+        self.bias_manual_sum += manual
+        self.bias_reference_sum += reference
+
+    def merge(self, other: TensorSummary) -> None:
+        """Fold in the same tensor's summary from another shard of the batches."""
+        self.batches += other.batches
+        self.failed_batches += other.failed_batches
+        self.exact &= other.exact
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.max_sym_rel = max(self.max_sym_rel, other.max_sym_rel)
+        self.min_cosine = min(self.min_cosine, other.min_cosine)
+        self.mismatched += other.mismatched
+        self.nonfinite += other.nonfinite
+        self.numel += other.numel
+        self.seconds += other.seconds
+        self.bias_batches += other.bias_batches
+        self.bias_sum += other.bias_sum
+        self.bias_squares += other.bias_squares
+        self.bias_manual_sum += other.bias_manual_sum
+        self.bias_reference_sum += other.bias_reference_sum
+        if other.worst is not None and (
+            self.worst is None
+            or other.worst.budget > self.worst.budget
+            or (
+                other.worst.budget == self.worst.budget
+                and (other.worst_batch or 0) < (self.worst_batch or 0)
+            )
+        ):
+            self.worst, self.worst_batch, self.worst_seed = (
+                other.worst,
+                other.worst_batch,
+                other.worst_seed,
+            )
+        if self.skipped and not other.skipped:
+            self.skipped = None
+        self.errors = (self.errors + other.errors)[:MAX_ERRORS_KEPT]
+        self.error_count += other.error_count
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status
+        data["systematic"] = self.systematic
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSummary:
+        fields = {k: v for k, v in data.items() if k not in ("status", "systematic")}
+        fields["tol"] = Tol(**fields["tol"])
+        if fields.get("worst") is not None:
+            worst = dict(fields["worst"])
+            worst["worst_index"] = tuple(worst["worst_index"])
+            fields["worst"] = Check(**worst)
+        return cls(**fields)
+
+    def add_error(self, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(clean(message, MAX_ERROR_CHARS))
+
+    @property
+    def budget(self) -> float:
+        return self.worst.budget if self.worst else 0.0
+
+    # -- the systematic-error check ----------------------------------------------------------
+
+    @property
+    def bias(self) -> float:
+        """Estimated relative bias of the manual gradient beyond autograd's (mean d)."""
+        unit = systematic.quantum(self.tol.eps)
+        return self.bias_sum * unit / self.bias_batches if self.bias_batches else 0.0
+
+    @property
+    def bias_bound(self) -> float:
+        """The largest |bias| rounding noise may produce over these batches."""
+        return systematic.bound(*self._moments(), self.tol.eps)
+
+    @property
+    def bias_verdict(self) -> str:
+        """off (not asked for) | pass | fail | inconclusive (under 2 usable batches)."""
+        if not self.tol.systematic:
+            return "off"
+        return systematic.verdict(*self._moments(), self.tol.eps)
+
+    def _moments(self) -> tuple[int, float, float]:
+        """(n, sum, sum of squares) of d as floats, the spread taken exactly from the ints."""
+        n, eps = self.bias_batches, self.tol.eps
+        unit = systematic.quantum(eps)
+        sd = systematic.spread(n, self.bias_sum, self.bias_squares) * unit
+        total = self.bias_sum * unit
+        mean = total / n if n else 0.0
+        return n, total, n * mean * mean + (n - 1) * sd * sd
+
+    @property
+    def systematic(self) -> dict[str, Any]:
+        """The systematic-error check as reports show it (relative to the true gradient)."""
+        n = self.bias_batches
+        unit = systematic.quantum(self.tol.eps)
+        return {
+            "verdict": self.bias_verdict,
+            "bias": self.bias,
+            "bound": self.bias_bound if n >= 2 else None,
+            "manual": self.bias_manual_sum * unit / n if n else None,
+            "autograd": self.bias_reference_sum * unit / n if n else None,
+            "batches": n,
+        }
+
+    @property
+    def status(self) -> str:
+        """The headline verdict. A mismatch wins over an error: it proves the gradient wrong,
+        where an error only says that some batches could not be compared. A systematic error
+        is a mismatch spread over batches."""
+        if self.failed_batches or self.bias_verdict == "fail":
+            return "fail"
+        if self.error_count:
+            return "error"
+        if self.skipped or not self.batches:
+            return "skipped"
+        return "pass"
+
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        """Every verdict that holds, for counts: ("fail", "error") when a tensor mismatched on
+        some batches and errored on others, so that neither hides the other."""
+        if self.status == "fail" and self.error_count:
+            return ("fail", "error")
+        return (self.status,)
