@@ -83,7 +83,7 @@ class Batches(_Strict):
         return self
 
 
-Mode = Literal["auto", "exact", "allclose", "baseline"]
+Mode = Literal["auto", "exact", "allclose", "baseline", "ulps"]
 
 
 class ToleranceOverride(_Strict):
@@ -105,7 +105,10 @@ class Tolerance(_Strict):
     exact: bitwise. allclose: |manual - autograd| <= atol + rtol*|autograd| elementwise,
     defaults from torch.testing.assert_close. baseline: max|manual - truth| <=
     k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth| (see tolerance.floor_scale),
-    truth = autograd in float64. auto: allclose for float64, baseline for lower precisions.
+    truth = autograd in float64. ulps: |manual - autograd| within a few ULPs of the tensor's
+    and the batch's scale (float64, which has no higher-precision truth). auto: ulps for
+    float64, baseline for lower precisions, plus the systematic-error check in every dtype
+    (docs/specs.md).
     """
 
     mode: Mode = "auto"
