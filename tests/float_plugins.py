@@ -84,6 +84,16 @@ def regression_backward(
     return {"out": dout, "h": dh, "W2": dW2, "W1": x.T @ dpre, "b1": dpre.sum(0)}
 
 
+def clipped_backward(
+    model: nn.Module, batch: Batch, forward: Forward, **options: Any
+) -> dict[str, torch.Tensor]:
+    """Clips two gradients to +-0.05 on purpose, as min-char-rnn clips to +-5."""
+    grads = regression_backward(model, batch, forward)
+    for name in ("W1", "b1"):
+        grads[name] = grads[name].clamp(-0.05, 0.05)
+    return grads
+
+
 def _exits(how: str) -> Callable[..., dict[str, torch.Tensor]]:
     def backward(model: nn.Module, batch: Batch, forward: Forward, **options: Any) -> Any:
         if how == "sys.exit":
@@ -113,5 +123,6 @@ def register_models(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def register_gradients(register: Callable[[str, Any], None]) -> None:
     register("regression-manual", regression_backward)
+    register("regression-clipped", clipped_backward)
     for how in ("sys.exit", "skip", "sigterm", "swallow-timeout"):
         register(f"regression-{how}", _exits(how))

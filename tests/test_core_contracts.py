@@ -199,3 +199,24 @@ def test_custom_function_in_a_model_audit_warns(tmp_path: Path, run_cli: CliRunn
     assert "gradaudit: warning:" in result.stdout and "Tanh" in result.stdout
     plain = run_cli("run", regression_spec(tmp_path, dtypes=["float64"]))
     assert "warning" not in plain.stdout
+
+
+def test_declared_clipping_audits_the_code_as_written(tmp_path: Path, run_cli: CliRunner) -> None:
+    """The manual code clips on purpose: declared, the same clip is applied to autograd's
+    gradient (and the truth) and the audit passes; undeclared, the clipped tensors fail."""
+    clipped = {"gradients": {"plugin": "regression-clipped"}, "dtypes": ["float64", "float32"]}
+    undeclared = run_cli("run", regression_spec(tmp_path, **clipped), "--json", tmp_path / "u.json")
+    assert undeclared.returncode == 1
+    failed = {
+        t["tensor"]
+        for g in json.loads((tmp_path / "u.json").read_text())["groups"]
+        for t in g["tensors"]
+        if t["status"] == "fail"
+    }
+    assert failed and failed <= {"W1", "b1"}
+    rule = [{"clip": 0.05, "tensors": ["W1", "b1"]}]
+    declared = run_cli("run", regression_spec(tmp_path, postprocess=rule, **clipped))
+    assert declared.returncode == 0, declared.stdout
+    tiny = [{"clip": 1e-9, "tensors": ["W1"]}]  # clips every element: only signs would remain
+    saturated = run_cli("run", regression_spec(tmp_path, postprocess=tiny, **clipped))
+    assert saturated.returncode == 1 and "only signs would be compared" in saturated.stdout
