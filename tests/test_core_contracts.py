@@ -90,7 +90,7 @@ def test_plan_lists_every_check_without_running_a_batch(run_cli: CliRunner) -> N
     rows = lines[1:]
     assert len(rows) == 120
     assert sum("SKIP  cuda is not available" in r for r in rows) == 60
-    assert any(r.startswith("cpu      float64") and "allclose" in r for r in rows)
+    assert any(r.startswith("cpu      float64") and "ulps" in r for r in rows)
     assert any(r.startswith("cpu      float32") and "baseline k=2 floor=8" in r for r in rows)
     as_json = json.loads(run_cli("plan", "specs/charrnn.yaml", "--json").stdout)
     assert as_json["checks"] == 120

@@ -135,7 +135,7 @@ def test_a_failing_tensor_shows_its_detail_and_x_stops(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(
         [
             "*gradaudit gradients: h.1 cpu-float64*",
-            "h.1: * elements * beyond allclose*",
+            "h.1: * elements * beyond ulps*",
             "worst element: *manual*",
         ]
     )
