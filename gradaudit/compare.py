@@ -270,7 +270,8 @@ class _Flat:
                     allowed=allowed_at[i] if allowed is None else allowed,
                     reference_error=self.reference_errors[i],
                     sym_rel=2.0 * half_sym,
-                    cosine=_cosine(*norms[i]),
+                    # no element comparable (all NaN/Inf where the other is not): undefined
+                    cosine=math.nan if nonfinite == self.sizes[i] else _cosine(*norms[i]),
                     bias=bias,
                     reference_bias=reference_bias,
                 )

@@ -81,7 +81,7 @@ class TensorSummary:
         self.max_abs = max(self.max_abs, result.max_abs)
         self.max_rel = max(self.max_rel, result.max_rel)
         self.max_sym_rel = max(self.max_sym_rel, result.sym_rel)
-        self.min_cosine = min(self.min_cosine, result.cosine)
+        self.min_cosine = _nanmin(self.min_cosine, result.cosine)
         self.mismatched += result.mismatched
         self.nonfinite += result.nonfinite
         self.numel += result.numel
@@ -114,7 +114,7 @@ class TensorSummary:
         self.max_abs = max(self.max_abs, other.max_abs)
         self.max_rel = max(self.max_rel, other.max_rel)
         self.max_sym_rel = max(self.max_sym_rel, other.max_sym_rel)
-        self.min_cosine = min(self.min_cosine, other.min_cosine)
+        self.min_cosine = _nanmin(self.min_cosine, other.min_cosine)
         self.mismatched += other.mismatched
         self.nonfinite += other.nonfinite
         self.numel += other.numel
@@ -230,3 +230,8 @@ class TensorSummary:
         if self.status == "fail" and self.error_count:
             return ("fail", "error")
         return (self.status,)
+
+
+def _nanmin(a: float, b: float) -> float:
+    """min, where an undefined value (NaN) wins: it must not read as a perfect 1.0."""
+    return a if a != a else b if b != b else min(a, b)

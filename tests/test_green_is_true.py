@@ -191,3 +191,24 @@ def test_finite_differences_survive_dtype_filters_and_shards(
     for shard in (first, second):  # batch 0 in shard 1, batch 1 in shard 2: both cover one
         rows = [r for r in shard.stdout.splitlines() if "finite_difference" in r]
         assert rows and not any("SKIP" in r for r in rows)
+
+
+def test_an_all_nan_gradient_has_no_cosine() -> None:
+    import math
+
+    import torch
+
+    from gradaudit.compare import check
+    from gradaudit.summary import TensorSummary
+    from gradaudit.tolerance import Tol
+
+    reference = torch.randn(5, dtype=torch.float64)
+    nan = check(torch.full((5,), math.nan, dtype=torch.float64), reference, Tol("allclose"))
+    assert not nan.passed and nan.nonfinite == 5 and math.isnan(nan.cosine)
+    summary = TensorSummary("t", Tol("allclose"))
+    summary.add(nan, 0, 0)
+    summary.add(check(reference.clone(), reference, Tol("allclose")), 1, 1)
+    assert math.isnan(summary.min_cosine)  # not "lowest cosine 1.000000"
+    one_nan = reference.clone()
+    one_nan[0] = math.nan
+    assert math.isfinite(check(one_nan, reference, Tol("allclose")).cosine)
