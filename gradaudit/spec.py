@@ -21,6 +21,7 @@ from pydantic import (
 from gradaudit.distributed.config import Distributed
 from gradaudit.errors import SpecError
 from gradaudit.postprocess import Rule
+from gradaudit.yamlfile import MAX_SPEC_BYTES as MAX_SPEC_BYTES
 from gradaudit.yamlfile import Loc as Loc
 from gradaudit.yamlfile import _check_expansion as _check_expansion
 from gradaudit.yamlfile import _deep_line as _deep_line
@@ -30,8 +31,8 @@ from gradaudit.yamlfile import _line_for as _line_for
 from gradaudit.yamlfile import _Loader as _Loader
 from gradaudit.yamlfile import _model_in as _model_in
 from gradaudit.yamlfile import _one_line as _one_line
+from gradaudit.yamlfile import read_mapping, read_spec_file
 
-MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 Dtype = Literal["float64", "float32", "bfloat16", "float16"]
 DEVICE_PATTERN = r"^(cpu|mps|(cuda|xpu)(:\d+)?)$"
@@ -253,38 +254,7 @@ def _apply_sets(data: dict[str, Any], sets: tuple[str, ...]) -> dict[Loc, str]:
 
 
 def _parse(text: str, where: str, sets: tuple[str, ...] = ()) -> tuple[Spec, dict[Loc, int]]:
-    loader: _Loader | None = None
-    try:
-        loader = _Loader(text)
-        node = loader.get_single_node()
-        if node is None:
-            raise SpecError(f"{where}:1: the spec is empty")
-        lines: dict[Loc, int] = {}
-        _key_lines(node, (), lines, where)
-        _check_expansion(node, where)
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = exc.problem or exc.context or "not valid YAML"
-        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(problem)}") from None
-    except SpecError:
-        raise
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, max(exc.position, 0)) + 1
-        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(str(exc.reason))}") from None
-    except RecursionError:
-        line = _deep_line(text)
-        raise SpecError(f"{where}:{line}: not valid YAML: nested too deeply") from None
-    except Exception as exc:  # PyYAML raises plain ValueError etc. for unbuildable scalars
-        raise SpecError(f"{where}:1: not valid YAML: {_one_line(str(exc))}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    if data is None:
-        raise SpecError(f"{where}:1: the spec is empty")
-    if not isinstance(data, dict):
-        raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
+    data, lines = read_mapping(text, where)
     origin = _apply_sets(data, sets)
     try:
         return Spec.model_validate(data), lines
@@ -307,21 +277,7 @@ def _parse(text: str, where: str, sets: tuple[str, ...] = ()) -> tuple[Spec, dic
 def load_spec(path: str | Path, sets: tuple[str, ...] = ()) -> LoadedSpec:
     """Read and validate a spec file, with `--set key.path=value` overrides applied."""
     path = Path(path)
-    if path.is_dir():
-        raise SpecError(f"{path}: cannot read spec: Is a directory")
-    if path.exists() and not path.is_file():  # a FIFO or device would block the read
-        raise SpecError(f"{path}: not a regular file")
-    try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(f"{path}:1: the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
+    raw, text = read_spec_file(path)
     spec, lines = _parse(text, str(path), sets)
     digest = hashlib.sha256(raw + "\n".join(sets).encode()).hexdigest()
     return LoadedSpec(spec, path, digest, lines, sets)

@@ -4,6 +4,7 @@ of duplicate keys, alias bombs and cycles before anything is expanded."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, get_args
 
 import yaml
@@ -146,3 +147,64 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake
+
+
+def read_spec_file(path: Path) -> tuple[bytes, str]:
+    """The bytes and UTF-8 text of a spec file; anything but a readable regular file of at
+    most MAX_SPEC_BYTES is a one-line SpecError (a FIFO is refused: reading it would block)."""
+    if path.is_dir():
+        raise SpecError(f"{path}: cannot read spec: Is a directory")
+    if path.exists() and not path.is_file():
+        raise SpecError(f"{path}: not a regular file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}:1: the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+    try:
+        return raw, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
+
+
+def read_mapping(text: str, where: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """Safe-load one YAML document that must be a mapping, with the line of every key;
+    every problem is a SpecError `where:line: message`."""
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(f"{where}:1: the spec is empty")
+        lines: dict[Loc, int] = {}
+        _key_lines(node, (), lines, where)
+        _check_expansion(node, where)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = exc.problem or exc.context or "not valid YAML"
+        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(problem)}") from None
+    except SpecError:
+        raise
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(str(exc.reason))}") from None
+    except RecursionError:
+        line = _deep_line(text)
+        raise SpecError(f"{where}:{line}: not valid YAML: nested too deeply") from None
+    except Exception as exc:  # PyYAML raises plain ValueError etc. for unbuildable scalars
+        raise SpecError(f"{where}:1: not valid YAML: {_one_line(str(exc))}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if data is None:
+        raise SpecError(f"{where}:1: the spec is empty")
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}:1: the spec must be a mapping of keys, not {type(data).__name__}")
+    return data, lines

@@ -12,29 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from gradaudit.errors import SpecError
 from gradaudit.ops.errors import OpSpecError
 from gradaudit.spec import (
-    MAX_SPEC_BYTES,
     Device,
     Dtype,
     Loc,
     NonNegativeFloat,
     PositiveInt,
     Tolerance,
-    _check_expansion,
-    _deep_line,
     _dotted,
-    _key_lines,
-    _Loader,
     _model_in,
-    _one_line,
     _Strict,
 )
 from gradaudit.spec import _line_for as line_for
+from gradaudit.yamlfile import read_mapping, read_spec_file
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Ref = Annotated[str, Field(min_length=1)]
@@ -195,45 +189,12 @@ class LoadedOpSpec:
 
 
 def _read(path: Path) -> tuple[bytes, str]:
-    try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(f"{path}:1: the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
-    try:
-        return raw, raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}:1: the spec is not UTF-8 text ({exc.reason})") from None
+    return read_spec_file(path)
 
 
 def _yaml(text: str, where: str) -> tuple[Any, dict[Loc, int]]:
     """Safe-load one document, with the line of every key (as gradaudit.spec does)."""
-    loader: _Loader | None = None
-    try:
-        loader = _Loader(text)
-        node = loader.get_single_node()
-        if node is None:
-            raise SpecError(f"{where}:1: the spec is empty")
-        lines: dict[Loc, int] = {}
-        _key_lines(node, (), lines, where)
-        _check_expansion(node, where)
-        return loader.construct_document(node), lines
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = exc.problem or exc.context or "not valid YAML"
-        raise SpecError(f"{where}:{line}: not valid YAML: {_one_line(problem)}") from None
-    except SpecError:
-        raise
-    except RecursionError:
-        raise SpecError(f"{where}:{_deep_line(text)}: not valid YAML: nested too deeply") from None
-    except Exception as exc:  # reader errors, unbuildable scalars
-        raise SpecError(f"{where}:1: not valid YAML: {_one_line(str(exc))}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+    return read_mapping(text, where)
 
 
 def is_op_spec(path: str | Path) -> bool:
