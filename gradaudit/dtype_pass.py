@@ -1,9 +1,8 @@
-"""Running a plan: per (device, dtype) pass over the batches, one stream of events out.
+"""One (device, dtype) pass: a batch's gradient comparison and every extra check on it.
 
-Events, in order: `CaseStarted` for each planned case of a pass, a `CaseResult` per tensor
-and batch (a comparison, or the error that prevented it), then a `GroupResult` per case
-when it is done (and a `MutationReport` per pass when mutants are given). Nothing else
-leaves the runner: reports, summaries and the mutation score are folds over these events.
+The runner (gradaudit.runner) drives the passes of a device batch by batch; a pass queues
+its events per batch, and the runner yields them. Where another pass has computed this
+pass's float64 truth already, bit for bit, the pass takes it (see `lender`).
 """
 
 from __future__ import annotations
@@ -11,84 +10,44 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
-from gradaudit import postprocess
 from gradaudit.audit import Audit, why
 from gradaudit.checks import CheckKind, CheckRun
 from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all, mismatch
 from gradaudit.guards import (
     OURS,
     CaseTimeout,
-    changed,
+    _watched,
     deadline,
     plain_tensors,
     restore,
-    same_bits,
-    snapshot,
     wrong_dtype,
 )
 from gradaudit.mutate import Mutant, MutationReport, MutationRun
 from gradaudit.numpy_adapter import computed_problem
+from gradaudit.pass_parts import (
+    Lent,
+    Step,
+    buffers,
+    device_name,
+    float64_device,
+    postprocess_all,
+    seed,
+)
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
+from gradaudit.syncs import any_nonzero, largest_abs, same_bits_all
 from gradaudit.tolerance import Tol
 from gradaudit.types import Batch, Forward
 
-
-@dataclass(frozen=True)
-class CaseStarted:
-    """A case begins; `group` fills batch by batch, so a run cut short can still report
-    what the case had done (the group's `done` stays False)."""
-
-    case: PlannedCase
-    group: GroupResult
+Event = CaseResult | GroupResult | MutationReport
 
 
-Event = CaseStarted | CaseResult | GroupResult | MutationReport
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return device
-
-
-def float64_device(device: str) -> str:
-    """Where the float64 truth is computed: the same device, unless it lacks float64."""
-    return "cpu" if device.startswith("mps") else device
-
-
-def run(
-    audit: Audit,
-    plan: Plan,
-    checks: Mapping[str, CheckKind] | None = None,
-    timeout: float | None = None,
-    mutants: list[Mutant] | None = None,
-) -> Iterator[Event]:
-    """Every planned case, pass by pass (a pass is one device and spec dtype)."""
-    passes: dict[tuple[str, str], list[PlannedCase]] = {}
-    for case in plan.cases:
-        passes.setdefault((case.device, case.group_dtype or case.dtype), []).append(case)
-    for (device, dtype), cases in passes.items():
-        groups = [GroupResult.planned(case) for case in cases]
-        for case, group in zip(cases, groups, strict=True):
-            yield CaseStarted(case, group)
-        runnable = [(c, g) for c, g in zip(cases, groups, strict=True) if c.skip is None]
-        if runnable:
-            yield from _Pass(
-                audit, plan, device, dtype, runnable, checks or {}, timeout, mutants
-            ).run()
-        for group in groups:
-            group.done = True
-            yield group
-
-
-class _Pass:
+class DtypePass:
     """The batches of one (device, dtype): the gradient comparison and every extra check."""
 
     def __init__(
@@ -108,6 +67,7 @@ class _Pass:
         self.device, self.dtype = device, dtype
         self.torch_dtype: torch.dtype = getattr(torch, dtype)
         self.timeout = timeout
+        self.cases = cases
         self.groups = {case.check: group for case, group in cases}
         self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
         self.names = [
@@ -123,6 +83,13 @@ class _Pass:
         self.nonzero: set[str] = set()  # tensors whose autograd gradient was nonzero once
         self.computed: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
         self.truth_model: torch.nn.Module | None = None
+        self.seconds = 0.0
+        # Sharing (set by the runner): the float64 pass whose reference is this pass's truth
+        # when `borrow` (checked before each batch); `lends`: keep this pass's reference.
+        self.lender: DtypePass | None = None
+        self.borrow = False
+        self.lends = False
+        self.lent: Lent | None = None
         self.setup_error = self._setup()
         self.extra: list[CheckRun] = []
         for case, _ in cases:
@@ -132,6 +99,8 @@ class _Pass:
                 if started is not None:
                     self.extra.append(started)
         self.mutation = MutationRun(device, dtype, mutants, self) if mutants is not None else None
+        for group in self.groups.values():
+            group.device_name = device_name(device)
 
     def _setup(self) -> str | None:
         try:
@@ -157,24 +126,27 @@ class _Pass:
             return f"moving the model to {self.device}/{self.dtype} failed: {why(exc)}"
         return None
 
-    def run(self) -> Iterator[Event]:
+    def step(self, batch: Batch) -> None:
+        """Run one batch (its events wait in `events` until `drain`)."""
         start = time.perf_counter()
+        if self.setup_error is not None:
+            self.fail_all(batch, self.setup_error)
+        else:
+            self._batch(batch.to(self.device, self.torch_dtype))
+        self.seconds += time.perf_counter() - start
+
+    def drain(self) -> Iterator[Event]:
+        """The batch's events, each with its summary update."""
+        for fold, event in zip(self.pending, self.events, strict=True):
+            fold()  # the summary counts the result just as the event goes out
+            yield event
+        self.pending.clear()
+        self.events.clear()
         for group in self.groups.values():
-            group.device_name = device_name(self.device)
-        for batch in self.audit.batches():
-            if self.plan.batches is not None and batch.index not in self.plan.batches:
-                continue
-            if self.setup_error is not None:
-                self.fail_all(batch, self.setup_error)
-            else:
-                self._batch(batch.to(self.device, self.torch_dtype))
-            for fold, event in zip(self.pending, self.events, strict=True):
-                fold()  # the summary counts the result just as the event goes out
-                yield event
-            self.pending.clear()
-            self.events.clear()
-            for group in self.groups.values():
-                group.seconds = time.perf_counter() - start
+            group.seconds = self.seconds
+
+    def finish(self) -> Iterator[Event]:
+        """After the last batch: tensors never nonzero, checks that never ran, mutants."""
         gradients = self.groups.get("gradients", _EMPTY)
         for summary in gradients.tensors:
             if summary.batches and summary.tensor in self.all_names - self.nonzero:
@@ -226,7 +198,7 @@ class _Pass:
         self, model: torch.nn.Module, batch: Batch, names: Sequence[str]
     ) -> tuple[Forward, list[torch.Tensor]]:
         """Forward and autograd's gradient of the loss w.r.t. each named tensor."""
-        _seed(batch.seed, self.device)
+        seed(batch.seed, self.device)
         forward = model(**batch.tensors)
         if not isinstance(forward, Forward):
             raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
@@ -312,37 +284,33 @@ class _Pass:
         before_batch = {n: t.clone() for n, t in batch.tensors.items()}
         try:
             forward, reference = self.reference(self.model, batch, names)
+            if self.lends:
+                self.lent = Lent(batch.index, list(reference), buffers(self.model))
             truth: list[torch.Tensor] | None = None
             if self.truth_model is not None:
-                truth_batch = batch.to(float64_device(self.device), torch.float64)
-                truth = self.reference(self.truth_model, truth_batch, names)[1]
-            saturated = self._postprocess(names, reference, truth)
+                truth = self._borrowed(batch.index)
+                if truth is None:
+                    truth_batch = batch.to(float64_device(self.device), torch.float64)
+                    truth = self.reference(self.truth_model, truth_batch, names)[1]
+            saturated = postprocess_all(self.spec.postprocess, names, reference, truth)
             if truth is not None:
-                self.batch_scale = max(
-                    (float(t.abs().max()) for t in truth if t.numel()), default=0.0
-                )
+                self.batch_scale = largest_abs(truth)
         except OURS:
             raise
         except BaseException as exc:
             self.fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {why(exc)}")
             return
-        if _modified(batch, before_batch):
-            self.fail_all(batch, f"model '{self.spec.model.plugin}' modified the batch in place")
-            return
-        state = snapshot(self.model, forward)
+        after_forward = {n: t.clone() for n, t in batch.tensors.items()}
+        state = {k: v.detach().clone() for k, v in _watched(self.model, forward).items()}
         try:
             grads = self.manual(self.model, batch, forward)
         except OURS:
             raise
         except BaseException as exc:
-            self.fail_all(batch, f"gradients '{plugin}' raised {why(exc)}")
+            if not self._touched(batch, before_batch, after_forward, None, forward):
+                self.fail_all(batch, f"gradients '{plugin}' raised {why(exc)}")
             return
-        touched = changed(state, self.model, forward)
-        if _modified(batch, before_batch):
-            touched.append("the batch")
-        if touched:
-            restore(state, self.model)
-            self.fail_all(batch, f"gradients '{plugin}' modified {', '.join(touched)} in place")
+        if self._touched(batch, before_batch, after_forward, state, forward):
             return
         self._unknown_names(batch, grads)
         for name, problem in saturated.items():
@@ -354,32 +322,58 @@ class _Pass:
             if name not in saturated
         ]
         checks = self.compare("gradients", batch, wanted)
-        for name, _, ref, _ in wanted:
-            if name not in self.nonzero and ref.numel() and bool(ref.any()):
-                self.nonzero.add(name)
+        unknown = [(name, ref) for name, _, ref, _ in wanted if name not in self.nonzero]
+        found = any_nonzero([ref for _, ref in unknown])
+        self.nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
         step = Step(batch, forward, grads, names, reference, truth, checks)
         if self.mutation is not None:
             self.mutation.batch(step)
         for extra in self.extra:
             extra.batch(step)
 
-    def _postprocess(
-        self, names: list[str], reference: list[torch.Tensor], truth: list[torch.Tensor] | None
-    ) -> dict[str, str]:
-        """Apply the spec's declared post-processing to the reference and the truth; a clip
-        that changes every element leaves only signs to compare: an error, not a pass."""
-        rules = self.spec.postprocess
-        saturated: dict[str, str] = {}
-        if not rules:
-            return saturated
-        for i, name in enumerate(names):
-            reference[i], clipped = postprocess.apply_counted(name, reference[i], rules)
-            problem = postprocess.saturated(clipped, reference[i].numel())
-            if problem:
-                saturated[name] = problem
-            if truth is not None:
-                truth[i] = postprocess.apply(name, truth[i], rules)
-        return saturated
+    def _touched(
+        self,
+        batch: Batch,
+        before: Mapping[str, torch.Tensor],
+        after_forward: Mapping[str, torch.Tensor],
+        state: Mapping[str, torch.Tensor] | None,
+        forward: Forward,
+    ) -> bool:
+        """Fail the batch if the model's forward changed the batch or (given the `state` it
+        left) the manual gradient changed the model, the forward's tensors or the batch: one
+        read of the device for all of them."""
+        pairs = [(before[n], after_forward[n]) for n in before]
+        labels = [""] * len(pairs)
+        if state is not None:
+            now = _watched(self.model, forward)
+            pairs += [(v, now[k].detach()) for k, v in state.items()]
+            pairs += [(after_forward[n], batch[n]) for n in before]
+            labels += [*state, *["the batch"] * len(before)]
+        same = same_bits_all(pairs)
+        if not all(same[: len(before)]):
+            self.fail_all(batch, f"model '{self.spec.model.plugin}' modified the batch in place")
+            return True
+        touched = list(dict.fromkeys(k for k, ok in zip(labels, same, strict=True) if not ok))
+        if not touched:
+            return False
+        assert state is not None
+        restore(dict(state), self.model)
+        plugin = self.spec.gradients.plugin
+        self.fail_all(batch, f"gradients '{plugin}' modified {', '.join(touched)} in place")
+        return True
+
+    def _borrowed(self, index: int) -> list[torch.Tensor] | None:
+        """The lender's reference as this batch's truth, when it is provably the same (the
+        runner checked the weights; the inputs cast exactly): the truth model then takes the
+        buffers that its own forward would have left."""
+        lent = self.lender.lent if self.lender is not None and self.borrow else None
+        if lent is None or lent.index != index or self.truth_model is None:
+            return None
+        if lent.buffers:
+            with torch.no_grad():
+                for name, buffer in self.truth_model.named_buffers():
+                    buffer.copy_(lent.buffers[name])
+        return list(lent.reference)
 
     def _unusable(self, name: str, got: object, reference: torch.Tensor) -> str | None:
         """Why a plugin's gradient cannot be compared with autograd's, or None."""
@@ -414,31 +408,4 @@ class _Pass:
             self.error(str(name), batch, message)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One batch's gradient comparison, as the extra checks and mutation testing see it."""
-
-    batch: Batch
-    forward: Forward
-    manual: Mapping[str, torch.Tensor]
-    names: list[str]
-    reference: list[torch.Tensor]
-    truth: list[torch.Tensor] | None
-    checks: dict[str, Check]
-
-
 _EMPTY = GroupResult("", "", [])
-
-
-def _modified(batch: Batch, before: Mapping[str, torch.Tensor]) -> bool:
-    return any(not same_bits(batch[n], t) for n, t in before.items())
-
-
-def _seed(seed: int, device: str) -> None:
-    """Seed what a forward on `device` may draw from (dropout), so every pass sees the same.
-
-    torch.manual_seed would also queue seeds for every accelerator backend, at ~2 ms a call.
-    """
-    torch.default_generator.manual_seed(seed)
-    if device.startswith("cuda"):
-        torch.cuda.manual_seed(seed)
