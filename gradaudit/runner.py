@@ -143,7 +143,8 @@ class _Sharing:
             not t.is_floating_point() or t.dtype in _EXACT_IN_FLOAT32
             for t in batch.tensors.values()
         )
-        pairs, spans = [], []
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        spans: list[tuple[int, int]] = []
         for p in self.borrowers:
             assert p.truth_model is not None and p.lender is not None
             mine, theirs = _state(p.truth_model), _state(p.lender.model)

@@ -92,7 +92,8 @@ def largest_abs(tensors: Sequence[torch.Tensor]) -> float:
     if not maxima:
         return 0.0
     device = maxima[0].device
-    return max(torch.stack([m.to(device) for m in maxima]).tolist())
+    found: list[float] = torch.stack([m.to(device) for m in maxima]).tolist()
+    return max(found)
 
 
 def any_nonzero(tensors: Sequence[torch.Tensor]) -> list[bool]:
