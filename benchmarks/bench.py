@@ -346,7 +346,7 @@ def bench_threads(batches: int) -> None:
     )
 
 
-def overhead_audit(batches: int, dtypes: list[str], mode: str) -> object:
+def overhead_audit(batches: int, dtypes: list[str], mode: str) -> Any:
     """An in-process Audit of the CharRNN (32x8, hidden 200) on the CPU."""
     from gradaudit.audit import Audit
     from gradaudit.spec import LoadedSpec, parse_spec
@@ -461,11 +461,11 @@ def bench_thread_load(batches: int) -> None:
 def other_rows(quick: bool) -> None:
     """The op audit, distributed and pytest rows (benchmarks/bench_ops.py and friends)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench_dist
-    import bench_ops
-    import bench_pytest
+    import importlib
 
-    for module in (bench_ops, bench_dist, bench_pytest):
+    modules = [importlib.import_module(n) for n in ("bench_ops", "bench_dist", "bench_pytest")]
+
+    for module in modules:
         for what, measured, baseline, ratio in module.rows(quick):
             if "x" not in ratio.split()[0]:  # a target alone: show the plain ratio with it
                 ratio = f"{measured / baseline:.2f}x ({ratio})"
