@@ -61,6 +61,14 @@ def cli(ctx: click.Context) -> None:
     help="Per-case limit: a batch that runs longer is an error, and the run moves on.",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="torch intra-op threads (default 1, or OMP_NUM_THREADS when set; 0: torch's own "
+    "default). Audit-sized batches gain nothing from more, and lose badly under other load.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print a line per batch and tensor.")
 @click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
@@ -74,6 +82,7 @@ def run_command(
     shard: str | None,
     timeout: float | None,
     sets: tuple[str, ...],
+    threads: int | None,
     quiet: bool,
     verbose: bool,
     color: bool | None,
@@ -96,6 +105,7 @@ def run_command(
         progress=sys.stderr.isatty(),
         verbosity=-1 if quiet else 1 if verbose else 0,
         sets=sets,
+        threads=threads,
     )
     sys.exit(commands.run(spec, options))
 
@@ -129,6 +139,14 @@ def plan_command(
 @click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
 @click.option("--fail-on-survivor", is_flag=True, help="Exit 1 when a mutant survives.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="torch intra-op threads (default 1, or OMP_NUM_THREADS when set; 0: torch's own "
+    "default). Audit-sized batches gain nothing from more, and lose badly under other load.",
+)
 @click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
 def mutate_command(
     spec: str,
@@ -137,6 +155,7 @@ def mutate_command(
     dtypes: tuple[str, ...],
     fail_on_survivor: bool,
     sets: tuple[str, ...],
+    threads: int | None,
     color: bool | None,
 ) -> None:
     """Prove SPEC's audit catches bugs: run it against mutated manual gradients."""
@@ -149,6 +168,7 @@ def mutate_command(
         dtypes=dtypes,
         sets=sets,
         color=tty if color is None else color,
+        threads=threads,
     )
     sys.exit(commands.mutate(spec, options, fail_on_survivor))
 

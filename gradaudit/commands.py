@@ -51,6 +51,19 @@ class RunOptions:
     progress: bool = False
     verbosity: int = 0
     sets: tuple[str, ...] = ()
+    threads: int | None = None  # None: 1, unless OMP_NUM_THREADS says; 0: torch's default
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for a run: 1 by default, since audit-sized batches gain
+    nothing reliable from a second thread and lose up to 40x when other work shares the
+    cores (benchmarks/README.md); OMP_NUM_THREADS, when set, is the user's choice."""
+    import torch
+
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = 1
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def parse_shard(text: str) -> Shard:
@@ -110,6 +123,7 @@ def prepare(
         reason = device_unavailable(device)
         if reason:
             raise UsageError(f"--require-device {device}: {reason}")
+    set_threads(options.threads)
     audit = Audit(loaded)
     audit.check_memory(dtypes)
     checks = {name: kind() for name, kind in audit.registry.objects("check").items()}

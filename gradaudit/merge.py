@@ -224,10 +224,12 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
             merged.add(key, group.get("device_name", ""), group.get("complete", True), tensors)
     summary = merged.summary()
     order = {key: i for i, key in enumerate(merged.groups)}
-    cases.sort(
+    devices = {key[0]: i for i, key in reversed(list(enumerate(merged.groups)))}
+    cases.sort(  # a run's order: device by device, batch by batch, cases in plan order
         key=lambda c: (
-            order.get((c["device"], c["dtype"], c.get("check", "gradients")), 0),
+            devices.get(c["device"], 0),
             c["batch"],
+            order.get((c["device"], c["dtype"], c.get("check", "gradients")), 0),
         )
     )
     run_facts["shard"] = ""

@@ -1,43 +1,39 @@
-"""Running a plan: per (device, dtype) pass over the batches, one stream of events out.
+"""Running a plan: per device, batch by batch, every dtype pass; one stream of events out.
 
-Events, in order: `CaseStarted` for each planned case of a pass, a `CaseResult` per tensor
-and batch (a comparison, or the error that prevented it), then a `GroupResult` per case
-when it is done (and a `MutationReport` per pass when mutants are given). Nothing else
-leaves the runner: reports, summaries and the mutation score are folds over these events.
+Events, in order, per device: `CaseStarted` for each of its planned cases, a `CaseResult`
+per tensor and batch (a comparison, or the error that prevented it; within a batch in
+plan order), then a `MutationReport` per pass when mutants are given and a `GroupResult`
+per case. Nothing else leaves the runner: reports, summaries and the mutation score are
+folds over these events.
+
+The passes of a device take each batch in turn so that work two cases would do alike is
+done once: a float32 case's float64 truth is the float64 case's autograd gradient, bit for
+bit, when the weights agree after the cast and the inputs cast exactly (checked, never
+assumed; see `_Sharing`).
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import torch
 
-from gradaudit import postprocess
-from gradaudit.audit import Audit, why
-from gradaudit.checks import CheckKind, CheckRun
-from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all, mismatch
-from gradaudit.guards import (
-    OURS,
-    CaseTimeout,
-    changed,
-    deadline,
-    plain_tensors,
-    restore,
-    same_bits,
-    snapshot,
-    wrong_dtype,
-)
-from gradaudit.mutate import Mutant, MutationReport, MutationRun
-from gradaudit.numpy_adapter import computed_problem
+from gradaudit.audit import Audit
+from gradaudit.checks import CheckKind
+from gradaudit.dtype_pass import DtypePass
+from gradaudit.mutate import Mutant, MutationReport
+from gradaudit.pass_parts import Step, device_name, float64_device
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
-from gradaudit.tolerance import Tol
-from gradaudit.types import Batch, Forward
+from gradaudit.syncs import same_bits_all
+from gradaudit.types import Batch
+
+__all__ = ["CaseStarted", "Event", "Step", "device_name", "float64_device", "run"]
+
+# Float dtypes whose values float32 holds exactly: inputs in these cast to float32 and then
+# to float64 give what a direct cast to float64 gives.
+_EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -52,393 +48,126 @@ class CaseStarted:
 Event = CaseStarted | CaseResult | GroupResult | MutationReport
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return device
-
-
-def float64_device(device: str) -> str:
-    """Where the float64 truth is computed: the same device, unless it lacks float64."""
-    return "cpu" if device.startswith("mps") else device
-
-
 def run(
     audit: Audit,
     plan: Plan,
     checks: Mapping[str, CheckKind] | None = None,
     timeout: float | None = None,
     mutants: list[Mutant] | None = None,
+    share: bool = True,
 ) -> Iterator[Event]:
-    """Every planned case, pass by pass (a pass is one device and spec dtype)."""
-    passes: dict[tuple[str, str], list[PlannedCase]] = {}
+    """Every planned case, device by device. `share=False` computes every truth afresh
+    (the results are the same; tests compare the two)."""
+    devices: dict[str, dict[str, list[PlannedCase]]] = {}
     for case in plan.cases:
-        passes.setdefault((case.device, case.group_dtype or case.dtype), []).append(case)
-    for (device, dtype), cases in passes.items():
-        groups = [GroupResult.planned(case) for case in cases]
-        for case, group in zip(cases, groups, strict=True):
-            yield CaseStarted(case, group)
-        runnable = [(c, g) for c, g in zip(cases, groups, strict=True) if c.skip is None]
-        if runnable:
-            yield from _Pass(
-                audit, plan, device, dtype, runnable, checks or {}, timeout, mutants
-            ).run()
-        for group in groups:
+        passes = devices.setdefault(case.device, {})
+        passes.setdefault(case.group_dtype or case.dtype, []).append(case)
+    for device, passes in devices.items():
+        groups = {case: GroupResult.planned(case) for cases in passes.values() for case in cases}
+        runners = []
+        for dtype, cases in passes.items():
+            runnable = [(c, groups[c]) for c in cases if c.skip is None]
+            if runnable:
+                runners.append(
+                    DtypePass(audit, plan, device, dtype, runnable, checks or {}, timeout, mutants)
+                )
+        for case, group in groups.items():
+            if case.skip is not None:
+                yield CaseStarted(case, group)
+        if runners:
+            yield from _device(audit, plan, runners, share)
+        for group in groups.values():
             group.done = True
             yield group
 
 
-class _Pass:
-    """The batches of one (device, dtype): the gradient comparison and every extra check."""
+def _device(audit: Audit, plan: Plan, passes: list[DtypePass], share: bool) -> Iterator[Event]:
+    """The batches of one device, each through every pass (a lender before its borrowers),
+    each batch's events in plan order. A pass's cases start (`CaseStarted`) with its first
+    results: a run cut short before then reports them as never run, not as empty."""
+    sharing = _Sharing(passes) if share else None
+    order = sharing.order if sharing is not None else passes
+    started: set[int] = set()
 
-    def __init__(
-        self,
-        audit: Audit,
-        plan: Plan,
-        device: str,
-        dtype: str,
-        cases: list[tuple[PlannedCase, GroupResult]],
-        checks: Mapping[str, CheckKind],
-        timeout: float | None,
-        mutants: list[Mutant] | None,
-    ) -> None:
-        self.audit, self.plan = audit, plan
-        self.spec = audit.loaded.spec
-        self.gradient_fn = audit.gradient_fn
-        self.device, self.dtype = device, dtype
-        self.torch_dtype: torch.dtype = getattr(torch, dtype)
-        self.timeout = timeout
-        self.groups = {case.check: group for case, group in cases}
-        self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
-        self.names = [
-            t.name for case, _ in cases if case.check == "gradients" for t in case.tensors
+    def start(each: DtypePass) -> Iterator[Event]:
+        if id(each) not in started:
+            started.add(id(each))
+            for case, group in each.cases:
+                yield CaseStarted(case, group)
+
+    for batch in audit.batches():
+        if plan.batches is not None and batch.index not in plan.batches:
+            continue
+        if sharing is not None:
+            sharing.before(batch)
+        for each in order:
+            each.step(batch)
+        for each in passes:
+            yield from start(each)
+            yield from each.drain()
+    for each in passes:
+        yield from start(each)
+        yield from each.finish()
+
+
+class _Sharing:
+    """Which pass may take its float64 truth from which: a pass whose truth model is a
+    float64 copy of weights that equal, bit for bit, the float64 pass's model computes
+    the very reference that pass computes, given the same inputs, seed and device."""
+
+    def __init__(self, passes: list[DtypePass]) -> None:
+        lender = next((p for p in passes if _can_lend(p)), None)
+        self.borrowers = [
+            p
+            for p in passes
+            if lender is not None
+            and p.truth_model is not None
+            and p.setup_error is None
+            and p.dtype in ("float32", "float64")
         ]
-        self.all_names = set(audit.all_names)
-        self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
-        self.scratch = Scratch()  # comparison buffers, reused batch after batch
-        # A batch's results reach the summaries and the event stream together, one by one
-        # after the batch: a run cut short then reports the same batches everywhere.
-        self.events: list[Event] = []
-        self.pending: list[Callable[[], None]] = []
-        self.nonzero: set[str] = set()  # tensors whose autograd gradient was nonzero once
-        self.computed: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
-        self.truth_model: torch.nn.Module | None = None
-        self.setup_error = self._setup()
-        self.extra: list[CheckRun] = []
-        for case, _ in cases:
-            kind = checks.get(case.check)
-            if kind is not None and self.setup_error is None:
-                started = kind.start(case, self)
-                if started is not None:
-                    self.extra.append(started)
-        self.mutation = MutationRun(device, dtype, mutants, self) if mutants is not None else None
+        if lender is not None and self.borrowers:
+            lender.lends = True
+            for p in self.borrowers:
+                p.lender = lender
+            self.order = [lender, *(p for p in passes if p is not lender)]
+        else:
+            self.order = passes
 
-    def _setup(self) -> str | None:
-        try:
-            self.model = copy.deepcopy(self.audit.master).to(self.device, self.torch_dtype)
-            plain = plain_tensors(self.model, self.torch_dtype)
-            if plain:
-                return (
-                    f"the model holds {', '.join(plain)} as plain tensor attribute(s), which "
-                    f"are never cast: this {self.dtype} case would compute in their dtype; "
-                    "register them with nn.Parameter (or register_buffer)"
-                )
-            self.param_storage = {
-                p.untyped_storage().data_ptr(): f"parameter {n}"
-                for n, p in self.model.named_parameters()
-            }
-            needs_truth = any(s.tol.mode == "baseline" for s in self.summaries.values())
-            if needs_truth or len(self.groups) > 1:
-                # Built from the tested dtype's weights, so only arithmetic differs.
-                self.truth_model = copy.deepcopy(self.model).to(
-                    float64_device(self.device), torch.float64
-                )
-        except Exception as exc:
-            return f"moving the model to {self.device}/{self.dtype} failed: {why(exc)}"
-        return None
-
-    def run(self) -> Iterator[Event]:
-        start = time.perf_counter()
-        for group in self.groups.values():
-            group.device_name = device_name(self.device)
-        for batch in self.audit.batches():
-            if self.plan.batches is not None and batch.index not in self.plan.batches:
+    def before(self, batch: Batch) -> None:
+        """Decide, for this batch, which borrowers take the lender's reference: their truth
+        model's weights and buffers must equal the lender model's now (one read for all),
+        and the inputs must cast exactly."""
+        if not self.borrowers:
+            return
+        exact32 = all(
+            not t.is_floating_point() or t.dtype in _EXACT_IN_FLOAT32
+            for t in batch.tensors.values()
+        )
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        spans: list[tuple[int, int]] = []
+        for p in self.borrowers:
+            assert p.truth_model is not None and p.lender is not None
+            mine, theirs = _state(p.truth_model), _state(p.lender.model)
+            if mine.keys() != theirs.keys() or not (exact32 or p.dtype == "float64"):
+                spans.append((len(pairs), -1))
                 continue
-            if self.setup_error is not None:
-                self.fail_all(batch, self.setup_error)
-            else:
-                self._batch(batch.to(self.device, self.torch_dtype))
-            for fold, event in zip(self.pending, self.events, strict=True):
-                fold()  # the summary counts the result just as the event goes out
-                yield event
-            self.pending.clear()
-            self.events.clear()
-            for group in self.groups.values():
-                group.seconds = time.perf_counter() - start
-        gradients = self.groups.get("gradients", _EMPTY)
-        for summary in gradients.tensors:
-            if summary.batches and summary.tensor in self.all_names - self.nonzero:
-                gradients.zero_reference.append(summary.tensor)
-        for group in self.groups.values():
-            for summary in group.tensors:
-                summary.seconds = group.seconds / max(len(group.tensors), 1)
-                if not summary.batches and not summary.error_count:
-                    summary.skipped = summary.skipped or "no batch ran this check"
-        if self.mutation is not None:
-            yield self.mutation.report
-
-    # -- what check kinds call -------------------------------------------------------------
-
-    def emit(
-        self, kind: str, name: str, batch: Batch, fold: Callable[[], None], **fields: Any
-    ) -> None:
-        """Queue a tensor's result with the update of its summary (`fold`)."""
-        summary = self._summary(kind, name)
-        self.events.append(
-            CaseResult(
-                self.device,
-                self.groups[kind].dtype,
-                name,
-                batch.index,
-                batch.seed,
-                tol=summary.tol,
-                kind=kind,
-                **fields,
-            )
-        )
-        self.pending.append(fold)
-
-    def _summary(self, check: str, name: str) -> TensorSummary:
-        return next(s for s in self.groups[check].tensors if s.tensor == name)
-
-    def error(self, name: str, batch: Batch, message: str, check: str = "gradients") -> None:
-        full = f"batch {batch.index} (seed {batch.seed}): {message}"
-        self.emit(
-            check, name, batch, partial(self._summary(check, name).add_error, full), error=full
-        )
-
-    def fail_all(self, batch: Batch, message: str) -> None:
-        for check, group in self.groups.items():
-            for summary in group.tensors:
-                self.error(summary.tensor, batch, message, check)
-
-    def reference(
-        self, model: torch.nn.Module, batch: Batch, names: Sequence[str]
-    ) -> tuple[Forward, list[torch.Tensor]]:
-        """Forward and autograd's gradient of the loss w.r.t. each named tensor."""
-        _seed(batch.seed, self.device)
-        forward = model(**batch.tensors)
-        if not isinstance(forward, Forward):
-            raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else None
-        wrong = wrong_dtype(forward, dtype) if dtype is not None else []
-        if wrong:
-            raise TypeError(
-                f"the model computed {', '.join(wrong)} in a {str(dtype).removeprefix('torch.')} "
-                "case: a tensor it uses is not a parameter or buffer, or is cast by the model"
-            )
-        available = {**forward.intermediates, **dict(model.named_parameters())}
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise KeyError(f"forward did not return {missing}")
-        targets = [available[n] for n in names]
-        grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
-        reference = [
-            torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)
-        ]
-        return forward, reference
-
-    def manual(
-        self, model: torch.nn.Module, batch: Batch, forward: Forward
-    ) -> Mapping[str, torch.Tensor]:
-        """The plugin's gradients; anything it raises, SystemExit included, is its error."""
-        with torch.no_grad():
-            grads = self.gradient_fn(
-                model, batch, forward.detached(), **self.spec.gradients.options
-            )
-        if not isinstance(grads, Mapping):
-            raise TypeError(f"returned {type(grads).__name__}, not a mapping name -> tensor")
-        return grads
-
-    def compare(
-        self,
-        check: str,
-        batch: Batch,
-        wanted: Sequence[tuple[str, object, torch.Tensor, torch.Tensor | None]],
-        tol: Tol | None = None,
-    ) -> dict[str, Check]:
-        """Check each (name, manual gradient, reference, truth) in one check_all call, then
-        record and report them in the given order; unusable gradients become errors."""
-        problems: dict[str, str] = {}
-        ready: dict[str, Comparison] = {}
-        for name, got, reference, truth in wanted:
-            problem = self._unusable(name, got, reference)
-            if problem is not None:
-                problems[name] = problem
-            else:
-                assert isinstance(got, torch.Tensor)
-                chosen = tol or self._summary(check, name).tol
-                ready[name] = Comparison(got, reference, chosen, truth)
-        results = dict(
-            zip(ready, check_all(list(ready.values()), self.batch_scale, self.scratch), strict=True)
-        )
-        for name, *_ in wanted:
-            if name in problems:
-                self.error(name, batch, problems[name], check)
-            else:
-                fold = partial(
-                    self._summary(check, name).add, results[name], batch.index, batch.seed
-                )
-                self.emit(check, name, batch, fold, check=results[name])
-        return results
-
-    # -- the gradient comparison -----------------------------------------------------------
-
-    def _batch(self, batch: Batch) -> None:
-        """One batch under the per-case time limit; a timeout is an error for that case even
-        when plugin code caught the exception."""
-        try:
-            with deadline(self.timeout) as limit:
-                self._gradients(batch)
-        except CaseTimeout:
-            pass
-        if limit.expired:
-            self.fail_all(batch, f"timed out after {self.timeout:g}s (--timeout)")
-
-    def _gradients(self, batch: Batch) -> None:
-        """Forward, autograd reference, manual gradients, then every comparison."""
-        names, plugin = self.names, self.spec.gradients.plugin
-        before_batch = {n: t.clone() for n, t in batch.tensors.items()}
-        try:
-            forward, reference = self.reference(self.model, batch, names)
-            truth: list[torch.Tensor] | None = None
-            if self.truth_model is not None:
-                truth_batch = batch.to(float64_device(self.device), torch.float64)
-                truth = self.reference(self.truth_model, truth_batch, names)[1]
-            saturated = self._postprocess(names, reference, truth)
-            if truth is not None:
-                self.batch_scale = max(
-                    (float(t.abs().max()) for t in truth if t.numel()), default=0.0
-                )
-        except OURS:
-            raise
-        except BaseException as exc:
-            self.fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {why(exc)}")
-            return
-        if _modified(batch, before_batch):
-            self.fail_all(batch, f"model '{self.spec.model.plugin}' modified the batch in place")
-            return
-        state = snapshot(self.model, forward)
-        try:
-            grads = self.manual(self.model, batch, forward)
-        except OURS:
-            raise
-        except BaseException as exc:
-            self.fail_all(batch, f"gradients '{plugin}' raised {why(exc)}")
-            return
-        touched = changed(state, self.model, forward)
-        if _modified(batch, before_batch):
-            touched.append("the batch")
-        if touched:
-            restore(state, self.model)
-            self.fail_all(batch, f"gradients '{plugin}' modified {', '.join(touched)} in place")
-            return
-        self._unknown_names(batch, grads)
-        for name, problem in saturated.items():
-            self.error(name, batch, problem)
-        self.computed = (getattr(grads, "problems", {}), getattr(grads, "computed_in", {}))
-        wanted = [
-            (name, grads.get(name), ref, truth[i] if truth else None)
-            for i, (name, ref) in enumerate(zip(names, reference, strict=True))
-            if name not in saturated
-        ]
-        checks = self.compare("gradients", batch, wanted)
-        for name, _, ref, _ in wanted:
-            if name not in self.nonzero and ref.numel() and bool(ref.any()):
-                self.nonzero.add(name)
-        step = Step(batch, forward, grads, names, reference, truth, checks)
-        if self.mutation is not None:
-            self.mutation.batch(step)
-        for extra in self.extra:
-            extra.batch(step)
-
-    def _postprocess(
-        self, names: list[str], reference: list[torch.Tensor], truth: list[torch.Tensor] | None
-    ) -> dict[str, str]:
-        """Apply the spec's declared post-processing to the reference and the truth; a clip
-        that changes every element leaves only signs to compare: an error, not a pass."""
-        rules = self.spec.postprocess
-        saturated: dict[str, str] = {}
-        if not rules:
-            return saturated
-        for i, name in enumerate(names):
-            reference[i], clipped = postprocess.apply_counted(name, reference[i], rules)
-            problem = postprocess.saturated(clipped, reference[i].numel())
-            if problem:
-                saturated[name] = problem
-            if truth is not None:
-                truth[i] = postprocess.apply(name, truth[i], rules)
-        return saturated
-
-    def _unusable(self, name: str, got: object, reference: torch.Tensor) -> str | None:
-        """Why a plugin's gradient cannot be compared with autograd's, or None."""
-        problems, computed_in = self.computed
-        said = problems.get(name) or computed_problem(computed_in.get(name), self.dtype)
-        if said:
-            return said
-        if got is None:
-            return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
-        if not isinstance(got, torch.Tensor):
-            return f"gradient is a {type(got).__name__}, not a tensor"
-        if got.requires_grad:
-            return "gradient requires grad: return plain tensors"
-        alias = self.param_storage.get(got.untyped_storage().data_ptr())
-        if alias:
-            return f"gradient shares memory with {alias}: return a new tensor"
-        problem = mismatch(got, reference)
-        return f"gradient has {problem}" if problem else None
-
-    def _unknown_names(self, batch: Batch, grads: Mapping[str, torch.Tensor]) -> None:
-        """A gradient for a tensor the model does not have is a mistake worth a test case."""
-        group = self.groups["gradients"]
-        for name in grads:
-            if name in self.all_names:
-                continue
-            if name not in self.summaries:
-                summary = TensorSummary(str(name), Tol("allclose"))
-                self.summaries[name] = summary
-                group.tensors.append(summary)
-            plugin = self.spec.gradients.plugin
-            message = f"gradients '{plugin}' returned '{name}', which the model does not have"
-            self.error(str(name), batch, message)
+            spans.append((len(pairs), len(mine)))
+            pairs += [(mine[k], theirs[k]) for k in mine]
+        same = same_bits_all(pairs) if pairs else []
+        for p, (start, count) in zip(self.borrowers, spans, strict=True):
+            p.borrow = count >= 0 and all(same[start : start + count])
 
 
-@dataclass(frozen=True)
-class Step:
-    """One batch's gradient comparison, as the extra checks and mutation testing see it."""
-
-    batch: Batch
-    forward: Forward
-    manual: Mapping[str, torch.Tensor]
-    names: list[str]
-    reference: list[torch.Tensor]
-    truth: list[torch.Tensor] | None
-    checks: dict[str, Check]
+def _can_lend(p: DtypePass) -> bool:
+    """A float64 pass on a device that computes float64 itself, deterministically."""
+    return (
+        p.dtype == "float64"
+        and p.setup_error is None
+        and float64_device(p.device) == p.device
+        and (p.device == "cpu" or torch.are_deterministic_algorithms_enabled())
+    )
 
 
-_EMPTY = GroupResult("", "", [])
-
-
-def _modified(batch: Batch, before: Mapping[str, torch.Tensor]) -> bool:
-    return any(not same_bits(batch[n], t) for n, t in before.items())
-
-
-def _seed(seed: int, device: str) -> None:
-    """Seed what a forward on `device` may draw from (dropout), so every pass sees the same.
-
-    torch.manual_seed would also queue seeds for every accelerator backend, at ~2 ms a call.
-    """
-    torch.default_generator.manual_seed(seed)
-    if device.startswith("cuda"):
-        torch.cuda.manual_seed(seed)
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    state = {f"p {n}": t.detach() for n, t in model.named_parameters()}
+    return state | {f"b {n}": t for n, t in model.named_buffers()}

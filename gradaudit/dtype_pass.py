@@ -1,0 +1,411 @@
+"""One (device, dtype) pass: a batch's gradient comparison and every extra check on it.
+
+The runner (gradaudit.runner) drives the passes of a device batch by batch; a pass queues
+its events per batch, and the runner yields them. Where another pass has computed this
+pass's float64 truth already, bit for bit, the pass takes it (see `lender`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from gradaudit.audit import Audit, why
+from gradaudit.checks import CheckKind, CheckRun
+from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all, mismatch
+from gradaudit.guards import (
+    OURS,
+    CaseTimeout,
+    _watched,
+    deadline,
+    plain_tensors,
+    restore,
+    wrong_dtype,
+)
+from gradaudit.mutate import Mutant, MutationReport, MutationRun
+from gradaudit.numpy_adapter import computed_problem
+from gradaudit.pass_parts import (
+    Lent,
+    Step,
+    buffers,
+    device_name,
+    float64_device,
+    postprocess_all,
+    seed,
+)
+from gradaudit.plan import Plan, PlannedCase
+from gradaudit.results import CaseResult, GroupResult
+from gradaudit.syncs import any_nonzero, largest_abs, same_bits_all
+from gradaudit.tolerance import Tol
+from gradaudit.types import Batch, Forward
+
+Event = CaseResult | GroupResult | MutationReport
+
+
+class DtypePass:
+    """The batches of one (device, dtype): the gradient comparison and every extra check."""
+
+    def __init__(
+        self,
+        audit: Audit,
+        plan: Plan,
+        device: str,
+        dtype: str,
+        cases: list[tuple[PlannedCase, GroupResult]],
+        checks: Mapping[str, CheckKind],
+        timeout: float | None,
+        mutants: list[Mutant] | None,
+    ) -> None:
+        self.audit, self.plan = audit, plan
+        self.spec = audit.loaded.spec
+        self.gradient_fn = audit.gradient_fn
+        self.device, self.dtype = device, dtype
+        self.torch_dtype: torch.dtype = getattr(torch, dtype)
+        self.timeout = timeout
+        self.cases = cases
+        self.groups = {case.check: group for case, group in cases}
+        self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
+        self.names = [
+            t.name for case, _ in cases if case.check == "gradients" for t in case.tensors
+        ]
+        self.all_names = set(audit.all_names)
+        self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
+        self.scratch = Scratch()  # comparison buffers, reused batch after batch
+        # A batch's results reach the summaries and the event stream together, one by one
+        # after the batch: a run cut short then reports the same batches everywhere.
+        self.events: list[Event] = []
+        self.pending: list[Callable[[], None]] = []
+        self.nonzero: set[str] = set()  # tensors whose autograd gradient was nonzero once
+        self.computed: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {})
+        self.truth_model: torch.nn.Module | None = None
+        self.seconds = 0.0
+        # Sharing (set by the runner): the float64 pass whose reference is this pass's truth
+        # when `borrow` (checked before each batch); `lends`: keep this pass's reference.
+        self.lender: DtypePass | None = None
+        self.borrow = False
+        self.lends = False
+        self.lent: Lent | None = None
+        self.setup_error = self._setup()
+        self.extra: list[CheckRun] = []
+        for case, _ in cases:
+            kind = checks.get(case.check)
+            if kind is not None and self.setup_error is None:
+                started = kind.start(case, self)
+                if started is not None:
+                    self.extra.append(started)
+        self.mutation = MutationRun(device, dtype, mutants, self) if mutants is not None else None
+        for group in self.groups.values():
+            group.device_name = device_name(device)
+
+    def _setup(self) -> str | None:
+        try:
+            self.model = copy.deepcopy(self.audit.master).to(self.device, self.torch_dtype)
+            plain = plain_tensors(self.model, self.torch_dtype)
+            if plain:
+                return (
+                    f"the model holds {', '.join(plain)} as plain tensor attribute(s), which "
+                    f"are never cast: this {self.dtype} case would compute in their dtype; "
+                    "register them with nn.Parameter (or register_buffer)"
+                )
+            self.param_storage = {
+                p.untyped_storage().data_ptr(): f"parameter {n}"
+                for n, p in self.model.named_parameters()
+            }
+            needs_truth = any(s.tol.mode == "baseline" for s in self.summaries.values())
+            if needs_truth or len(self.groups) > 1:
+                # Built from the tested dtype's weights, so only arithmetic differs.
+                self.truth_model = copy.deepcopy(self.model).to(
+                    float64_device(self.device), torch.float64
+                )
+        except Exception as exc:
+            return f"moving the model to {self.device}/{self.dtype} failed: {why(exc)}"
+        return None
+
+    def step(self, batch: Batch) -> None:
+        """Run one batch (its events wait in `events` until `drain`)."""
+        start = time.perf_counter()
+        if self.setup_error is not None:
+            self.fail_all(batch, self.setup_error)
+        else:
+            self._batch(batch.to(self.device, self.torch_dtype))
+        self.seconds += time.perf_counter() - start
+
+    def drain(self) -> Iterator[Event]:
+        """The batch's events, each with its summary update."""
+        for fold, event in zip(self.pending, self.events, strict=True):
+            fold()  # the summary counts the result just as the event goes out
+            yield event
+        self.pending.clear()
+        self.events.clear()
+        for group in self.groups.values():
+            group.seconds = self.seconds
+
+    def finish(self) -> Iterator[Event]:
+        """After the last batch: tensors never nonzero, checks that never ran, mutants."""
+        gradients = self.groups.get("gradients", _EMPTY)
+        for summary in gradients.tensors:
+            if summary.batches and summary.tensor in self.all_names - self.nonzero:
+                gradients.zero_reference.append(summary.tensor)
+        for group in self.groups.values():
+            for summary in group.tensors:
+                summary.seconds = group.seconds / max(len(group.tensors), 1)
+                if not summary.batches and not summary.error_count:
+                    summary.skipped = summary.skipped or "no batch ran this check"
+        if self.mutation is not None:
+            yield self.mutation.report
+
+    # -- what check kinds call -------------------------------------------------------------
+
+    def emit(
+        self, kind: str, name: str, batch: Batch, fold: Callable[[], None], **fields: Any
+    ) -> None:
+        """Queue a tensor's result with the update of its summary (`fold`)."""
+        summary = self._summary(kind, name)
+        self.events.append(
+            CaseResult(
+                self.device,
+                self.groups[kind].dtype,
+                name,
+                batch.index,
+                batch.seed,
+                tol=summary.tol,
+                kind=kind,
+                **fields,
+            )
+        )
+        self.pending.append(fold)
+
+    def _summary(self, check: str, name: str) -> TensorSummary:
+        return next(s for s in self.groups[check].tensors if s.tensor == name)
+
+    def error(self, name: str, batch: Batch, message: str, check: str = "gradients") -> None:
+        full = f"batch {batch.index} (seed {batch.seed}): {message}"
+        self.emit(
+            check, name, batch, partial(self._summary(check, name).add_error, full), error=full
+        )
+
+    def fail_all(self, batch: Batch, message: str) -> None:
+        for check, group in self.groups.items():
+            for summary in group.tensors:
+                self.error(summary.tensor, batch, message, check)
+
+    def reference(
+        self, model: torch.nn.Module, batch: Batch, names: Sequence[str]
+    ) -> tuple[Forward, list[torch.Tensor]]:
+        """Forward and autograd's gradient of the loss w.r.t. each named tensor."""
+        seed(batch.seed, self.device)
+        forward = model(**batch.tensors)
+        if not isinstance(forward, Forward):
+            raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
+        param = next(model.parameters(), None)
+        dtype = param.dtype if param is not None else None
+        wrong = wrong_dtype(forward, dtype) if dtype is not None else []
+        if wrong:
+            raise TypeError(
+                f"the model computed {', '.join(wrong)} in a {str(dtype).removeprefix('torch.')} "
+                "case: a tensor it uses is not a parameter or buffer, or is cast by the model"
+            )
+        available = {**forward.intermediates, **dict(model.named_parameters())}
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise KeyError(f"forward did not return {missing}")
+        targets = [available[n] for n in names]
+        grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
+        reference = [
+            torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)
+        ]
+        return forward, reference
+
+    def manual(
+        self, model: torch.nn.Module, batch: Batch, forward: Forward
+    ) -> Mapping[str, torch.Tensor]:
+        """The plugin's gradients; anything it raises, SystemExit included, is its error."""
+        with torch.no_grad():
+            grads = self.gradient_fn(
+                model, batch, forward.detached(), **self.spec.gradients.options
+            )
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"returned {type(grads).__name__}, not a mapping name -> tensor")
+        return grads
+
+    def compare(
+        self,
+        check: str,
+        batch: Batch,
+        wanted: Sequence[tuple[str, object, torch.Tensor, torch.Tensor | None]],
+        tol: Tol | None = None,
+    ) -> dict[str, Check]:
+        """Check each (name, manual gradient, reference, truth) in one check_all call, then
+        record and report them in the given order; unusable gradients become errors."""
+        problems: dict[str, str] = {}
+        ready: dict[str, Comparison] = {}
+        for name, got, reference, truth in wanted:
+            problem = self._unusable(name, got, reference)
+            if problem is not None:
+                problems[name] = problem
+            else:
+                assert isinstance(got, torch.Tensor)
+                chosen = tol or self._summary(check, name).tol
+                ready[name] = Comparison(got, reference, chosen, truth)
+        results = dict(
+            zip(ready, check_all(list(ready.values()), self.batch_scale, self.scratch), strict=True)
+        )
+        for name, *_ in wanted:
+            if name in problems:
+                self.error(name, batch, problems[name], check)
+            else:
+                fold = partial(
+                    self._summary(check, name).add, results[name], batch.index, batch.seed
+                )
+                self.emit(check, name, batch, fold, check=results[name])
+        return results
+
+    # -- the gradient comparison -----------------------------------------------------------
+
+    def _batch(self, batch: Batch) -> None:
+        """One batch under the per-case time limit; a timeout is an error for that case even
+        when plugin code caught the exception."""
+        try:
+            with deadline(self.timeout) as limit:
+                self._gradients(batch)
+        except CaseTimeout:
+            pass
+        if limit.expired:
+            self.fail_all(batch, f"timed out after {self.timeout:g}s (--timeout)")
+
+    def _gradients(self, batch: Batch) -> None:
+        """Forward, autograd reference, manual gradients, then every comparison."""
+        names, plugin = self.names, self.spec.gradients.plugin
+        before_batch = {n: t.clone() for n, t in batch.tensors.items()}
+        try:
+            forward, reference = self.reference(self.model, batch, names)
+            if self.lends:
+                self.lent = Lent(batch.index, list(reference), buffers(self.model))
+            truth: list[torch.Tensor] | None = None
+            if self.truth_model is not None:
+                truth = self._borrowed(batch.index)
+                if truth is None:
+                    truth_batch = batch.to(float64_device(self.device), torch.float64)
+                    truth = self.reference(self.truth_model, truth_batch, names)[1]
+            saturated = postprocess_all(self.spec.postprocess, names, reference, truth)
+            if truth is not None:
+                self.batch_scale = largest_abs(truth)
+        except OURS:
+            raise
+        except BaseException as exc:
+            self.fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {why(exc)}")
+            return
+        after_forward = {n: t.clone() for n, t in batch.tensors.items()}
+        state = {k: v.detach().clone() for k, v in _watched(self.model, forward).items()}
+        try:
+            grads = self.manual(self.model, batch, forward)
+        except OURS:
+            raise
+        except BaseException as exc:
+            if not self._touched(batch, before_batch, after_forward, None, forward):
+                self.fail_all(batch, f"gradients '{plugin}' raised {why(exc)}")
+            return
+        if self._touched(batch, before_batch, after_forward, state, forward):
+            return
+        self._unknown_names(batch, grads)
+        for name, problem in saturated.items():
+            self.error(name, batch, problem)
+        self.computed = (getattr(grads, "problems", {}), getattr(grads, "computed_in", {}))
+        wanted = [
+            (name, grads.get(name), ref, truth[i] if truth else None)
+            for i, (name, ref) in enumerate(zip(names, reference, strict=True))
+            if name not in saturated
+        ]
+        checks = self.compare("gradients", batch, wanted)
+        unknown = [(name, ref) for name, _, ref, _ in wanted if name not in self.nonzero]
+        found = any_nonzero([ref for _, ref in unknown])
+        self.nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
+        step = Step(batch, forward, grads, names, reference, truth, checks)
+        if self.mutation is not None:
+            self.mutation.batch(step)
+        for extra in self.extra:
+            extra.batch(step)
+
+    def _touched(
+        self,
+        batch: Batch,
+        before: Mapping[str, torch.Tensor],
+        after_forward: Mapping[str, torch.Tensor],
+        state: Mapping[str, torch.Tensor] | None,
+        forward: Forward,
+    ) -> bool:
+        """Fail the batch if the model's forward changed the batch or (given the `state` it
+        left) the manual gradient changed the model, the forward's tensors or the batch: one
+        read of the device for all of them."""
+        pairs = [(before[n], after_forward[n]) for n in before]
+        labels = [""] * len(pairs)
+        if state is not None:
+            now = _watched(self.model, forward)
+            pairs += [(v, now[k].detach()) for k, v in state.items()]
+            pairs += [(after_forward[n], batch[n]) for n in before]
+            labels += [*state, *["the batch"] * len(before)]
+        same = same_bits_all(pairs)
+        if not all(same[: len(before)]):
+            self.fail_all(batch, f"model '{self.spec.model.plugin}' modified the batch in place")
+            return True
+        touched = list(dict.fromkeys(k for k, ok in zip(labels, same, strict=True) if not ok))
+        if not touched:
+            return False
+        assert state is not None
+        restore(dict(state), self.model)
+        plugin = self.spec.gradients.plugin
+        self.fail_all(batch, f"gradients '{plugin}' modified {', '.join(touched)} in place")
+        return True
+
+    def _borrowed(self, index: int) -> list[torch.Tensor] | None:
+        """The lender's reference as this batch's truth, when it is provably the same (the
+        runner checked the weights; the inputs cast exactly): the truth model then takes the
+        buffers that its own forward would have left."""
+        lent = self.lender.lent if self.lender is not None and self.borrow else None
+        if lent is None or lent.index != index or self.truth_model is None:
+            return None
+        if lent.buffers:
+            with torch.no_grad():
+                for name, buffer in self.truth_model.named_buffers():
+                    buffer.copy_(lent.buffers[name])
+        return list(lent.reference)
+
+    def _unusable(self, name: str, got: object, reference: torch.Tensor) -> str | None:
+        """Why a plugin's gradient cannot be compared with autograd's, or None."""
+        problems, computed_in = self.computed
+        said = problems.get(name) or computed_problem(computed_in.get(name), self.dtype)
+        if said:
+            return said
+        if got is None:
+            return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
+        if not isinstance(got, torch.Tensor):
+            return f"gradient is a {type(got).__name__}, not a tensor"
+        if got.requires_grad:
+            return "gradient requires grad: return plain tensors"
+        alias = self.param_storage.get(got.untyped_storage().data_ptr())
+        if alias:
+            return f"gradient shares memory with {alias}: return a new tensor"
+        problem = mismatch(got, reference)
+        return f"gradient has {problem}" if problem else None
+
+    def _unknown_names(self, batch: Batch, grads: Mapping[str, torch.Tensor]) -> None:
+        """A gradient for a tensor the model does not have is a mistake worth a test case."""
+        group = self.groups["gradients"]
+        for name in grads:
+            if name in self.all_names:
+                continue
+            if name not in self.summaries:
+                summary = TensorSummary(str(name), Tol("allclose"))
+                self.summaries[name] = summary
+                group.tensors.append(summary)
+            plugin = self.spec.gradients.plugin
+            message = f"gradients '{plugin}' returned '{name}', which the model does not have"
+            self.error(str(name), batch, message)
+
+
+_EMPTY = GroupResult("", "", [])

@@ -1,0 +1,82 @@
+"""The small pieces a dtype pass is made of: where it runs, what it shares, what the
+extra checks see of a batch, and how it seeds and post-processes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gradaudit import postprocess
+from gradaudit.compare import Check
+from gradaudit.types import Batch, Forward
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
+def float64_device(device: str) -> str:
+    """Where the float64 truth is computed: the same device, unless it lacks float64."""
+    return "cpu" if device.startswith("mps") else device
+
+
+@dataclass(frozen=True)
+class Lent:
+    """A float64 pass's autograd gradients of one batch, before post-processing, and its
+    model's buffers just after that forward: another pass's truth, when provably equal."""
+
+    index: int
+    reference: list[torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One batch's gradient comparison, as the extra checks and mutation testing see it."""
+
+    batch: Batch
+    forward: Forward
+    manual: Mapping[str, torch.Tensor]
+    names: list[str]
+    reference: list[torch.Tensor]
+    truth: list[torch.Tensor] | None
+    checks: dict[str, Check]
+
+
+def postprocess_all(
+    rules: postprocess.Rules,
+    names: list[str],
+    reference: list[torch.Tensor],
+    truth: list[torch.Tensor] | None,
+) -> dict[str, str]:
+    """Apply the spec's declared post-processing to the reference and the truth; a clip
+    that changes every element leaves only signs to compare: an error, not a pass."""
+    saturated: dict[str, str] = {}
+    if not rules:
+        return saturated
+    for i, name in enumerate(names):
+        reference[i], clipped = postprocess.apply_counted(name, reference[i], rules)
+        problem = postprocess.saturated(clipped, reference[i].numel())
+        if problem:
+            saturated[name] = problem
+        if truth is not None:
+            truth[i] = postprocess.apply(name, truth[i], rules)
+    return saturated
+
+
+def buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in model.named_buffers()}
+
+
+def seed(seed: int, device: str) -> None:
+    """Seed what a forward on `device` may draw from (dropout), so every pass sees the same.
+
+    torch.manual_seed would also queue seeds for every accelerator backend, at ~2 ms a call.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.startswith("cuda"):
+        torch.cuda.manual_seed(seed)

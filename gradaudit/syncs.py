@@ -1,0 +1,106 @@
+"""Host-device synchronisations: count them, and make fewer.
+
+On a GPU every Python read of a tensor's value (`float(t)`, `.item()`, `.tolist()`,
+`bool(t)`, `torch.equal`) waits for the device to drain its queue. `count_syncs()` counts
+those reads on any device, the CPU included, so a test can hold the hot path to a budget
+without a GPU. The helpers below answer many questions with one read.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+# The reads of a tensor's value from Python: each one waits for the device.
+_READS = {
+    torch.Tensor.__float__: "float",
+    torch.Tensor.__int__: "int",
+    torch.Tensor.__bool__: "bool",
+    torch.Tensor.__index__: "index",
+    torch.Tensor.item: "item",
+    torch.Tensor.tolist: "tolist",
+    torch.equal: "equal",
+    torch.Tensor.equal: "equal",
+}
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts the value reads (`counts` by kind, `total`) made while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        kind = _READS.get(func)
+        if kind is not None:
+            self.counts[kind] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def count_syncs() -> Iterator[SyncCounter]:
+    """Count the value reads made inside the block (a debug tool: it slows torch calls)."""
+    counter = SyncCounter()
+    with counter:
+        yield counter
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bits as integers, so NaN equals NaN and -0.0 differs from 0.0."""
+    if t.is_floating_point() or t.is_complex():
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+        size = t.element_size()
+        if t.is_complex():
+            t = torch.view_as_real(t)
+            size //= 2
+        return t.contiguous().view(width[size])
+    return t
+
+
+def same_bits_all(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[bool]:
+    """For each pair, whether the two tensors have the same shape, dtype and bits: one read
+    for all of them (guards.same_bits reads once per pair)."""
+    alike = [a.shape == b.shape and a.dtype == b.dtype and a.device == b.device for a, b in pairs]
+    checked = [(a, b) for (a, b), ok in zip(pairs, alike, strict=True) if ok]
+    if not checked:
+        return alike
+    device = checked[0][0].device
+    equal = [(_bits(a) == _bits(b)).all().to(device) for a, b in checked]
+    values = iter(torch.stack(equal).tolist())
+    return [ok and bool(next(values)) for ok in alike]
+
+
+def largest_abs(tensors: Sequence[torch.Tensor]) -> float:
+    """Python's max over each tensor's largest |entry| (0 when there is none), in one read."""
+    maxima = [t.detach().abs().amax().double() for t in tensors if t.numel()]
+    if not maxima:
+        return 0.0
+    device = maxima[0].device
+    found: list[float] = torch.stack([m.to(device) for m in maxima]).tolist()
+    return max(found)
+
+
+def any_nonzero(tensors: Sequence[torch.Tensor]) -> list[bool]:
+    """For each tensor, whether it has a nonzero entry, in one read."""
+    live = [t for t in tensors if t.numel()]
+    if not live:
+        return [False] * len(tensors)
+    device = live[0].device
+    flags = iter(torch.stack([t.any().to(device) for t in live]).tolist())
+    return [bool(next(flags)) if t.numel() else False for t in tensors]

@@ -1,0 +1,158 @@
+"""Shared float64 truth, one device read per guard check, and --threads."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from gradaudit import dtype_pass
+from gradaudit.api import plan_for
+from gradaudit.audit import Audit
+from gradaudit.commands import set_threads
+from gradaudit.report.jsonfile import group_record
+from gradaudit.results import CaseResult, GroupResult
+from gradaudit.runner import run
+from gradaudit.spec import LoadedSpec, parse_spec
+from gradaudit.syncs import count_syncs, same_bits_all
+from tests.conftest import small_spec
+
+
+def audit_of(**overrides: Any) -> Audit:
+    text = yaml.safe_dump(small_spec(**overrides))
+    return Audit(LoadedSpec(parse_spec(text, "s.yaml"), Path("s.yaml").resolve(), "0" * 64))
+
+
+BORROWED = dtype_pass.DtypePass._borrowed
+
+
+def record(event: object) -> object:
+    if isinstance(event, CaseResult):
+        return (event.device, event.dtype, event.kind, event.tensor, event.batch, event.check)
+    if isinstance(event, GroupResult):
+        data = group_record(event)
+        data.pop("seconds", None)
+        for tensor in data["tensors"]:
+            tensor.pop("seconds", None)
+        return data
+    return type(event).__name__
+
+
+def events(
+    audit: Audit, share: bool, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[object], Counter[str]]:
+    borrowed: Counter[str] = Counter()
+
+    def spy(self: dtype_pass.DtypePass, index: int) -> list[torch.Tensor] | None:
+        got = BORROWED(self, index)
+        borrowed[self.dtype] += got is not None
+        return got
+
+    monkeypatch.setattr(dtype_pass.DtypePass, "_borrowed", spy)
+    checks = {n: k() for n, k in audit.registry.objects("check").items()}
+    found = [record(e) for e in run(audit, plan_for(audit), checks, share=share)]
+    return found, borrowed
+
+
+CHECKS = {"repeat": {"count": 2}, "finite_difference": {"directions": 2, "batches": 1}}
+
+
+@pytest.mark.parametrize("checks", [{}, CHECKS])
+def test_shared_truth_gives_what_computing_it_again_gives(
+    checks: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = audit_of(dtypes=["float32", "float64", "bfloat16"], checks=checks)
+    shared, borrowed = events(audit, True, monkeypatch)
+    fresh, none = events(audit, False, monkeypatch)
+    assert shared == fresh
+    assert (
+        borrowed["float32"] == 2 and sum(none.values()) == 0
+    )  # the float32 truth was taken, not recomputed
+    assert borrowed["bfloat16"] == 0  # its truth is built from bfloat16 weights: never shared
+    if checks:  # the float64 pass's own truth model is its model: taken too
+        assert borrowed["float64"] == 2
+
+
+def test_no_sharing_when_the_weights_differ_after_the_cast(monkeypatch: pytest.MonkeyPatch) -> None:
+    audit = audit_of(tolerance={"mode": "auto"})
+    audit.master.double()
+    with torch.no_grad():  # weights float32 cannot hold: the float32 case's differ after the cast
+        for param in audit.master.parameters():
+            param.add_(torch.full_like(param, 2.0**-40))
+    shared, borrowed = events(audit, True, monkeypatch)
+    fresh, _ = events(audit, False, monkeypatch)
+    assert shared == fresh and not borrowed["float32"]
+
+
+def test_the_sync_counter_counts_every_read_of_a_value() -> None:
+    a, b = torch.ones(3), torch.zeros(3)
+    with count_syncs() as counter:
+        float(a.sum()), a.tolist(), bool(a.any()), a[0].item(), torch.equal(a, b)
+    assert dict(counter.counts) == {"float": 1, "tolist": 1, "bool": 1, "item": 1, "equal": 1}
+    with count_syncs() as counter:
+        same = same_bits_all([(a, a.clone()), (a, b), (torch.tensor(float("nan")),) * 2])
+    assert same == [True, False, True] and counter.total == 1
+
+
+def test_the_runner_reads_the_device_at_most_twice_per_case_and_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its own reads (guards, batch scale), apart from the comparison's (compare.py)."""
+    audit = audit_of(tolerance={"mode": "auto"}, dtypes=["float32"])
+    list(run(audit, plan_for(audit)))
+    calls = Counter[str]()
+    original = dtype_pass.check_all  # type: ignore[attr-defined]
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with count_syncs() as inner:
+            found = original(*args, **kwargs)
+        calls["compare"] += inner.total
+        return found
+
+    monkeypatch.setattr(dtype_pass, "check_all", counted)
+    with count_syncs() as counter:
+        list(run(audit, plan_for(audit)))
+    batches = 2
+    # the first batch also asks which gradients are nonzero (once, for all of them)
+    assert counter.total - calls["compare"] <= 2 * batches + 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_unexpected_sync_on_cuda() -> None:
+    audit = audit_of(devices=["cuda"], dtypes=["float32"], tolerance={"mode": "allclose"})
+    list(run(audit, plan_for(audit)))
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with pytest.warns(UserWarning) as caught:
+            list(run(audit, plan_for(audit)))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(caught) > 0  # reads are reported; the count per batch is in benchmarks/README.md
+
+
+def test_threads_sets_torchs_intra_op_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        set_threads(None)  # the user's OMP_NUM_THREADS stands
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert os.environ.get("OMP_NUM_THREADS") == "2"
+
+
+def test_threads_is_an_option_of_run_and_mutate(run_cli: Any) -> None:
+    for command in ("run", "mutate"):
+        result = run_cli(command, "--help")
+        assert "--threads" in result.stdout
