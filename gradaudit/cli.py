@@ -181,9 +181,9 @@ def merge_command(out: str, inputs: tuple[str, ...]) -> None:
 
     Exits 1 when the merged run has a failure, so the merge step can be the gate.
     """
-    from gradaudit import commands
+    from gradaudit import listing
 
-    sys.exit(commands.merge(out, list(inputs)))
+    sys.exit(listing.merge(out, list(inputs)))
 
 
 @cli.command("validate")
@@ -191,9 +191,9 @@ def merge_command(out: str, inputs: tuple[str, ...]) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def validate_command(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check SPECS for errors without running anything (torch is not imported)."""
-    from gradaudit import commands
+    from gradaudit import listing
 
-    sys.exit(commands.validate(specs, sets))
+    sys.exit(listing.validate(specs, sets))
 
 
 @cli.command("plugins")
@@ -206,17 +206,17 @@ def validate_command(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(spec_path: str | None, as_json: bool) -> None:
     """List the loaded plugins and what each registers."""
-    from gradaudit import commands
+    from gradaudit import listing
 
-    sys.exit(commands.list_plugins(spec_path, as_json))
+    sys.exit(listing.list_plugins(spec_path, as_json))
 
 
 @cli.command("schema")
 def schema_command() -> None:
     """Print the JSON Schema of spec files (for editors and linters)."""
-    from gradaudit import commands
+    from gradaudit import listing
 
-    sys.exit(commands.schema())
+    sys.exit(listing.schema())
 
 
 @cli.command("new-plugin")

@@ -353,72 +353,8 @@ def _subset(option: str, chosen: tuple[str, ...], allowed: Sequence[str]) -> lis
     return [a for a in allowed if a in chosen] if chosen else list(allowed)
 
 
-def validate(spec_paths: tuple[str, ...], sets: tuple[str, ...] = ()) -> int:
-    """Validate specs without importing torch or any plugin, and say what that leaves out."""
-    from gradaudit.ops import command as ops
-
-    for path in spec_paths:
-        if ops.is_op_spec(path):
-            from gradaudit.ops.spec import load_op_spec
-
-            load_op_spec(path)
-            _echo(f"{path}: ok (op spec schema); `gradaudit plan {path}` lists its cases")
-            continue
-        load_spec(path, sets)
-        _echo(
-            f"{path}: ok (schema). Not checked without loading plugins: plugin names, "
-            f"tensor globs, plugin options; `gradaudit plan {path}` checks those"
-        )
-    return EXIT_OK
-
-
 def _echo(text: str) -> None:
     click.echo(text)
-
-
-def list_plugins(spec_path: str | None, as_json: bool = False) -> int:
-    """Print what every loaded plugin registers: name, kind, plugin, version, where from."""
-    import json
-
-    from gradaudit.plugins import plugin_manager
-
-    loaded = load_spec(spec_path) if spec_path else None
-    registry = plugin_manager(
-        loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd(), loaded
-    )
-    keys = ("name", "kind", "plugin", "version", "source")
-    rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all(builtin=True)]
-    rows.sort(key=lambda row: (row[1], row[0]))
-    if as_json:
-        _echo(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))
-        return EXIT_OK
-    table = [keys, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(keys) - 1)]
-    for row in table:
-        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-        _echo("  ".join([*cells, row[-1]]))
-    return EXIT_OK
-
-
-def schema() -> int:
-    """Print the JSON Schema of a spec file."""
-    from gradaudit.spec import json_schema
-
-    click.echo(json_schema(), nl=False)
-    return EXIT_OK
-
-
-def merge(out: str, inputs: list[str]) -> int:
-    """Merge shard reports; print the merged totals; exit code as for `run`."""
-    from gradaudit import merge as merging
-    from gradaudit.report.console import closing_line
-
-    check_writable(out)
-    as_json = out.endswith(".json")
-    summary: RunSummary = (merging.merge_json if as_json else merging.merge_junit)(out, inputs)
-    _echo(closing_line(summary, sum(g.seconds for g in summary.groups)))
-    _echo(f"merged {len(inputs)} reports into {out}")
-    return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
 
 
 def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:

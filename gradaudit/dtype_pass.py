@@ -17,7 +17,7 @@ import torch
 
 from gradaudit.audit import Audit, why
 from gradaudit.checks import CheckKind, CheckRun
-from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all, mismatch
+from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all
 from gradaudit.guards import (
     OURS,
     CaseTimeout,
@@ -37,6 +37,7 @@ from gradaudit.pass_parts import (
     float64_device,
     postprocess_all,
     seed,
+    unusable,
 )
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
@@ -245,7 +246,14 @@ class DtypePass:
         problems: dict[str, str] = {}
         ready: dict[str, Comparison] = {}
         for name, got, reference, truth in wanted:
-            problem = self._unusable(name, got, reference)
+            problem = unusable(
+                got,
+                reference,
+                self.spec.gradients.plugin,
+                self.param_storage,
+                self.computed[0].get(name)
+                or computed_problem(self.computed[1].get(name), self.dtype),
+            )
             if problem is not None:
                 problems[name] = problem
             else:
@@ -374,24 +382,6 @@ class DtypePass:
                 for name, buffer in self.truth_model.named_buffers():
                     buffer.copy_(lent.buffers[name])
         return list(lent.reference)
-
-    def _unusable(self, name: str, got: object, reference: torch.Tensor) -> str | None:
-        """Why a plugin's gradient cannot be compared with autograd's, or None."""
-        problems, computed_in = self.computed
-        said = problems.get(name) or computed_problem(computed_in.get(name), self.dtype)
-        if said:
-            return said
-        if got is None:
-            return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
-        if not isinstance(got, torch.Tensor):
-            return f"gradient is a {type(got).__name__}, not a tensor"
-        if got.requires_grad:
-            return "gradient requires grad: return plain tensors"
-        alias = self.param_storage.get(got.untyped_storage().data_ptr())
-        if alias:
-            return f"gradient shares memory with {alias}: return a new tensor"
-        problem = mismatch(got, reference)
-        return f"gradient has {problem}" if problem else None
 
     def _unknown_names(self, batch: Batch, grads: Mapping[str, torch.Tensor]) -> None:
         """A gradient for a tensor the model does not have is a mistake worth a test case."""

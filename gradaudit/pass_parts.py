@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from gradaudit import postprocess
-from gradaudit.compare import Check
+from gradaudit.compare import Check, mismatch
 from gradaudit.types import Batch, Forward
 
 
@@ -80,3 +80,27 @@ def seed(seed: int, device: str) -> None:
     torch.default_generator.manual_seed(seed)
     if device.startswith("cuda"):
         torch.cuda.manual_seed(seed)
+
+
+def unusable(
+    got: object,
+    reference: torch.Tensor,
+    plugin: str,
+    param_storage: Mapping[int, str],
+    said: str | None = None,
+) -> str | None:
+    """Why a plugin's gradient cannot be compared with autograd's, or None; `said` is what
+    the plugin's adapter already knows (a numpy gradient computed in another dtype)."""
+    if said:
+        return said
+    if got is None:
+        return f"gradients '{plugin}' gave no gradient"
+    if not isinstance(got, torch.Tensor):
+        return f"gradient is a {type(got).__name__}, not a tensor"
+    if got.requires_grad:
+        return "gradient requires grad: return plain tensors"
+    alias = param_storage.get(got.untyped_storage().data_ptr())
+    if alias:
+        return f"gradient shares memory with {alias}: return a new tensor"
+    problem = mismatch(got, reference)
+    return f"gradient has {problem}" if problem else None
