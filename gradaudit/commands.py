@@ -269,7 +269,11 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
         for reporter in reporters:
             reporter.finish(summary)
 
-    interrupts.on_second = finish
+    def finish_now() -> None:
+        summary.stopped = "interrupted by SIGTERM (twice: plugin code caught the first)"
+        finish()
+
+    interrupts.on_second = finish_now
     checkpoint()
     exit_code: int | None = None
     internal: Exception | None = None
@@ -295,6 +299,9 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
         summary.stopped = f"internal error: {type(exc).__name__}: {exc}"
         internal = exc
     finally:
+        if exit_code is None and internal is None and interrupts.count:
+            summary.stopped = "interrupted by SIGTERM (plugin code caught it; the run went on)"
+            exit_code = EXIT_SIGTERM
         if exit_code is None and internal is None and len(summary.groups) < len(made.cases):
             summary.stopped = NOT_FINISHED  # never reached: every case yields a group
         finish()

@@ -212,3 +212,73 @@ def test_an_all_nan_gradient_has_no_cosine() -> None:
     one_nan = reference.clone()
     one_nan[0] = math.nan
     assert math.isfinite(check(one_nan, reference, Tol("allclose")).cosine)
+
+
+SWALLOWS = """
+import time
+from gradaudit import hookimpl
+
+def swallows(model, batch, forward):
+    for _ in range(200):  # catches everything, SIGTERM's exception included
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            pass
+    return {}
+
+@hookimpl
+def register_gradients(register):
+    register("swallows", swallows)
+"""
+
+
+def test_a_second_sigterm_writes_the_reports_and_exits_at_once(
+    tmp_path: Path, write_spec: SpecWriter
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import GRADAUDIT, cli_env
+
+    (tmp_path / "swallow.py").write_text(SWALLOWS, encoding="utf-8")
+    spec = write_spec(plugins=[str(tmp_path / "swallow.py")], gradients={"plugin": "swallows"})
+    junit = tmp_path / "r.xml"
+    proc = subprocess.Popen(
+        [str(GRADAUDIT), "run", str(spec), "--junit-xml", str(junit)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(5.0)  # loaded (about 2 s here), inside the plugin's 10 s of swallowing
+    proc.send_signal(signal.SIGTERM)  # swallowed by the plugin
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 143
+    text = junit.read_text(encoding="utf-8")
+    assert "interrupted by SIGTERM" in text
+
+
+def test_sigterm_while_loading_leaves_a_report(tmp_path: Path, write_spec: SpecWriter) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import GRADAUDIT, cli_env
+
+    junit = tmp_path / "r.xml"
+    junit.write_text("<stale/>", encoding="utf-8")
+    proc = subprocess.Popen(
+        [str(GRADAUDIT), "run", str(write_spec()), "--junit-xml", str(junit)],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.8)  # importing torch, the plugins and the data: before any batch
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    text = junit.read_text(encoding="utf-8")
+    if code == 0:  # the machine was fast enough to finish before the signal: nothing to check
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert code == 143
+    assert "<stale/>" not in text and ("did not finish" in text or "interrupted" in text)
