@@ -141,37 +141,20 @@ def plan(spec_path: str, options: RunOptions, as_json: bool) -> int:
         return ops.plan(spec_path, options, as_json)
     loaded = load_spec(spec_path, options.sets)
     if loaded.spec.distributed is not None:
-        return _plan_distributed(loaded, options, as_json)
+        from gradaudit.distributed.command import plan_spec
+
+        return plan_spec(
+            loaded,
+            _subset("--device", options.devices, loaded.spec.devices),
+            _subset("--dtype", options.dtypes, loaded.spec.dtypes),
+            as_json,
+        )
     _, made, _ = prepare(spec_path, options)
     if as_json:
         _echo(json.dumps(made.to_dict(), indent=2))
     else:
         for line in plan_lines(made):
             _echo(line)
-    return EXIT_OK
-
-
-def _plan_distributed(loaded: LoadedSpec, options: RunOptions, as_json: bool) -> int:
-    """The per-rank cases of a distributed spec, checked as before a run; no rank starts."""
-    import json
-
-    from gradaudit.distributed import DistributedRun
-
-    devices = _subset("--device", options.devices, loaded.spec.devices)
-    dtypes = _subset("--dtype", options.dtypes, loaded.spec.dtypes)
-    groups = DistributedRun(loaded, devices, dtypes, None).groups
-    rows = [
-        (g.device, g.dtype, g.check, s.tensor, s.skipped or s.tol.describe())
-        for g in groups
-        for s in g.tensors
-    ]
-    if as_json:
-        keys = ("device", "dtype", "check", "tensor", "tolerance")
-        _echo(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
-        return EXIT_OK
-    _echo(f"plan: {loaded.spec.name} ({loaded.path}): {len(groups)} cases, {len(rows)} checks")
-    for device, dtype, check, tensor, tol in rows:
-        _echo(f"{device:<8} {dtype:<9} {check:<18} {tensor:<20} {tol}")
     return EXIT_OK
 
 

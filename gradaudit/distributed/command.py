@@ -15,7 +15,7 @@ import traceback
 import warnings
 
 from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, GradauditError, UsageError
-from gradaudit.spec import load_spec
+from gradaudit.spec import LoadedSpec, load_spec
 from gradaudit.write import check_writable
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -133,3 +133,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gradaudit: internal error: {type(exc).__name__}: {detail}", file=sys.stderr)
         code = EXIT_INTERNAL
     sys.exit(code)
+
+
+def plan_spec(loaded: LoadedSpec, devices: list[str], dtypes: list[str], as_json: bool) -> int:
+    """The per-rank cases of a distributed spec, checked as before a run; no rank starts."""
+    import json
+
+    import click
+
+    from gradaudit.distributed import DistributedRun
+
+    groups = DistributedRun(loaded, devices, dtypes, None).groups
+    rows = [
+        (g.device, g.dtype, g.check, s.tensor, s.skipped or s.tol.describe())
+        for g in groups
+        for s in g.tensors
+    ]
+    if as_json:
+        keys = ("device", "dtype", "check", "tensor", "tolerance")
+        click.echo(json.dumps([dict(zip(keys, r, strict=True)) for r in rows], indent=2))
+        return 0
+    click.echo(f"plan: {loaded.spec.name} ({loaded.path}): {len(groups)} cases, {len(rows)} checks")
+    for device, dtype, check, tensor, tol in rows:
+        click.echo(f"{device:<8} {dtype:<9} {check:<18} {tensor:<20} {tol}")
+    return 0
