@@ -26,8 +26,8 @@ def _rank(model: torch.nn.Module) -> int:
 def drift(
     model: torch.nn.Module, batch: Any, forward: Forward, **options: Any
 ) -> Mapping[str, torch.Tensor]:
-    """Correct, except rank 1's b2 gradient moves by 1e-12 relative: within every tolerance
-    against autograd, but no longer bitwise rank 0's."""
+    """Correct, except rank 1's b2 gradient moves by 1e-12 relative: within allclose against
+    autograd, but no longer bitwise rank 0's."""
     grads = dict(tp_mlp_backward(model, batch, forward))
     if _rank(model) == 1:
         grads["b2"] = grads["b2"] * (1 + 1e-12)
