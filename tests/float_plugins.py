@@ -72,6 +72,16 @@ class CustomFunctionRegression(Regression):
         return Forward(F.mse_loss(out.squeeze(1), y), {"out": out, "h": h})
 
 
+class BesselRegression(Regression):
+    """Divides by (rows - 1) as a Python number, as a batch norm with Bessel's correction does:
+    a forward on one row raises ZeroDivisionError."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
+        scale = 1.0 / (x.shape[0] - 1) * (x.shape[0] - 1)  # 1.0, unless one row
+        forward = super().forward(x * scale, y)
+        return forward
+
+
 def regression_backward(
     model: nn.Module, batch: Batch, forward: Forward, **options: Any
 ) -> dict[str, torch.Tensor]:
@@ -118,6 +128,7 @@ def register_models(register: Callable[[str, Any], None]) -> None:
     register("regression", Regression)
     register("regression-plain-tensor", PlainTensorRegression)
     register("regression-custom-function", CustomFunctionRegression)
+    register("regression-bessel", BesselRegression)
 
 
 @hookimpl

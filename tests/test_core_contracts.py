@@ -220,3 +220,18 @@ def test_declared_clipping_audits_the_code_as_written(tmp_path: Path, run_cli: C
     tiny = [{"clip": 1e-9, "tensors": ["W1"]}]  # clips every element: only signs would remain
     saturated = run_cli("run", regression_spec(tmp_path, postprocess=tiny, **clipped))
     assert saturated.returncode == 1 and "only signs would be compared" in saturated.stdout
+
+
+def test_the_name_probe_uses_real_rows(tmp_path: Path, run_cli: CliRunner) -> None:
+    """A forward that needs more than one row (Bessel's correction) is probed with a few rows
+    of the first batch, not one; a forward that fails on every probe says it was the probe."""
+    spec = regression_spec(tmp_path, model={"plugin": "regression-bessel"}, dtypes=["float64"])
+    result = run_cli("run", spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    one_row = regression_spec(
+        tmp_path, model={"plugin": "regression-bessel"}, batches={"count": 1, "size": 1}
+    )
+    failed = run_cli("run", one_row)
+    assert failed.returncode == 2
+    assert "the probe forward on 1 row(s)" in failed.stderr
+    assert "ZeroDivisionError" in failed.stderr
