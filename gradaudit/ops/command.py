@@ -40,6 +40,17 @@ def run(spec_path: str, options: Any) -> int:
     from gradaudit.results import RunSummary
     from gradaudit.write import check_writable, write_atomic
 
+    unsupported = {
+        "--shard": options.shard,
+        "--set": options.sets,
+        "--timeout": options.timeout,
+        "--require-device": options.require_devices,
+    }
+    for option, given in unsupported.items():
+        if given:  # ignoring it would run (and report) something else than was asked
+            from gradaudit.errors import UsageError
+
+            raise UsageError(f"{option} does not apply to an op spec yet")
     loaded = load_op_spec(spec_path)
     for path in (options.junit_xml, options.json_path):
         if path:
