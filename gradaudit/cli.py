@@ -23,6 +23,21 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) ->
 
 
 SET_HELP = "Change one spec key, validated like the file (repeatable): --set batches.count=2"
+# Options several commands share, defined once.
+DEVICES = click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
+DTYPES = click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
+SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+COLOR = click.option(
+    "--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR."
+)
+THREADS = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="torch intra-op threads (default 1, or OMP_NUM_THREADS when set; 0: torch's own "
+    "default). Audit-sized batches gain nothing from more, and lose badly under other load.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -43,8 +58,8 @@ def cli(ctx: click.Context) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--junit-xml", metavar="PATH", help="Write JUnit XML here (atomically).")
 @click.option("--json", "json_path", metavar="PATH", help="Write every metric as JSON here.")
-@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
-@click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
+@DEVICES
+@DTYPES
 @click.option(
     "--require-device",
     "require_devices",
@@ -60,18 +75,11 @@ def cli(ctx: click.Context) -> None:
     metavar="SECONDS",
     help="Per-case limit: a batch that runs longer is an error, and the run moves on.",
 )
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="torch intra-op threads (default 1, or OMP_NUM_THREADS when set; 0: torch's own "
-    "default). Audit-sized batches gain nothing from more, and lose badly under other load.",
-)
+@SETS
+@THREADS
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print a line per batch and tensor.")
-@click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
+@COLOR
 def run_command(
     spec: str,
     junit_xml: str | None,
@@ -112,10 +120,10 @@ def run_command(
 
 @cli.command("plan")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
-@click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
+@DEVICES
+@DTYPES
 @click.option("--shard", metavar="K/N", help="Plan shard K of N.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@SETS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def plan_command(
     spec: str,
@@ -135,19 +143,12 @@ def plan_command(
 @cli.command("mutate")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--junit-xml", metavar="PATH", help="Write JUnit XML here (a testcase per mutant).")
-@click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
-@click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
+@DEVICES
+@DTYPES
 @click.option("--fail-on-survivor", is_flag=True, help="Exit 1 when a mutant survives.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="torch intra-op threads (default 1, or OMP_NUM_THREADS when set; 0: torch's own "
-    "default). Audit-sized batches gain nothing from more, and lose badly under other load.",
-)
-@click.option("--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR.")
+@SETS
+@THREADS
+@COLOR
 def mutate_command(
     spec: str,
     junit_xml: str | None,
@@ -188,7 +189,7 @@ def merge_command(out: str, inputs: tuple[str, ...]) -> None:
 
 @cli.command("validate")
 @click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@SETS
 def validate_command(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
     """Check SPECS for errors without running anything (torch is not imported)."""
     from gradaudit import listing

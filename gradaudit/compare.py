@@ -332,7 +332,7 @@ def _reference_errors(items: list[Comparison], scratch: Scratch) -> list[tuple[f
     rows = scratch.take("gap", 2, sum(sizes), device, torch.float64)
     gap, truth = rows.unbind(0)
     torch.cat([items[i].reference.reshape(-1) for i in chosen], out=gap)
-    torch.cat([_truth(items[i]).reshape(-1) for i in chosen], out=truth)
+    torch.cat([_second(items[i]).reshape(-1) for i in chosen], out=truth)  # the truths
     gap.sub_(truth)
     crosses = [
         torch.dot(g, t)
@@ -347,11 +347,6 @@ def _reference_errors(items: list[Comparison], scratch: Scratch) -> list[tuple[f
             error = _max_finite(gap.split_with_sizes(sizes)[k])
         found[i] = (error, cross if items[i].tol.systematic else 0.0)
     return found
-
-
-def _truth(item: Comparison) -> torch.Tensor:
-    assert item.truth is not None
-    return item.truth.to(item.reference.device)
 
 
 def _largest(items: list[Comparison]) -> float:

@@ -21,10 +21,11 @@ from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_a
 from gradaudit.guards import (
     OURS,
     CaseTimeout,
-    _watched,
     deadline,
     plain_tensors,
     restore,
+    snapshot,
+    watched,
     wrong_dtype,
 )
 from gradaudit.mutate import Mutant, MutationReport, MutationRun
@@ -71,14 +72,11 @@ class DtypePass:
         self.cases = cases
         self.groups = {case.check: group for case, group in cases}
         self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
-        self.names = [
-            t.name for case, _ in cases if case.check == "gradients" for t in case.tensors
-        ]
+        self.names = [t.name for c, _ in cases if c.check == "gradients" for t in c.tensors]
         self.all_names = set(audit.all_names)
         self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
-        # A batch's results reach the summaries and the event stream together, one by one
-        # after the batch: a run cut short then reports the same batches everywhere.
+        # a batch's results reach summaries and events together (see `drain`)
         self.events: list[Event] = []
         self.pending: list[Callable[[], None]] = []
         self.nonzero: set[str] = set()  # tensors whose autograd gradient was nonzero once
@@ -92,13 +90,13 @@ class DtypePass:
         self.lends = False
         self.lent: Lent | None = None
         self.setup_error = self._setup()
-        self.extra: list[CheckRun] = []
-        for case, _ in cases:
-            kind = checks.get(case.check)
-            if kind is not None and self.setup_error is None:
-                started = kind.start(case, self)
-                if started is not None:
-                    self.extra.append(started)
+        kinds = (
+            []
+            if self.setup_error
+            else [(checks[c.check], c) for c, _ in cases if c.check in checks]
+        )
+        started = [kind.start(case, self) for kind, case in kinds]
+        self.extra: list[CheckRun] = [run for run in started if run is not None]
         self.mutation = MutationRun(device, dtype, mutants, self) if mutants is not None else None
         for group in self.groups.values():
             group.device_name = device_name(device)
@@ -137,7 +135,8 @@ class DtypePass:
         self.seconds += time.perf_counter() - start
 
     def drain(self) -> Iterator[Event]:
-        """The batch's events, each with its summary update."""
+        """The batch's events, each with its summary update: a run cut short reports the
+        same batches in its summaries and its event stream."""
         for fold, event in zip(self.pending, self.events, strict=True):
             fold()  # the summary counts the result just as the event goes out
             yield event
@@ -309,7 +308,7 @@ class DtypePass:
             self.fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {why(exc)}")
             return
         after_forward = {n: t.clone() for n, t in batch.tensors.items()}
-        state = {k: v.detach().clone() for k, v in _watched(self.model, forward).items()}
+        state = snapshot(self.model, forward)
         try:
             grads = self.manual(self.model, batch, forward)
         except OURS:
@@ -353,7 +352,7 @@ class DtypePass:
         pairs = [(before[n], after_forward[n]) for n in before]
         labels = [""] * len(pairs)
         if state is not None:
-            now = _watched(self.model, forward)
+            now = watched(self.model, forward)
             pairs += [(v, now[k].detach()) for k, v in state.items()]
             pairs += [(after_forward[n], batch[n]) for n in before]
             labels += [*state, *["the batch"] * len(before)]

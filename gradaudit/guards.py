@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from gradaudit.errors import CaseTimeout, Interrupted
+from gradaudit.syncs import same_bits_all
 from gradaudit.types import Forward
 
 __all__ = ["OURS", "CaseTimeout", "Interrupted", "deadline"]
@@ -60,7 +61,7 @@ def deadline(seconds: float | None) -> Iterator[Deadline]:
 Snapshot = dict[str, torch.Tensor]
 
 
-def _watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]:
+def watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {f"parameter {n}": p for n, p in model.named_parameters()}
     state |= {f"buffer {n}": b for n, b in model.named_buffers()}
     state |= {f"intermediate {n}": t for n, t in forward.intermediates.items()}
@@ -69,12 +70,14 @@ def _watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor
 
 def snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:
     """Copies of what a manual gradient must only read: parameters, buffers, forward tensors."""
-    return {k: v.detach().clone() for k, v in _watched(model, forward).items()}
+    return {k: v.detach().clone() for k, v in watched(model, forward).items()}
 
 
 def changed(before: Snapshot, model: torch.nn.Module, forward: Forward) -> list[str]:
-    now = _watched(model, forward)
-    return [k for k, v in before.items() if not same_bits(v, now[k].detach())]
+    """What the snapshot's tensors no longer hold bit for bit (NaN equals itself)."""
+    now = watched(model, forward)
+    same = same_bits_all([(v, now[k].detach()) for k, v in before.items()])
+    return [k for k, ok in zip(before, same, strict=True) if not ok]
 
 
 def restore(before: Snapshot, model: torch.nn.Module) -> None:
@@ -83,16 +86,6 @@ def restore(before: Snapshot, model: torch.nn.Module) -> None:
             param.copy_(before[f"parameter {name}"])
         for name, buffer in model.named_buffers():
             buffer.copy_(before[f"buffer {name}"])
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality; torch.equal first, since it is fast and NaN is the only value it
-    calls unequal to itself."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if torch.equal(a, b):
-        return True
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def plain_tensors(model: torch.nn.Module, dtype: torch.dtype) -> list[str]:

@@ -91,7 +91,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 def same_bits_all(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[bool]:
     """For each pair, whether the two tensors have the same shape, dtype and bits: one read
-    for all of them (guards.same_bits reads once per pair)."""
+    for all of them (not one read per pair)."""
     alike = [a.shape == b.shape and a.dtype == b.dtype and a.device == b.device for a, b in pairs]
     checked = [(a, b) for (a, b), ok in zip(pairs, alike, strict=True) if ok]
     if not checked:
