@@ -8,8 +8,9 @@ pass's float64 truth already, bit for bit, the pass takes it (see `lender`).
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -42,7 +43,7 @@ from gradaudit.pass_parts import (
 )
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
-from gradaudit.syncs import any_nonzero, largest_abs, same_bits_all
+from gradaudit.syncs import any_nonzero, largest_entry, same_bits_all
 from gradaudit.tolerance import Tol
 from gradaudit.types import Batch, Forward
 
@@ -74,7 +75,11 @@ class DtypePass:
         self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
         self.names = [t.name for c, _ in cases if c.check == "gradients" for t in c.tensors]
         self.all_names = set(audit.all_names)
-        self.batch_scale = 0.0  # the largest float64-truth gradient entry of the batch
+        # The largest float64-truth gradient entry of the batch: 0.0 without a truth; None
+        # until the gradients' comparison has measured it (see _scale), a 0-d tensor (read
+        # with the comparison's results) when some of the truths are not compared.
+        self.scale: float | torch.Tensor | None = 0.0
+        self.truths: list[torch.Tensor] = []
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
         # a batch's results reach summaries and events together (see `drain`)
         self.events: list[Event] = []
@@ -183,6 +188,20 @@ class DtypePass:
     def _summary(self, check: str, name: str) -> TensorSummary:
         return next(s for s in self.groups[check].tensors if s.tensor == name)
 
+    def _beat(self, check: str, names: Iterable[str]) -> list[float | None]:
+        """Each tensor's worst budget so far: a passing batch under it need not be located."""
+        worst = {s.tensor: s.worst for s in self.groups[check].tensors}
+        return [None if (w := worst.get(name)) is None else w.budget for name in names]
+
+    @property
+    def batch_scale(self) -> float:
+        """The batch's scale as a number (mutation testing's sensitivity needs it)."""
+        if self.scale is None:
+            return 0.0
+        if not isinstance(self.scale, float):
+            self.scale = float(self.scale)
+        return self.scale
+
     def error(self, name: str, batch: Batch, message: str, check: str = "gradients") -> None:
         full = f"batch {batch.index} (seed {batch.seed}): {message}"
         self.emit(
@@ -259,9 +278,13 @@ class DtypePass:
                 assert isinstance(got, torch.Tensor)
                 chosen = tol or self._summary(check, name).tol
                 ready[name] = Comparison(got, reference, chosen, truth)
-        results = dict(
-            zip(ready, check_all(list(ready.values()), self.batch_scale, self.scratch), strict=True)
-        )
+        scale = self.scale
+        if scale is None and set(ready) != set(self.names):
+            scale = largest_entry(self.truths)  # the truths of tensors not compared count too
+        found = check_all(list(ready.values()), scale, self.scratch, self._beat(check, ready))
+        results = dict(zip(ready, found, strict=True))
+        if self.scale is None:
+            self.scale = scale if scale is not None else _largest(found)
         for name, *_ in wanted:
             if name in problems:
                 self.error(name, batch, problems[name], check)
@@ -301,7 +324,7 @@ class DtypePass:
                     truth = self.reference(self.truth_model, truth_batch, names)[1]
             saturated = postprocess_all(self.spec.postprocess, names, reference, truth)
             if truth is not None:
-                self.batch_scale = largest_abs(truth)
+                self.scale, self.truths = None, truth
         except OURS:
             raise
         except BaseException as exc:
@@ -329,14 +352,29 @@ class DtypePass:
             if name not in saturated
         ]
         checks = self.compare("gradients", batch, wanted)
-        unknown = [(name, ref) for name, _, ref, _ in wanted if name not in self.nonzero]
-        found = any_nonzero([ref for _, ref in unknown])
-        self.nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
+        self._note_nonzero(wanted, checks)
         step = Step(batch, forward, grads, names, reference, truth, checks)
         if self.mutation is not None:
             self.mutation.batch(step)
         for extra in self.extra:
             extra.batch(step)
+
+    def _note_nonzero(
+        self,
+        wanted: Sequence[tuple[str, object, torch.Tensor, object]],
+        checks: Mapping[str, Check],
+    ) -> None:
+        """Remember which gradients were nonzero: from the comparison's largest entry where
+        it measured one (no read), else from autograd's gradient."""
+        unknown = []
+        for name, _, reference, _ in wanted:
+            largest = checks[name].largest if name in checks else None
+            if largest is None and name not in self.nonzero:
+                unknown.append((name, reference))
+            elif largest:
+                self.nonzero.add(name)
+        found = any_nonzero([reference for _, reference in unknown]) if unknown else []
+        self.nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
 
     def _touched(
         self,
@@ -398,3 +436,9 @@ class DtypePass:
 
 
 _EMPTY = GroupResult("", "", [])
+
+
+def _largest(checks: Iterable[Check]) -> float:
+    """The largest entry the comparisons measured against: the batch's scale."""
+    found = [c.largest for c in checks if c.largest is not None and math.isfinite(c.largest)]
+    return max(found, default=0.0)

@@ -40,6 +40,12 @@ class Check:
     # direction (t is rounding noise) or the tolerance does not ask for it.
     bias: float | None = None
     reference_bias: float | None = None
+    # False where the screen settled a passing batch that is not its tensor's worst so far
+    # (gradaudit.screen): worst_index is () and the values (and allclose's allowed) are NaN.
+    located: bool = True
+    # The largest |entry| of what the manual gradient was measured against (autograd's, or
+    # the truth's), where the screen measured it: whether a gradient is ever nonzero.
+    largest: float | None = None
 
 
 @dataclass
@@ -79,9 +85,10 @@ class TensorSummary:
         self.failed_batches += not result.passed
         self.exact &= result.exact
         self.max_abs = max(self.max_abs, result.max_abs)
-        self.max_rel = max(self.max_rel, result.max_rel)
-        self.max_sym_rel = max(self.max_sym_rel, result.sym_rel)
-        self.min_cosine = _nanmin(self.min_cosine, result.cosine)
+        if result.located:  # a screened batch has no relative errors or cosine (screen.py)
+            self.max_rel = max(self.max_rel, result.max_rel)
+            self.max_sym_rel = max(self.max_sym_rel, result.sym_rel)
+            self.min_cosine = _nanmin(self.min_cosine, result.cosine)
         self.mismatched += result.mismatched
         self.nonfinite += result.nonfinite
         self.numel += result.numel

@@ -72,9 +72,48 @@ def count_syncs() -> Iterator[SyncCounter]:
         yield counter
 
 
-def _counting() -> bool:
+def counting() -> bool:
     """Whether a SyncCounter is active (it then stands in for a GPU on the CPU)."""
     return SyncCounter.active > 0
+
+
+class Reads:
+    """Device values queued to be read together: one host-device synchronisation for all of
+    them. `add` returns a handle; after `read`, `row`, `rows` and `value` give the values
+    (as Python floats; float64 holds every index and count below 2**53 exactly)."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.starts: list[int] = []
+        self.size = 0
+        self.values: list[float] = []
+
+    def add(self, values: torch.Tensor) -> int:
+        flat = values.detach().reshape(-1).double()
+        if self.parts and flat.device != self.parts[0].device:
+            flat = flat.to(self.parts[0].device)
+        self.parts.append(flat)
+        self.starts.append(self.size)
+        self.size += flat.numel()
+        return len(self.parts) - 1
+
+    def read(self) -> None:
+        """One read for everything added since the last one."""
+        if self.parts:
+            joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
+            self.values = joined.tolist()
+
+    def row(self, handle: int) -> list[float]:
+        start = self.starts[handle]
+        return self.values[start : start + self.parts[handle].numel()]
+
+    def rows(self, handle: int, count: int) -> list[list[float]]:
+        flat = self.row(handle)
+        width = len(flat) // count if count else 0
+        return [flat[k * width : (k + 1) * width] for k in range(count)]
+
+    def value(self, handle: int) -> float:
+        return self.row(handle)[0]
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -97,7 +136,7 @@ def same_bits_all(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[bo
     if not checked:
         return alike
     device = checked[0][0].device
-    if device.type == "cpu" and not _counting():
+    if device.type == "cpu" and not counting():
         # Reads cost nothing on the CPU: torch.equal's fast path, bits only when unequal.
         # Under count_syncs() the device path runs, so the count is what a GPU would see.
         return [
@@ -109,14 +148,15 @@ def same_bits_all(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[bo
     return [ok and bool(next(values)) for ok in alike]
 
 
-def largest_abs(tensors: Sequence[torch.Tensor]) -> float:
-    """Python's max over each tensor's largest |entry| (0 when there is none), in one read."""
+def largest_entry(tensors: Sequence[torch.Tensor]) -> torch.Tensor | float:
+    """The largest finite |entry| of the tensors as a 0-d float64 tensor, not read (0.0
+    when there is none): the comparison reads it with its results."""
     maxima = [t.detach().abs().amax().double() for t in tensors if t.numel()]
     if not maxima:
         return 0.0
     device = maxima[0].device
-    found: list[float] = torch.stack([m.to(device) for m in maxima]).tolist()
-    return max(found)
+    found = torch.stack([m.to(device) for m in maxima])
+    return torch.where(found.isfinite(), found, 0.0).amax()
 
 
 def any_nonzero(tensors: Sequence[torch.Tensor]) -> list[bool]:

@@ -1,0 +1,346 @@
+"""The screen: a batch's comparisons settled in one pass over their elements and one read.
+
+Most tensors of most batches pass and are not their tensor's worst batch so far. Like
+torch.testing.assert_close, which explains only a failure, the screen computes for them only
+what a verdict and the running folds need: the budget, the max abs difference, exactness,
+the largest entry (the batch's scale, whether the gradient is ever nonzero), autograd's own
+error and the systematic check's dot products. It does so for all of a batch's tensors at
+once and reads the results in one transfer. The rest is found only where a report shows it:
+a passing tensor that beats its worst budget so far is described in full (worst element,
+relative and symmetric errors, cosine; one more read for all of them), and anything the
+screen cannot settle (a failure, NaN or Inf, a float32 ratio within TRIAGE_MARGIN of its
+allowance) goes to the full measurement, gradaudit.measure.
+
+Verdicts are the full measurement's: the same elementwise steps in the same working dtype,
+and for one-number tolerances (exact, baseline, ulps) max|d| / allowed, which is
+max(|d| / allowed) because rounding a division by a positive number is monotonic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from gradaudit.measure import TRIAGE_MARGIN, Comparison, Scratch, cosine, second, unravel
+from gradaudit.summary import Check
+from gradaudit.syncs import Reads
+from gradaudit.tolerance import is_noise
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Screened:
+    """Per item, its Check, or None where the full measurement must decide; and the batch's
+    scale (its largest truth entry) as read."""
+
+    checks: list[Check | None]
+    batch_scale: float
+
+
+class _Layout:
+    """The rows of the screen's one buffer, in this order: d = manual - second (autograd, or
+    the truth), [autograd - truth: baseline], |second|, [the allclose ratio],
+    [manual - autograd: baseline, off the CPU]. All of them are reduced together."""
+
+    def __init__(self, items: list[Comparison], exact_row: bool) -> None:
+        self.allclose = any(item.tol.mode == "allclose" for item in items)
+        self.baseline = any(item.tol.mode == "baseline" for item in items)
+        self.systematic = any(item.tol.systematic for item in items)
+        self.exact_row = exact_row and self.baseline
+        names = ["diff"]
+        names += ["gap"] if self.baseline else []
+        names += ["magnitude"]
+        names += ["ratio"] if self.allclose else []
+        names += ["vs_reference"] if self.exact_row else []
+        self.row = {name: k for k, name in enumerate(names)}
+        self.reduced = len(names)  # columns of maxima per tensor in the read table
+
+    def column(self, name: str) -> int:
+        """Where a row's maximum sits in a tensor's row of the read table."""
+        return self.row[name]
+
+
+def screen(
+    items: list[Comparison],
+    batch_scale: float | torch.Tensor | None,
+    scratch: Scratch,
+    dtype: torch.dtype,
+    beat: Sequence[float | None],
+    reads: Reads | None = None,
+) -> Screened:
+    """Settle what can be settled; `beat[i]` is item i's worst budget so far (None: none
+    yet), which a passing batch must exceed to be described in full. `reads` may hold other
+    values to read in the same transfer (it is read here)."""
+    import torch
+
+    from gradaudit.syncs import counting
+
+    reads = reads if reads is not None else Reads()
+    sizes = [item.manual.numel() for item in items]
+    on_cpu = items[0].manual.device.type == "cpu" and not counting()
+    layout = _Layout(items, exact_row=not on_cpu)
+    rows, sums = _elementwise(items, sizes, scratch, dtype, layout)
+    reduced = rows[layout.row["diff"] :]
+    maxima = torch.stack([p.amax(dim=1) for p in reduced.split_with_sizes(sizes, dim=1)])
+    table_at = reads.add(torch.cat([maxima, sums], dim=1) if sums is not None else maxima)
+    scale_at = reads.add(batch_scale) if isinstance(batch_scale, torch.Tensor) else None
+    exact = _exact_on_cpu(items) if on_cpu and layout.baseline else None
+    reads.read()
+    table = reads.rows(table_at, len(items))
+    if scale_at is not None:
+        batch_scale = reads.value(scale_at)
+    assert not isinstance(batch_scale, torch.Tensor)
+    if batch_scale is None or (not batch_scale and any(i.tol.mode == "ulps" for i in items)):
+        own = [row[layout.column("magnitude")] for row in table]
+        batch_scale = max((v for v in own if math.isfinite(v)), default=0.0)
+    narrow = dtype != torch.float64
+    checks = [
+        _settle(item, row, layout, size, batch_scale, narrow, None if exact is None else exact[i])
+        for i, (item, row, size) in enumerate(zip(items, table, sizes, strict=True))
+    ]
+    wanted = [
+        i
+        for i, (check, record) in enumerate(zip(checks, beat, strict=True))
+        if check is not None and (record is None or check.budget > record)
+    ]
+    if wanted:
+        _describe(items, checks, wanted, sizes, rows, layout, scratch)
+    return Screened(checks, batch_scale)
+
+
+def _exact_on_cpu(items: list[Comparison]) -> list[bool]:
+    """Bitwise equality with autograd, where the manual gradient is measured against the
+    truth: on the CPU torch.equal stops at the first difference, and reads nothing."""
+    import torch
+
+    return [torch.equal(item.manual, item.reference) for item in items]
+
+
+def _elementwise(
+    items: list[Comparison],
+    sizes: list[int],
+    scratch: Scratch,
+    dtype: torch.dtype,
+    layout: _Layout,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fill the rows; returns them and per tensor the sums the systematic check needs:
+    <t, t>, <d, t> and (baseline) <autograd - t, t>, t the second."""
+    import torch
+
+    numel = sum(sizes)
+    device = items[0].manual.device
+    rows = scratch.take("screen", len(layout.row), numel, device, dtype)
+    row = layout.row
+    seconds = [second(item).reshape(-1) for item in items]
+    diff = rows[row["diff"]]
+    _difference(diff, [item.manual for item in items], seconds, sizes, scratch)
+    if layout.baseline:
+        gap = rows[row["gap"]]  # autograd's own error
+        _difference(gap, [item.reference for item in items], seconds, sizes, scratch)
+        if layout.exact_row:  # 1 where manual and autograd differ (NaN differs from itself)
+            for item, out in zip(
+                items, rows[row["vs_reference"]].split_with_sizes(sizes), strict=True
+            ):
+                out.copy_(torch.ne(item.manual.reshape(-1), item.reference.reshape(-1)))
+    sums = None
+    if layout.systematic:  # [d, (autograd - t)] . t and t . t, per tensor
+        signed = rows.narrow(0, row["diff"], 2 if layout.baseline else 1)
+        found = []
+        for a, t in zip(signed.split_with_sizes(sizes, dim=1), seconds, strict=True):
+            t = t.to(dtype)
+            found.append(torch.cat([torch.dot(t, t).reshape(1), torch.mv(a, t)]))
+        sums = torch.stack(found)
+        if not layout.baseline:
+            sums = torch.cat([sums, torch.zeros_like(sums[:, :1])], dim=1)
+    rows.narrow(0, 0, row["magnitude"]).abs_()
+    for t, out in zip(seconds, rows[row["magnitude"]].split_with_sizes(sizes), strict=True):
+        if t.dtype == out.dtype:
+            torch.abs(t, out=out)
+        else:
+            out.copy_(t).abs_()
+    if layout.allclose:
+        _ratios(items, sizes, rows[row["ratio"]], diff, rows[row["magnitude"]])
+    return rows, sums
+
+
+def _difference(
+    out: torch.Tensor,
+    firsts: list[torch.Tensor],
+    seconds: list[torch.Tensor],
+    sizes: list[int],
+    scratch: Scratch,
+) -> None:
+    """out = first - second, end to end in out's dtype: tensor by tensor where torch
+    computes the difference in that dtype anyway (no copies), else both laid out first."""
+    import torch
+
+    if all(
+        torch.promote_types(a.dtype, b.dtype) == out.dtype
+        for a, b in zip(firsts, seconds, strict=True)
+    ):
+        for a, b, piece in zip(firsts, seconds, out.split_with_sizes(sizes), strict=True):
+            torch.sub(a.reshape(-1), b, out=piece)
+        return
+    other = scratch.take("laid out", 1, out.numel(), out.device, out.dtype)[0]
+    torch.cat([a.reshape(-1) for a in firsts], out=out)
+    torch.cat(seconds, out=other)
+    out.sub_(other)
+
+
+def _ratios(
+    items: list[Comparison],
+    sizes: list[int],
+    ratio: torch.Tensor,
+    diff: torch.Tensor,
+    magnitude: torch.Tensor,
+) -> None:
+    """|d| / (atol + rtol |autograd|) for allclose tensors, as the full measurement does it;
+    |d| elsewhere (their allowance is one number, applied after the read)."""
+    import torch
+
+    tols = {item.tol for item in items}
+    if len(tols) == 1:
+        spans = [(items[0], ratio, diff, magnitude)]
+    else:
+        spans = list(
+            zip(
+                items,
+                ratio.split_with_sizes(sizes),
+                diff.split_with_sizes(sizes),
+                magnitude.split_with_sizes(sizes),
+                strict=True,
+            )
+        )
+    for item, out, d, r in spans:
+        if item.tol.mode != "allclose":
+            out.copy_(d)
+            continue
+        torch.mul(r, item.tol.rtol, out=out).add_(item.tol.atol)
+        torch.div(d, out, out=out)
+        if not item.tol.atol > 0.0:
+            out.nan_to_num_(nan=0.0, posinf=math.inf)
+
+
+def _settle(
+    item: Comparison,
+    row: list[float],
+    layout: _Layout,
+    size: int,
+    batch_scale: float,
+    narrow: bool,
+    exact_on_cpu: bool | None,
+) -> Check | None:
+    """The Check of a clean pass, not described (see module doc); None for anything the
+    full measurement must see."""
+    tol = item.tol
+    baseline = tol.mode == "baseline"
+    diff, own = row[layout.column("diff")], row[layout.column("magnitude")]
+    error = row[layout.column("gap")] if baseline else 0.0
+    square, cross, reference_cross = row[layout.reduced :] or [0.0, 0.0, 0.0]
+    needed = [diff, own, error, *((square, cross, reference_cross) if tol.systematic else ())]
+    if not all(math.isfinite(v) for v in needed):
+        return None
+    allowed = math.nan  # allclose: elementwise, known once described
+    if tol.mode == "allclose":
+        budget = row[layout.column("ratio")]
+    else:
+        allowed = 0.0 if tol.mode == "exact" else tol.allowed(own, error, batch_scale)
+        budget = diff / allowed if allowed > 0.0 else (0.0 if diff == 0.0 else math.inf)
+    if not budget < (1.0 - TRIAGE_MARGIN if narrow else 1.0):
+        return None
+    bias, reference_bias = None, None
+    if tol.systematic and square > 0.0 and not (own <= error or is_noise(own, batch_scale)):
+        bias, reference_bias = cross / square, (reference_cross if baseline else 0.0) / square
+    if not baseline:
+        exact = diff == 0.0
+    elif exact_on_cpu is not None:
+        exact = exact_on_cpu
+    else:
+        exact = row[layout.column("vs_reference")] == 0.0
+    return Check(
+        exact=exact,
+        passed=True,
+        max_abs=diff,
+        max_rel=math.nan,
+        budget=budget,
+        worst_index=(),
+        manual_value=math.nan,
+        reference_value=math.nan,
+        mismatched=0,
+        nonfinite=0,
+        numel=size,
+        allowed=allowed,
+        reference_error=error,
+        sym_rel=math.nan,
+        cosine=math.nan,
+        bias=bias,
+        reference_bias=reference_bias,
+        located=False,
+        largest=own,
+    )
+
+
+def _describe(
+    items: list[Comparison],
+    checks: list[Check | None],
+    wanted: list[int],
+    sizes: list[int],
+    rows: torch.Tensor,
+    layout: _Layout,
+    scratch: Scratch,
+) -> None:
+    """Complete the Checks of passing tensors that are a new worst batch: worst element and
+    values, relative and symmetric errors, cosine; read together. A cosine whose norms
+    overflowed leaves the tensor to the full measurement (float64)."""
+    import torch
+
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + size)
+    at = layout.row
+    diff, magnitude = rows[at["diff"]], rows[at["magnitude"]]
+    work = scratch.take("describe", 2, max(sizes[i] for i in wanted), rows.device, rows.dtype)
+    reads = Reads()
+    found = []
+    for i in wanted:
+        start, size = offsets[i], sizes[i]
+        d, s = diff.narrow(0, start, size), magnitude.narrow(0, start, size)
+        m = items[i].manual.reshape(-1).to(rows.dtype)
+        signed = second(items[i]).reshape(-1).to(rows.dtype)
+        chosen = rows[at["ratio"]] if items[i].tol.mode == "allclose" else diff
+        where = chosen.narrow(0, start, size).argmax()
+        rel, half = work[0, :size], work[1, :size]
+        torch.div(d, s, out=rel)
+        torch.abs(m, out=half).add_(s)
+        torch.div(d, half, out=half)
+        both = work[:, :size].nan_to_num_(nan=0.0, posinf=math.inf).amax(dim=1)
+        norms = torch.stack([torch.linalg.vector_norm(v) for v in (d, m, signed)])
+        tol = items[i].tol
+        allowed = s[where] * tol.rtol + tol.atol
+        values = [where, m[where], signed[where], allowed, both, norms]
+        found.append(reads.add(torch.cat([v.reshape(-1).double() for v in values])))
+    reads.read()
+    for i, handle in zip(wanted, found, strict=True):
+        got = reads.row(handle)
+        index, manual, reference, allowed_at, max_rel, half_sym = got[:6]
+        check = checks[i]
+        assert check is not None
+        value = cosine(*got[6:9])
+        if not math.isfinite(value):
+            checks[i] = None
+            continue
+        checks[i] = replace(
+            check,
+            worst_index=unravel(int(index), tuple(items[i].manual.shape)),
+            manual_value=manual,
+            reference_value=reference,
+            allowed=allowed_at if items[i].tol.mode == "allclose" else check.allowed,
+            max_rel=max_rel,
+            sym_rel=2.0 * half_sym,
+            cosine=value,
+            located=True,
+        )
