@@ -195,7 +195,7 @@ class _MicroBatchRun:
                 else:
                     problem = theirs
             if problem is not None:
-                run.error(name, batch, f"micro_batch: {name}: {problem}", NAME)
+                run.error(name, batch, f"micro_batch: {problem}", NAME)
                 continue
             ours = combine(
                 [g for g in got if isinstance(g, torch.Tensor)], reference.shape, sizes, weights
