@@ -78,9 +78,7 @@ def clobbers_saved(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[
     return grads
 
 
-def hardcoded_batch(
-    model: nn.Module, batch: Batch, forward: Forward
-) -> Mapping[str, torch.Tensor]:
+def hardcoded_batch(model: nn.Module, batch: Batch, forward: Forward) -> Mapping[str, torch.Tensor]:
     grads = charrnn_bptt(model, batch, forward)
     factor = batch.inputs.shape[0] / CONFIGURED_BATCH  # the bug: N = 32*T, not B*T
     return {name: g * factor for name, g in grads.items()}
