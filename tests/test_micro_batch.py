@@ -61,7 +61,8 @@ def test_split_keeps_tensors_that_do_not_follow_the_batch() -> None:
 def test_combine_sums_parameters_and_concatenates_along_the_rows() -> None:
     a, b = torch.ones(2, 3), 2 * torch.ones(2, 3)
     summed = combine([a, b], torch.Size([2, 3]), [1, 3], [0.25, 0.75])
-    assert isinstance(summed, torch.Tensor) and torch.allclose(summed.float(), 1.75 * torch.ones(2, 3))
+    assert isinstance(summed, torch.Tensor) and summed.dtype == torch.float64
+    assert torch.allclose(summed, torch.full((2, 3), 1.75, dtype=torch.float64))
     rows = combine(
         [torch.ones(3, 1, 2), torch.ones(3, 4, 2)], torch.Size([3, 5, 2]), [1, 4], [1, 1]
     )
