@@ -15,10 +15,14 @@ if TYPE_CHECKING:
 @hookimpl
 def register_checks(register: Callable[[str, Any], None]) -> None:
     from gradaudit.checks.finite_difference import FiniteDifferenceCheck
+    from gradaudit.checks.micro_batch import MicroBatchCheck
     from gradaudit.checks.repeat import RepeatCheck
+    from gradaudit.checks.saved_tensors import SavedTensorsCheck
 
     register("repeat", RepeatCheck)
     register("finite_difference", FiniteDifferenceCheck)
+    register("micro_batch", MicroBatchCheck)
+    register("saved_tensors", SavedTensorsCheck)
 
 
 def console(options: ReportOptions) -> Reporter:

@@ -138,11 +138,31 @@ class Repeat(_Strict):
     atol: NonNegativeFloat = 0.0
 
 
+class MicroBatch(_Strict):
+    """The batch's gradient equals its micro-batches' manual gradients, combined.
+
+    Keys as op audits' (gradaudit.ops.spec.MicroBatch); a model's loss is a scalar, so
+    `reduction` is how it reduces over rows: mean (weights rows_i/N) or sum."""
+
+    splits: Annotated[int, Field(ge=2)] = 2
+    reduction: Literal["sum", "mean"] = "mean"
+
+
+class SavedTensors(_Strict):
+    """Forward and manual gradient leave what they read unchanged; a second manual call
+    on the same forward repeats the first (bitwise, unless rtol/atol are given)."""
+
+    rtol: NonNegativeFloat = 0.0
+    atol: NonNegativeFloat = 0.0
+
+
 class Checks(_Strict):
     """Extra checks beyond manual-vs-autograd, each reported as its own test cases."""
 
     finite_difference: FiniteDifference | None = None
     repeat: Repeat | None = None
+    micro_batch: MicroBatch | None = None
+    saved_tensors: SavedTensors | None = None
 
 
 class Spec(_Strict):

@@ -103,6 +103,8 @@ def test_entry_points_register_the_shipped_plugins() -> None:
     assert builtin == {
         ("check", "repeat"),
         ("check", "finite_difference"),
+        ("check", "micro_batch"),
+        ("check", "saved_tensors"),
         ("reporter", "console"),
         ("reporter", "junit"),
         ("reporter", "json"),
