@@ -5,6 +5,8 @@ shard that runs its exposing case; a shard with no case is not a green."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -149,3 +151,20 @@ def test_a_shard_with_no_cases_is_not_green(tmp_path: Path) -> None:
 def test_a_bad_shard_is_a_usage_error() -> None:
     result = run_gradaudit("run", RMSNORM, "--shard", "4/3")
     assert result.returncode == 2 and "expected K/N" in result.stderr
+
+
+def test_the_documented_sharding_commands_run(tmp_path: Path) -> None:
+    """docs/ops.md's sharding section, as written, in a folder holding the spec."""
+    text = (REPO / "docs" / "ops.md").read_text()
+    section = text.split("## Sharding", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "op-rmsnorm.yaml").write_text(RMSNORM.read_text())
+    outputs = []
+    for command in block.strip().splitlines():
+        result = run_gradaudit(*shlex.split(command)[1:], cwd=tmp_path)
+        assert result.returncode == 0, command + "\n" + result.stdout + result.stderr
+        outputs.append(result.stdout)
+    assert "(shard 2/3: 4 of the 12 cases of each device and dtype)" in outputs[0]
+    assert outputs[-1].startswith("148 passed, 0 failed, 0 errors, 0 skipped")
+    assert cases(tmp_path / "all.xml") and "skipped" not in cases(tmp_path / "all.xml").values()
