@@ -21,7 +21,7 @@ def documented() -> list[str]:
     text = (REPO / "docs" / "ops.md").read_text()
     section = text.split("## Mutation testing", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
-    return block.strip().splitlines()
+    return str(block).strip().splitlines()
 
 
 def suites(path: Path) -> dict[str, tuple[str, dict[str, str]]]:
