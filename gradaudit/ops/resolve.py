@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,16 @@ def resolve(
     field: str,
     plugins: Iterable[str] = (),
     base_dir: Path | None = None,
+    known: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callee:
-    """Import or look up one side; OpError (`where: field: why`) when that fails."""
+    """Import or look up one side; OpError (`where: field: why`) when that fails. `known`:
+    the registered ops, when the caller already loaded the plugins."""
     if callable(ref) and not isinstance(ref, str):
         return _classify(getattr(ref, "__qualname__", repr(ref)), ref)
     if ":" in ref:
         return _classify(ref, _import(ref, where, field))
-    known = named_ops(plugins, base_dir, where)
+    if known is None:
+        known = named_ops(plugins, base_dir, where)
     if ref not in known:
         close = difflib.get_close_matches(ref, list(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

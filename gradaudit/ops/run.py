@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from gradaudit.errors import UsageError
 from gradaudit.ops.call import OpAudit
-from gradaudit.ops.resolve import resolve
+from gradaudit.ops.resolve import named_ops, resolve
 from gradaudit.ops.spec import LoadedOpSpec, load_op_spec
 from gradaudit.ops.variants import derive
 from gradaudit.results import CaseListener, GroupResult, Shard
@@ -23,12 +23,16 @@ def audit_of(loaded: LoadedOpSpec) -> OpAudit:
     spec, op = loaded.spec, loaded.spec.op
     sys_path_added = _spec_dir_on_path(loaded.base_dir)
     try:
+        named = [r for r in (op.candidate, op.reference) if r is not None and ":" not in r]
+        where = loaded.where("op", "candidate" if op.candidate in named else "reference")
+        known = named_ops(spec.plugins, loaded.base_dir, where) if named else None
         candidate = resolve(
             op.candidate,
             loaded.where("op", "candidate"),
             "op.candidate",
             spec.plugins,
             loaded.base_dir,
+            known,
         )
         reference = None
         if op.reference is not None:
@@ -38,6 +42,7 @@ def audit_of(loaded: LoadedOpSpec) -> OpAudit:
                 "op.reference",
                 spec.plugins,
                 loaded.base_dir,
+                known,
             )
     finally:
         if sys_path_added:
