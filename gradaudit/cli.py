@@ -67,7 +67,11 @@ def cli(ctx: click.Context) -> None:
     metavar="DEVICE",
     help="Fail (exit 2) instead of skipping when DEVICE is absent.",
 )
-@click.option("--shard", metavar="K/N", help="Run shard K of N (batches k with k % N == K-1).")
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Run shard K of N: batches (an op spec's cases) k with k % N == K-1.",
+)
 @click.option(
     "--timeout",
     type=float,

@@ -352,10 +352,14 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
     import time
 
     from gradaudit.mutate import MutationReport, generic_mutants
+    from gradaudit.ops import command as ops
+    from gradaudit.ops import mutate as op_mutate
     from gradaudit.report import mutation
     from gradaudit.results import GroupResult, RunSummary
     from gradaudit.runner import run as run_plan
 
+    if ops.is_op_spec(spec_path):
+        return op_mutate.mutate(spec_path, options, fail_on_survivor)
     start = time.perf_counter()
     audit, made, _ = prepare(
         spec_path,

@@ -1,7 +1,7 @@
 """The hooks a gradaudit plugin may implement.
 
 Each hook is handed a `register` callback, so one plugin module can
-register any number of models, gradients or datasets under its own names.
+register any number of models, gradients, datasets or ops under its own names.
 """
 
 from __future__ import annotations
@@ -56,4 +56,13 @@ def register_reporters(register: Callable[[str, Any], None]) -> None:
 
     `factory(options: gradaudit.report.base.ReportOptions)` returns a reporter (start, case,
     group, checkpoint, finish), or None when the run did not ask for this format.
+    """
+
+
+@hookspec
+def register_ops(register: Callable[[str, Any], None]) -> None:
+    """Register op-audit candidates and references: `register(name, obj)`.
+
+    `obj` is a function, an `autograd.Function` (or its `.apply`) or an `nn.Module`
+    class; an op spec's `op.candidate` / `op.reference` may then name it (docs/ops.md).
     """

@@ -42,12 +42,19 @@ def list_plugins(spec_path: str | None, as_json: bool = False) -> int:
     """Print what every loaded plugin registers: name, kind, plugin, version, where from."""
     import json
 
+    from gradaudit.ops import command as ops
     from gradaudit.plugins import plugin_manager
 
-    loaded = load_spec(spec_path) if spec_path else None
-    registry = plugin_manager(
-        loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd(), loaded
-    )
+    if spec_path and ops.is_op_spec(spec_path):
+        from gradaudit.ops.spec import load_op_spec
+
+        op_spec = load_op_spec(spec_path)
+        registry = plugin_manager(op_spec.spec.plugins, op_spec.base_dir, op_spec)
+    else:
+        loaded = load_spec(spec_path) if spec_path else None
+        registry = plugin_manager(
+            loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd(), loaded
+        )
     keys = ("name", "kind", "plugin", "version", "source")
     rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all(builtin=True)]
     rows.sort(key=lambda row: (row[1], row[0]))

@@ -21,25 +21,28 @@ from gradaudit import hookspecs
 from gradaudit.errors import PluginError
 
 if TYPE_CHECKING:
+    from gradaudit.ops.spec import LoadedOpSpec
     from gradaudit.spec import LoadedSpec
 
 ENTRY_POINT_GROUP = "gradaudit"
 BUILTIN = "gradaudit.builtin"
 ALLOW_ENV = "GRADAUDIT_PLUGINS"  # comma-separated entry-point names; empty loads none
 TRACE_ENV = "GRADAUDIT_TRACE_HOOKS"
-KINDS = ("model", "gradients", "data", "check", "reporter")
+KINDS = ("model", "gradients", "data", "check", "reporter", "op")
 HOOKS = {
     "model": "register_models",
     "gradients": "register_gradients",
     "data": "register_data",
     "check": "register_checks",
     "reporter": "register_reporters",
+    "op": "register_ops",
 }
 
 
 @dataclass(frozen=True)
 class Registration:
-    """One thing a plugin registered: a model factory, manual gradient or data loader."""
+    """One thing a plugin registered: a model factory, manual gradient, data loader, check
+    kind, reporter or op (a candidate or reference of op audits)."""
 
     kind: str
     name: str
@@ -115,7 +118,9 @@ def _load_named(ref: str, base_dir: Path) -> tuple[ModuleType, str]:
 
 
 def plugin_manager(
-    spec_plugins: Iterable[str] = (), base_dir: Path | None = None, loaded: LoadedSpec | None = None
+    spec_plugins: Iterable[str] = (),
+    base_dir: Path | None = None,
+    loaded: LoadedSpec | LoadedOpSpec | None = None,
 ) -> Registry:
     """Load entry-point plugins (allow-list: $GRADAUDIT_PLUGINS) and the spec's own plugins.
 

@@ -284,9 +284,7 @@ def test_sigterm_while_loading_leaves_a_report(tmp_path: Path, write_spec: SpecW
     assert "<stale/>" not in text and ("did not finish" in text or "interrupted" in text)
 
 
-@pytest.mark.parametrize(
-    "option", [["--shard", "1/2"], ["--set", "seed=1"], ["--timeout", "5"]], ids=str
-)
+@pytest.mark.parametrize("option", [["--set", "seed=1"], ["--timeout", "5"]], ids=str)
 def test_op_specs_refuse_options_they_would_ignore(run_cli: CliRunner, option: list[str]) -> None:
     result = run_cli("run", "specs/op-rmsnorm.yaml", *option)
     assert result.returncode == 2, result.stdout + result.stderr

@@ -95,7 +95,11 @@ def test_entry_points_register_the_shipped_plugins() -> None:
     from gradaudit_charrnn.gallery import GALLERY
 
     kinds = {r.kind for r in registry.all()}
-    assert kinds == {"model", "gradients", "data"}
+    assert kinds == {"model", "gradients", "data", "op"}
+    from gradaudit_ops import rmsnorm
+
+    op = registry.entries["op"]["rmsnorm"]
+    assert op.obj is rmsnorm and op.source == "built in (gradaudit_ops)"
     assert not set(GALLERY) & set(registry.entries["gradients"])  # only on request
     builtin = {(r.kind, r.name) for r in registry.all(builtin=True)} - set(
         (r.kind, r.name) for r in registry.all()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
 from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK
+
+if TYPE_CHECKING:
+    from gradaudit.results import RunSummary, Shard
 
 
 def is_op_spec(path: str) -> bool:
@@ -32,6 +35,7 @@ def is_op_spec(path: str) -> bool:
 def run(spec_path: str, options: Any) -> int:
     """Audit an op spec; `options` is commands.RunOptions."""
     from gradaudit.ops.run import groups, metadata
+    from gradaudit.ops.shard import is_away
     from gradaudit.ops.spec import load_op_spec
     from gradaudit.report.console import closing_line, group_rows, header
     from gradaudit.report.describe import detail
@@ -41,7 +45,6 @@ def run(spec_path: str, options: Any) -> int:
     from gradaudit.write import check_writable, write_atomic
 
     unsupported = {
-        "--shard": options.shard,
         "--set": options.sets,
         "--timeout": options.timeout,
         "--require-device": options.require_devices,
@@ -51,6 +54,7 @@ def run(spec_path: str, options: Any) -> int:
             from gradaudit.errors import UsageError
 
             raise UsageError(f"{option} does not apply to an op spec yet")
+    shard = _shard(options)
     loaded = load_op_spec(spec_path)
     for path in (options.junit_xml, options.json_path):
         if path:
@@ -59,7 +63,7 @@ def run(spec_path: str, options: Any) -> int:
 
                 raise UsageError(f"{path}: is the spec of this run")
             check_writable(path)
-    facts = metadata(loaded)
+    facts = metadata(loaded, shard)
     summary = RunSummary()
     start = time.perf_counter()
 
@@ -82,9 +86,9 @@ def run(spec_path: str, options: Any) -> int:
         click.echo(f"gradaudit: {loaded.spec.name} ({spec_path}): op {loaded.spec.op.candidate}")
         click.echo(header())
     try:
-        for group in groups(loaded, options.devices, options.dtypes):
+        for group in groups(loaded, options.devices, options.dtypes, shard=shard):
             summary.add(group)
-            if not quiet:
+            if not quiet and not is_away(group.skipped):
                 for text, _ in group_rows(group):
                     click.echo(text)
             write("the run did not finish (killed, or still running)")
@@ -98,6 +102,8 @@ def run(spec_path: str, options: Any) -> int:
                 if s.status in ("fail", "error"):
                     click.echo(f"--- {s.status.upper()} {group.device}/{group.dtype} {s.tensor}")
                     click.echo(detail(s))
+    if shard is not None and not quiet:
+        click.echo(_shard_line(shard, summary))
     click.echo(closing_line(summary, time.perf_counter() - start))
     if summary.ok and summary.passed == 0:
         click.echo("gradaudit: no tensor was compared (every case skipped): nothing was proven")
@@ -105,9 +111,29 @@ def run(spec_path: str, options: Any) -> int:
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
 
 
+def _shard(options: Any) -> Shard | None:
+    from gradaudit.commands import parse_shard
+
+    return parse_shard(options.shard) if options.shard is not None else None
+
+
+def _shard_line(shard: Shard, summary: RunSummary) -> str:
+    """What a shard ran, and where the rest is."""
+    from gradaudit.ops.shard import is_away
+
+    groups = [g for g in summary.groups if not g.skipped or not is_away(g.skipped)]
+    ran = sum(not g.skipped for g in groups)
+    others = len(summary.groups) - len(groups)
+    return (
+        f"shard {shard}: {ran} of {len(summary.groups)} cases ran here; the {others} of the "
+        "other shards are skipped in this shard's reports (`gradaudit merge` folds them)"
+    )
+
+
 def plan(spec_path: str, options: Any, as_json: bool) -> int:
-    """The cases of an op spec: (device, dtype, variant) with each variant's shapes, layout
-    and seed; checks named per case when it runs (outputs and input gradients)."""
+    """The cases of an op spec: (device, dtype, variant or invariance check) with each
+    variant's shapes, layout and seed, and the shard that runs it; under --shard, only the
+    cases of that shard (checks named per case when it runs: outputs and input gradients)."""
     import json
 
     from gradaudit.ops.run import subset
@@ -115,14 +141,20 @@ def plan(spec_path: str, options: Any, as_json: bool) -> int:
     from gradaudit.ops.variants import derive
     from gradaudit.plan import device_unavailable
 
+    shard = _shard(options)
     loaded = load_op_spec(spec_path)
     spec, op = loaded.spec, loaded.spec.op
     variants = derive(op.inputs, op.dims, op.variant_options, spec.seed)
+    cases = [(v.name, v) for v in variants]
+    cases += [(kind, variants[0]) for kind in _invariance(op.checks)]
+    total = shard.total if shard else 1  # the shard that runs a case, under --shard
     rows = []
     for device in subset("--device", options.devices, spec.devices):
         skip = device_unavailable(device)
         for dtype in subset("--dtype", options.dtypes, spec.dtypes):
-            for v in variants:
+            for index, (name, v) in enumerate(cases):
+                if shard is not None and not shard.takes(index):
+                    continue
                 shapes = ", ".join(
                     f"{n} {'x'.join(map(str, s)) or 'scalar'}" for n, s in v.shapes.items()
                 )
@@ -130,17 +162,23 @@ def plan(spec_path: str, options: Any, as_json: bool) -> int:
                     {
                         "device": device,
                         "dtype": dtype,
-                        "variant": v.name,
+                        "variant": name,
                         "seed": v.seed,
                         "shapes": shapes,
                         "layout": v.layout,
+                        "shard": f"{index % total + 1}/{total}" if shard else None,
                         "skip": skip,
                     }
                 )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return EXIT_OK
-    click.echo(f"plan: {spec.name} ({spec_path}): op {op.candidate}, {len(rows)} cases")
+    held = sum(shard.takes(k) for k in range(len(cases))) if shard else 0
+    of = f" (shard {shard}: {held} of the {len(cases)} cases of each device and dtype)"
+    of = of if shard else ""
+    click.echo(f"plan: {spec.name} ({spec_path}): op {op.candidate}, {len(rows)} cases{of}")
+    if shard is not None and not rows:
+        click.echo(f"shard {shard} has no cases: `run` would compare nothing (exit 5)")
     for r in rows:
         what = (
             f"SKIP  {r['skip']}"
@@ -149,3 +187,9 @@ def plan(spec_path: str, options: Any, as_json: bool) -> int:
         )
         click.echo(f"{r['device']:<8} {r['dtype']:<9} {r['variant']:<24} {what}")
     return EXIT_OK
+
+
+def _invariance(checks: Any) -> list[str]:
+    """The invariance checks a spec turns on, in run order (gradaudit.ops.shard)."""
+    kinds = [("micro_batch", checks.micro_batch), ("saved_tensors", checks.saved_tensors)]
+    return [kind for kind, on in kinds if on is not None]

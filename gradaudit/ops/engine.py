@@ -32,12 +32,28 @@ from gradaudit.ops.call import (
 )
 from gradaudit.ops.errors import OpError
 from gradaudit.ops.fd import finite_differences
+from gradaudit.ops.shard import TensorNames, away, case_checks
 from gradaudit.ops.share import Shared
 from gradaudit.ops.variants import Variant, draw_inputs
-from gradaudit.results import CaseListener, CaseResult, GroupResult
+from gradaudit.results import CaseListener, CaseResult, GroupResult, Shard
 
 if TYPE_CHECKING:
     import torch
+
+    from gradaudit.compare import Check
+
+# (device, dtype, variant index, variant), the variant's drawn inputs, its comparisons,
+# their results and the case's batch scale: what mutation testing needs of a case
+Compared = Callable[
+    [
+        tuple[str, str, int, Variant],
+        Mapping[str, "torch.Tensor"],
+        list[tuple[str, Comparison]],
+        list["Check"],
+        float,
+    ],
+    None,
+]
 
 
 def run(
@@ -45,47 +61,62 @@ def run(
     devices: Sequence[str],
     dtypes: Sequence[str],
     on_case: CaseListener | None = None,
+    shard: Shard | None = None,
+    on_compared: Compared | None = None,
 ) -> Iterator[GroupResult]:
-    """Groups as they finish: for each device and dtype, every variant, then invariance."""
-    from gradaudit.ops.invariance import invariance_groups
+    """Groups as they finish: for each device and dtype, every variant, then invariance.
+    Under `shard`, the cases of other shards are skipped groups (gradaudit.ops.shard);
+    `on_compared` sees every variant case's comparisons (mutation testing)."""
+    from gradaudit.ops.invariance import invariance_group
     from gradaudit.plan import device_unavailable
 
     shared = Shared(audit, dtypes)
     drawn = {v.name: shared.inputs(v, draw_inputs(audit.inputs, v)) for v in audit.variants}
     masters = {v.name: build_modules(audit, v) for v in audit.variants}
-    names: list[str] = []
+    base = audit.variants[0]
+    names = TensorNames(audit, drawn[base.name], masters[base.name][0])
     for device in devices:
         reason = device_unavailable(device)
         for dtype in dtypes:
             for index, variant in enumerate(audit.variants):
-                if reason:
-                    yield _skipped(audit, device, dtype, variant, names, reason)
+                check = f"variant:{variant.name}"
+                skip = reason or away(audit, shard, check)
+                if skip:
+                    yield _skipped(audit, device, dtype, check, names.of(check), skip)
                     continue
-                group = _case(
-                    audit, device, dtype, index, variant, drawn, masters, names, on_case, shared
+                yield _case(
+                    audit,
+                    (device, dtype, index, variant),
+                    drawn,
+                    masters,
+                    names,
+                    on_case,
+                    shared,
+                    on_compared,
                 )
-                if not names and not any(s.error_count for s in group.tensors):
-                    names = [s.tensor for s in group.tensors]
-                yield group
-            if not reason:
-                base = audit.variants[0]
-                yield from invariance_groups(
-                    audit, device, dtype, base, drawn[base.name], masters[base.name], on_case
+            if reason:
+                continue
+            for kind in case_checks(audit)[len(audit.variants) :]:
+                skip = away(audit, shard, kind)
+                if skip:
+                    yield _skipped(audit, device, dtype, kind, names.of(kind), skip)
+                    continue
+                yield invariance_group(
+                    kind, audit, device, dtype, base, drawn[base.name], masters[base.name], on_case
                 )
 
 
 def _case(
     audit: OpAudit,
-    device: str,
-    dtype_name: str,
-    index: int,
-    variant: Variant,
+    where: tuple[str, str, int, Variant],
     drawn: Mapping[str, Mapping[str, torch.Tensor]],
     masters: Mapping[str, tuple[Any, Any]],
-    names: list[str],
+    names: TensorNames,
     on_case: CaseListener | None,
     shared: Shared,
+    on_compared: Compared | None = None,
 ) -> GroupResult:
+    device, dtype_name, index, variant = where
     import torch
 
     start = time.perf_counter()
@@ -111,7 +142,7 @@ def _case(
         results = check_all([c for _, c in ordered], batch_scale, audit.scratch)
     except VariantError as exc:
         text = f"{exc} (variant {variant.name}, seed {variant.seed}, {device} {dtype_name})"
-        summaries = [TensorSummary(n, tol(n)) for n in (names or _guess(audit))]
+        summaries = [TensorSummary(n, tol(n)) for n in names.of(check)]
         for s in summaries:
             s.add_error(text)
             if on_case:
@@ -128,6 +159,8 @@ def _case(
                     )
                 )
         return _group(device, dtype_name, summaries, check, start)
+    if on_compared is not None:
+        on_compared(where, drawn[variant.name], ordered, results, batch_scale)
     summaries = []
     for (name, comparison), result in zip(ordered, results, strict=True):
         summary = TensorSummary(name, comparison.tol)
@@ -300,19 +333,11 @@ def _group(
     return GroupResult(device, dtype, summaries, seconds=seconds, done=True, check=check)
 
 
-def _guess(audit: OpAudit) -> list[str]:
-    """Tensor names before any case has run (an error or a skip on the first case)."""
-    outs = ["out"] if audit.reference is not None else []
-    return outs + [f"grad.{k}" for k, d in audit.inputs.items() if d.grad]
-
-
 def _skipped(
-    audit: OpAudit, device: str, dtype: str, variant: Variant, names: list[str], reason: str
+    audit: OpAudit, device: str, dtype: str, check: str, names: list[str], reason: str
 ) -> GroupResult:
     summaries = [
         TensorSummary(n, tolerance_for(audit.tolerance, n, device, dtype), skipped=reason)
-        for n in (names or _guess(audit))
+        for n in names
     ]
-    return GroupResult(
-        device, dtype, summaries, skipped=reason, done=True, check=f"variant:{variant.name}"
-    )
+    return GroupResult(device, dtype, summaries, skipped=reason, done=True, check=check)

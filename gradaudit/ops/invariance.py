@@ -31,7 +31,8 @@ from gradaudit.ops.call import (
     upstream,
     wrt_of,
 )
-from gradaudit.ops.engine import _group, _guess
+from gradaudit.ops.engine import _group
+from gradaudit.ops.shard import TensorNames
 from gradaudit.ops.spec import MicroBatch, SavedTensors
 from gradaudit.ops.variants import Variant
 from gradaudit.results import CaseListener, CaseResult, GroupResult
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
     import torch
 
 
-def invariance_groups(
+def invariance_group(
+    kind: str,
     audit: OpAudit,
     device: str,
     dtype: str,
@@ -48,12 +50,9 @@ def invariance_groups(
     drawn: Mapping[str, torch.Tensor],
     masters: tuple[Any, Any],
     on_case: CaseListener | None,
-) -> Iterator[GroupResult]:
-    checks = audit.checks
-    if checks.micro_batch is not None:
-        yield _run("micro_batch", audit, device, dtype, base, drawn, masters[0], on_case)
-    if checks.saved_tensors is not None:
-        yield _run("saved_tensors", audit, device, dtype, base, drawn, masters[0], on_case)
+) -> GroupResult:
+    """One invariance check (`micro_batch` or `saved_tensors`) on the base variant."""
+    return _run(kind, audit, device, dtype, base, drawn, masters[0], on_case)
 
 
 def _run(
@@ -83,7 +82,7 @@ def _run(
             items = _saved(audit, device, dtype, base, drawn, master, audit.checks.saved_tensors)
     except VariantError as exc:
         text = f"{exc} ({kind.replace('_', ' ')} on variant base, seed {base.seed})"
-        items = [(n, text) for n in _guess(audit)]
+        items = [(n, text) for n in TensorNames(audit, drawn, master).of(kind)]
     ready = [(n, c) for n, c in items if isinstance(c, Comparison)]
     scale = max(
         (float(c.truth.abs().max()) for _, c in ready if c.truth is not None and c.truth.numel()),

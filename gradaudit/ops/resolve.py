@@ -1,8 +1,7 @@
 """Turning a spec's `candidate:` / `reference:` into something callable.
 
 A reference is `pkg.mod:attr.path` (an autograd.Function class stands for its `.apply`),
-or a name that a plugin registered. Until gradaudit's hooks grow `register_ops`, a plugin
-registers ops as a module-level `OPS` dict (name -> callable) in its entry-point module.
+or a name that a plugin registered through the `register_ops` hook.
 """
 
 from __future__ import annotations
@@ -10,15 +9,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from gradaudit.ops.errors import OpError
-
-ENTRY_POINT_GROUP = "gradaudit"
 
 
 @dataclass(frozen=True)
@@ -36,13 +32,16 @@ def resolve(
     field: str,
     plugins: Iterable[str] = (),
     base_dir: Path | None = None,
+    known: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callee:
-    """Import or look up one side; OpError (`where: field: why`) when that fails."""
+    """Import or look up one side; OpError (`where: field: why`) when that fails. `known`:
+    the registered ops, when the caller already loaded the plugins."""
     if callable(ref) and not isinstance(ref, str):
         return _classify(getattr(ref, "__qualname__", repr(ref)), ref)
     if ":" in ref:
         return _classify(ref, _import(ref, where, field))
-    known = named_ops(plugins, base_dir, where)
+    if known is None:
+        known = named_ops(plugins, base_dir, where)
     if ref not in known:
         close = difflib.get_close_matches(ref, list(known), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -118,41 +117,16 @@ def _apply(cls: Any) -> Callable[..., Any]:
 def named_ops(
     plugins: Iterable[str] = (), base_dir: Path | None = None, where: str = "spec"
 ) -> dict[str, Callable[..., Any]]:
-    """Ops registered by the installed plugins (allow-list: $GRADAUDIT_PLUGINS) and by the
-    spec's own `plugins:` modules, each exposing an `OPS` dict."""
-    from gradaudit.plugins import _allowed, _load_named
+    """Ops registered through the `register_ops` hook by the installed plugins (allow-list:
+    $GRADAUDIT_PLUGINS) and by the spec's own `plugins:` modules."""
+    from gradaudit.errors import PluginError
+    from gradaudit.plugins import plugin_manager
 
-    modules: list[tuple[str, Any]] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if not _allowed(ep.name):
-            continue
-        try:
-            modules.append((ep.name, ep.load()))
-        except Exception as exc:
-            raise OpError(
-                f"plugin '{ep.name}' ({ep.value}) failed to import: {_why(exc)}"
-            ) from None
-    for ref in plugins:
-        try:
-            modules.append((ref, _load_named(ref, base_dir or Path.cwd())[0]))
-        except Exception as exc:
-            raise OpError(f"{where}: plugin '{ref}' failed to import: {_why(exc)}") from None
-    found: dict[str, Callable[..., Any]] = {}
-    owner: dict[str, str] = {}
-
-    def register(name: str, fn: Callable[..., Any], plugin: str) -> None:
-        if not isinstance(name, str) or not name or not callable(fn):
-            raise OpError(f"plugin '{plugin}' registered an op that is not (name, callable)")
-        if name in found and found[name] is not fn:
-            raise OpError(f"op '{name}' is registered twice: by '{owner[name]}' and '{plugin}'")
-        found[name], owner[name] = fn, plugin
-
-    for plugin, module in modules:
-        ops = getattr(module, "OPS", None)
-        if isinstance(ops, dict):
-            for name, fn in ops.items():
-                register(name, fn, plugin)
-    return found
+    try:
+        registry = plugin_manager(plugins, base_dir or Path.cwd())
+    except PluginError as exc:
+        raise OpError(f"{where}: {exc}") from None
+    return registry.objects("op")
 
 
 def _why(exc: BaseException) -> str:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gradaudit.errors import UsageError
 from gradaudit.ops.call import OpAudit
-from gradaudit.ops.resolve import resolve
+from gradaudit.ops.resolve import named_ops, resolve
 from gradaudit.ops.spec import LoadedOpSpec, load_op_spec
 from gradaudit.ops.variants import derive
-from gradaudit.results import CaseListener, GroupResult
+from gradaudit.results import CaseListener, GroupResult, Shard
+
+if TYPE_CHECKING:
+    from gradaudit.ops.engine import Compared
 
 
 def audit_of(loaded: LoadedOpSpec) -> OpAudit:
@@ -19,12 +23,16 @@ def audit_of(loaded: LoadedOpSpec) -> OpAudit:
     spec, op = loaded.spec, loaded.spec.op
     sys_path_added = _spec_dir_on_path(loaded.base_dir)
     try:
+        named = [r for r in (op.candidate, op.reference) if r is not None and ":" not in r]
+        where = loaded.where("op", "candidate" if op.candidate in named else "reference")
+        known = named_ops(spec.plugins, loaded.base_dir, where) if named else None
         candidate = resolve(
             op.candidate,
             loaded.where("op", "candidate"),
             "op.candidate",
             spec.plugins,
             loaded.base_dir,
+            known,
         )
         reference = None
         if op.reference is not None:
@@ -34,6 +42,7 @@ def audit_of(loaded: LoadedOpSpec) -> OpAudit:
                 "op.reference",
                 spec.plugins,
                 loaded.base_dir,
+                known,
             )
     finally:
         if sys_path_added:
@@ -78,14 +87,18 @@ def groups(
     devices: Sequence[str] = (),
     dtypes: Sequence[str] = (),
     on_case: CaseListener | None = None,
+    shard: Shard | None = None,
+    on_compared: Compared | None = None,
 ) -> Iterator[GroupResult]:
-    """The run's groups as they finish (stream them to reporters)."""
+    """The run's groups as they finish (stream them to reporters); under `shard`, the
+    other shards' cases as skipped groups."""
     from gradaudit.ops.engine import run
 
     spec = loaded.spec
     chosen_devices = subset("--device", devices, spec.devices)
     chosen_dtypes = subset("--dtype", dtypes, spec.dtypes)
-    yield from run(audit_of(loaded), chosen_devices, chosen_dtypes, on_case)
+    audit = audit_of(loaded)
+    yield from run(audit, chosen_devices, chosen_dtypes, on_case, shard, on_compared)
 
 
 def run_op_spec(
@@ -104,8 +117,9 @@ def run_op_spec(
     return out
 
 
-def metadata(loaded: LoadedOpSpec) -> dict[str, str]:
-    """Flat facts for report headers (JUnit properties, the JSON `run` object)."""
+def metadata(loaded: LoadedOpSpec, shard: Shard | None = None) -> dict[str, str]:
+    """Flat facts for report headers (JUnit properties, the JSON `run` object); `shard`
+    ("K/N") is what `gradaudit merge` checks the set of reports by."""
     spec = loaded.spec
     variants = derive(spec.op.inputs, spec.op.dims, spec.op.variant_options, spec.seed)
     return {
@@ -118,4 +132,5 @@ def metadata(loaded: LoadedOpSpec) -> dict[str, str]:
         "seed": str(spec.seed),
         "variants": ", ".join(v.name for v in variants),
         "tolerance_mode": spec.tolerance.mode,
+        **({"shard": str(shard)} if shard else {}),
     }

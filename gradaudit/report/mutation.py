@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from gradaudit.mutate import MutantResult, MutationReport
@@ -9,6 +11,11 @@ from gradaudit.report.junit import document, testcase, testsuite
 from gradaudit.spec import LoadedSpec
 from gradaudit.tolerance import Tol
 from gradaudit.write import write_atomic
+
+if TYPE_CHECKING:
+    from gradaudit.ops.spec import LoadedOpSpec
+
+    Loaded = LoadedSpec | LoadedOpSpec
 
 RESOLUTION_ULPS = 4.0  # a relative change within this many roundings is the dtype's noise
 
@@ -95,7 +102,7 @@ def console_lines(
 
 
 def write_junit(
-    path: str, loaded: LoadedSpec, reports: list[MutationReport], fail_on_survivor: bool
+    path: str, loaded: Loaded, reports: list[MutationReport], fail_on_survivor: bool
 ) -> None:
     """A suite per (device, dtype), a testcase per mutant: killed passes, a survivor fails
     (--fail-on-survivor) or is skipped with a warning, the rest are skipped with the reason."""
@@ -135,7 +142,7 @@ def write_junit(
     write_atomic(path, document(suites))
 
 
-def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
+def write_not_green(path: str, loaded: Loaded, reason: str) -> None:
     """The report of a `mutate` that could not score mutants (the audit itself is red): one
     error case saying why, so that CI neither reads an old report nor finds none."""
     name = loaded.spec.name
@@ -144,5 +151,5 @@ def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
     write_atomic(path, document([suite]))
 
 
-def _spec_facts(loaded: LoadedSpec) -> dict[str, str]:
+def _spec_facts(loaded: Loaded) -> dict[str, str]:
     return {"spec": str(loaded.path), "spec_name": loaded.spec.name, "spec_sha256": loaded.sha256}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gradaudit import hookimpl
 from gradaudit_ops.rmsnorm import RMSNorm, rmsnorm, rmsnorm_reference
 from gradaudit_ops.xent import softmax_xent, softmax_xent_reference
 
@@ -24,7 +25,8 @@ __all__ = [
     "softmax_xent_reference",
 ]
 
-# name -> callable: what a spec's `candidate:` / `reference:` may name without a module path.
+# name -> callable: what a spec's `candidate:` / `reference:` may name without a module path
+# (registered through the `register_ops` hook below).
 OPS: dict[str, Callable[..., Any]] = {
     "rmsnorm": rmsnorm,
     "rmsnorm-reference": rmsnorm_reference,
@@ -34,7 +36,8 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+@hookimpl
 def register_ops(register: Callable[[str, Any], None]) -> None:
-    """The `register_ops` hook, once gradaudit declares it (then mark it @hookimpl)."""
+    """Candidates and references that op specs may name: `candidate: rmsnorm`."""
     for name, fn in OPS.items():
         register(name, fn)
