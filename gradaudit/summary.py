@@ -58,6 +58,7 @@ class TensorSummary:
     failed_batches: int = 0
     exact: bool = True
     max_abs: float = 0.0
+    # At the worst batch (see _take_worst); max_abs is over every batch.
     max_rel: float = 0.0
     max_sym_rel: float = 0.0
     min_cosine: float = 1.0
@@ -85,17 +86,21 @@ class TensorSummary:
         self.failed_batches += not result.passed
         self.exact &= result.exact
         self.max_abs = max(self.max_abs, result.max_abs)
-        if result.located:  # a screened batch has no relative errors or cosine (screen.py)
-            self.max_rel = max(self.max_rel, result.max_rel)
-            self.max_sym_rel = max(self.max_sym_rel, result.sym_rel)
-            self.min_cosine = _nanmin(self.min_cosine, result.cosine)
         self.mismatched += result.mismatched
         self.nonfinite += result.nonfinite
         self.numel += result.numel
         if self.worst is None or result.budget > self.worst.budget:
-            self.worst, self.worst_batch, self.worst_seed = result, batch_index, seed
+            self._take_worst(result, batch_index, seed)
         if self.tol.systematic:
             self.add_bias(result)
+
+    def _take_worst(self, result: Check, batch_index: int | None, seed: int | None) -> None:
+        """The worst batch so far; its relative errors and cosine are the tensor's. They are
+        measured where a batch is described in full (gradaudit.screen), which every new
+        worst batch is, so they are the same however the batches are ordered or sharded."""
+        self.worst, self.worst_batch, self.worst_seed = result, batch_index, seed
+        self.max_rel, self.max_sym_rel = result.max_rel, result.sym_rel
+        self.min_cosine = result.cosine
 
     def add_bias(self, result: Check) -> None:
         """Fold one batch into the systematic-error sums (batches without a direction skip)."""
@@ -119,9 +124,6 @@ class TensorSummary:
         self.failed_batches += other.failed_batches
         self.exact &= other.exact
         self.max_abs = max(self.max_abs, other.max_abs)
-        self.max_rel = max(self.max_rel, other.max_rel)
-        self.max_sym_rel = max(self.max_sym_rel, other.max_sym_rel)
-        self.min_cosine = _nanmin(self.min_cosine, other.min_cosine)
         self.mismatched += other.mismatched
         self.nonfinite += other.nonfinite
         self.numel += other.numel
@@ -139,11 +141,7 @@ class TensorSummary:
                 and (other.worst_batch or 0) < (self.worst_batch or 0)
             )
         ):
-            self.worst, self.worst_batch, self.worst_seed = (
-                other.worst,
-                other.worst_batch,
-                other.worst_seed,
-            )
+            self._take_worst(other.worst, other.worst_batch, other.worst_seed)
         if self.skipped and not other.skipped:
             self.skipped = None
         self.errors = (self.errors + other.errors)[:MAX_ERRORS_KEPT]
@@ -237,8 +235,3 @@ class TensorSummary:
         if self.status == "fail" and self.error_count:
             return ("fail", "error")
         return (self.status,)
-
-
-def _nanmin(a: float, b: float) -> float:
-    """min, where an undefined value (NaN) wins: it must not read as a perfect 1.0."""
-    return a if a != a else b if b != b else min(a, b)

@@ -54,12 +54,13 @@ def detail(s: TensorSummary) -> str:
             f"batches compared: {s.batches}, failing: {s.failed_batches}",
             f"exact (bitwise) on every batch: {s.exact}",
             f"max abs diff: {s.max_abs:.6e}",
-            f"max rel diff: {s.max_rel:.6e}",
+            f"max rel diff (worst batch): {s.max_rel:.6e}",
             f"tolerance: {s.tol.describe()}; {_allowed(s)}",
             f"budget used: {100 * s.budget:.3g}% (max over elements of |diff| / allowed)",
             f"mismatched elements: {s.mismatched} of {s.numel}",
             f"NaN/Inf disagreements: {s.nonfinite}",
-            f"symmetric relative error: {s.max_sym_rel:.3g}; lowest cosine: {s.min_cosine:.6f}",
+            f"worst batch's symmetric relative error: {s.max_sym_rel:.3g}; "
+            f"cosine: {s.min_cosine:.6f}",
             *_systematic(s),
             f"worst element: [{index}] in batch {s.worst_batch} (seed {s.worst_seed}): "
             f"manual {w.manual_value:.9g}, {_compared_with(s)} {w.reference_value:.9g}",
