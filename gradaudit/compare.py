@@ -25,6 +25,8 @@ from gradaudit.tolerance import tolerance_for as tolerance_for
 if TYPE_CHECKING:
     import torch
 
+    from gradaudit.syncs import Reads
+
 
 class GradientMismatch(ValueError):
     """The manual gradient cannot be compared at all (wrong shape, dtype or device)."""
@@ -57,6 +59,7 @@ def check_all(
     batch_scale: float | torch.Tensor | None = 0.0,
     scratch: Scratch | None = None,
     beat: Sequence[float | None] | None = None,
+    reads: Reads | None = None,
 ) -> list[Check]:
     """Compare; verdicts are float64's (see measure.measure). NaN/Inf agree only with the
     same NaN/Inf; anything else fails.
@@ -70,7 +73,8 @@ def check_all(
     `beat`, per item, is the worst budget its tensor has had so far (None: no batch yet).
     Given it, a passing batch that does not exceed it is not located: its Check has
     located=False, no worst element and NaN values (gradaudit.screen). Without it, every
-    Check is located.
+    Check is located. `reads` may hold other device values: they are read with the
+    screen's results.
     """
     for item in items:
         problem = mismatch(item.manual, item.reference)
@@ -92,7 +96,8 @@ def check_all(
     if todo and beat is not None:
         from gradaudit.screen import screen
 
-        screened = screen(todo, batch_scale, scratch, working_dtype(todo), [beat[i] for i in live])
+        wanted = [beat[i] for i in live]
+        screened = screen(todo, batch_scale, scratch, working_dtype(todo), wanted, reads)
         batch_scale = screened.batch_scale
         for i, result in zip(live, screened.checks, strict=True):
             found[i] = result

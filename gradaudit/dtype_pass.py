@@ -24,11 +24,9 @@ from gradaudit.guards import (
     CaseTimeout,
     deadline,
     plain_tensors,
-    restore,
-    snapshot,
-    watched,
     wrong_dtype,
 )
+from gradaudit.inplace import InPlaceGuard
 from gradaudit.mutate import Mutant, MutationReport, MutationRun
 from gradaudit.numpy_adapter import computed_problem
 from gradaudit.pass_parts import (
@@ -43,7 +41,7 @@ from gradaudit.pass_parts import (
 )
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
-from gradaudit.syncs import any_nonzero, largest_entry, same_bits_all
+from gradaudit.syncs import Reads, any_nonzero, largest_entry
 from gradaudit.tolerance import Tol
 from gradaudit.types import Batch, Forward
 
@@ -258,9 +256,11 @@ class DtypePass:
         batch: Batch,
         wanted: Sequence[tuple[str, object, torch.Tensor, torch.Tensor | None]],
         tol: Tol | None = None,
+        reads: Reads | None = None,
     ) -> dict[str, Check]:
         """Check each (name, manual gradient, reference, truth) in one check_all call, then
-        record and report them in the given order; unusable gradients become errors."""
+        record and report them in the given order; unusable gradients become errors.
+        `reads` may hold other values to read with the comparison's results."""
         problems: dict[str, str] = {}
         ready: dict[str, Comparison] = {}
         for name, got, reference, truth in wanted:
@@ -281,7 +281,8 @@ class DtypePass:
         scale = self.scale
         if scale is None and set(ready) != set(self.names):
             scale = largest_entry(self.truths)  # the truths of tensors not compared count too
-        found = check_all(list(ready.values()), scale, self.scratch, self._beat(check, ready))
+        beat = self._beat(check, ready)
+        found = check_all(list(ready.values()), scale, self.scratch, beat, reads)
         results = dict(zip(ready, found, strict=True))
         if self.scale is None:
             self.scale = scale if scale is not None else _largest(found)
@@ -311,7 +312,7 @@ class DtypePass:
     def _gradients(self, batch: Batch) -> None:
         """Forward, autograd reference, manual gradients, then every comparison."""
         names, plugin = self.names, self.spec.gradients.plugin
-        before_batch = {n: t.clone() for n, t in batch.tensors.items()}
+        guard = InPlaceGuard(batch)
         try:
             forward, reference = self.reference(self.model, batch, names)
             if self.lends:
@@ -330,18 +331,18 @@ class DtypePass:
         except BaseException as exc:
             self.fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {why(exc)}")
             return
-        after_forward = {n: t.clone() for n, t in batch.tensors.items()}
-        state = snapshot(self.model, forward)
+        guard.forward_done(batch)
+        guard.manual_starts(self.model, forward)
         try:
             grads = self.manual(self.model, batch, forward)
         except OURS:
             raise
         except BaseException as exc:
-            if not self._touched(batch, before_batch, after_forward, None, forward):
-                self.fail_all(batch, f"gradients '{plugin}' raised {why(exc)}")
+            guard.queue(self.model, forward, batch, Reads(), ran=False)
+            self.fail_all(batch, self._modified(guard) or f"gradients '{plugin}' raised {why(exc)}")
             return
-        if self._touched(batch, before_batch, after_forward, state, forward):
-            return
+        reads, mark = Reads(), len(self.events)  # the guard's answer rides on the comparison's read
+        guard.queue(self.model, forward, batch, reads, ran=True)
         self._unknown_names(batch, grads)
         for name, problem in saturated.items():
             self.error(name, batch, problem)
@@ -351,7 +352,12 @@ class DtypePass:
             for i, (name, ref) in enumerate(zip(names, reference, strict=True))
             if name not in saturated
         ]
-        checks = self.compare("gradients", batch, wanted)
+        checks = self.compare("gradients", batch, wanted, reads=reads)
+        changed = self._modified(guard)
+        if changed is not None:
+            del self.events[mark:], self.pending[mark:]  # the batch is an error, not compared
+            self.fail_all(batch, changed)
+            return
         self._note_nonzero(wanted, checks)
         step = Step(batch, forward, grads, names, reference, truth, checks)
         if self.mutation is not None:
@@ -376,36 +382,16 @@ class DtypePass:
         found = any_nonzero([reference for _, reference in unknown]) if unknown else []
         self.nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
 
-    def _touched(
-        self,
-        batch: Batch,
-        before: Mapping[str, torch.Tensor],
-        after_forward: Mapping[str, torch.Tensor],
-        state: Mapping[str, torch.Tensor] | None,
-        forward: Forward,
-    ) -> bool:
-        """Fail the batch if the model's forward changed the batch or (given the `state` it
-        left) the manual gradient changed the model, the forward's tensors or the batch: one
-        read of the device for all of them."""
-        pairs = [(before[n], after_forward[n]) for n in before]
-        labels = [""] * len(pairs)
-        if state is not None:
-            now = watched(self.model, forward)
-            pairs += [(v, now[k].detach()) for k, v in state.items()]
-            pairs += [(after_forward[n], batch[n]) for n in before]
-            labels += [*state, *["the batch"] * len(before)]
-        same = same_bits_all(pairs)
-        if not all(same[: len(before)]):
-            self.fail_all(batch, f"model '{self.spec.model.plugin}' modified the batch in place")
-            return True
-        touched = list(dict.fromkeys(k for k, ok in zip(labels, same, strict=True) if not ok))
-        if not touched:
-            return False
-        assert state is not None
-        restore(dict(state), self.model)
-        plugin = self.spec.gradients.plugin
-        self.fail_all(batch, f"gradients '{plugin}' modified {', '.join(touched)} in place")
-        return True
+    def _modified(self, guard: InPlaceGuard) -> str | None:
+        """Why the batch fails when the forward or the manual gradient changed what they
+        must only read (the model's parameters and buffers are put back), else None."""
+        found = guard.verdict(self.model)
+        if found is None:
+            return None
+        culprit, what = found
+        if culprit == "forward":
+            return f"model '{self.spec.model.plugin}' modified the batch in place"
+        return f"gradients '{self.spec.gradients.plugin}' modified {', '.join(what)} in place"
 
     def _borrowed(self, index: int) -> list[torch.Tensor] | None:
         """The lender's reference as this batch's truth, when it is provably the same (the

@@ -43,8 +43,9 @@ class Screened:
 
 class _Layout:
     """The rows of the screen's one buffer, in this order: d = manual - second (autograd, or
-    the truth), [autograd - truth: baseline], |second|, [the allclose ratio],
-    [manual - autograd: baseline, off the CPU]. All of them are reduced together."""
+    the truth), [autograd - truth: baseline], [the allclose ratio], [manual != autograd:
+    baseline, off the CPU], |second|; one amax per tensor over all of them gives the read
+    table's columns."""
 
     def __init__(self, items: list[Comparison], exact_row: bool) -> None:
         self.allclose = any(item.tol.mode == "allclose" for item in items)
@@ -53,9 +54,9 @@ class _Layout:
         self.exact_row = exact_row and self.baseline
         names = ["diff"]
         names += ["gap"] if self.baseline else []
-        names += ["magnitude"]
         names += ["ratio"] if self.allclose else []
         names += ["vs_reference"] if self.exact_row else []
+        names += ["magnitude"]
         self.row = {name: k for k, name in enumerate(names)}
         self.reduced = len(names)  # columns of maxima per tensor in the read table
 
@@ -84,8 +85,7 @@ def screen(
     on_cpu = items[0].manual.device.type == "cpu" and not counting()
     layout = _Layout(items, exact_row=not on_cpu)
     rows, sums = _elementwise(items, sizes, scratch, dtype, layout)
-    reduced = rows[layout.row["diff"] :]
-    maxima = torch.stack([p.amax(dim=1) for p in reduced.split_with_sizes(sizes, dim=1)])
+    maxima = _maxima(sizes, rows)
     table_at = reads.add(torch.cat([maxima, sums], dim=1) if sums is not None else maxima)
     scale_at = reads.add(batch_scale) if isinstance(batch_scale, torch.Tensor) else None
     exact = _exact_on_cpu(items) if on_cpu and layout.baseline else None
@@ -108,7 +108,7 @@ def screen(
         if check is not None and (record is None or check.budget > record)
     ]
     if wanted:
-        _describe(items, checks, wanted, sizes, rows, layout, scratch)
+        _describe(items, checks, wanted, dtype)
     return Screened(checks, batch_scale)
 
 
@@ -156,7 +156,7 @@ def _elementwise(
         sums = torch.stack(found)
         if not layout.baseline:
             sums = torch.cat([sums, torch.zeros_like(sums[:, :1])], dim=1)
-    rows.narrow(0, 0, row["magnitude"]).abs_()
+    rows.narrow(0, 0, 2 if layout.baseline else 1).abs_()
     for t, out in zip(seconds, rows[row["magnitude"]].split_with_sizes(sizes), strict=True):
         if t.dtype == out.dtype:
             torch.abs(t, out=out)
@@ -165,6 +165,13 @@ def _elementwise(
     if layout.allclose:
         _ratios(items, sizes, rows[row["ratio"]], diff, rows[row["magnitude"]])
     return rows, sums
+
+
+def _maxima(sizes: list[int], rows: torch.Tensor) -> torch.Tensor:
+    """Per tensor, each row's largest entry: [tensors, rows]."""
+    import torch
+
+    return torch.stack([p.amax(dim=1) for p in rows.split_with_sizes(sizes, dim=1)])
 
 
 def _difference(
@@ -288,40 +295,31 @@ def _describe(
     items: list[Comparison],
     checks: list[Check | None],
     wanted: list[int],
-    sizes: list[int],
-    rows: torch.Tensor,
-    layout: _Layout,
-    scratch: Scratch,
+    dtype: torch.dtype,
 ) -> None:
     """Complete the Checks of passing tensors that are a new worst batch: worst element and
-    values, relative and symmetric errors, cosine; read together. A cosine whose norms
-    overflowed leaves the tensor to the full measurement (float64)."""
+    values, relative and symmetric errors, cosine, taken as the full measurement takes them
+    (same dtype, same steps), and read together. A cosine whose norms overflowed leaves the
+    tensor to the full measurement (float64)."""
     import torch
 
-    offsets = [0]
-    for size in sizes[:-1]:
-        offsets.append(offsets[-1] + size)
-    at = layout.row
-    diff, magnitude = rows[at["diff"]], rows[at["magnitude"]]
-    work = scratch.take("describe", 2, max(sizes[i] for i in wanted), rows.device, rows.dtype)
     reads = Reads()
     found = []
     for i in wanted:
-        start, size = offsets[i], sizes[i]
-        d, s = diff.narrow(0, start, size), magnitude.narrow(0, start, size)
-        m = items[i].manual.reshape(-1).to(rows.dtype)
-        signed = second(items[i]).reshape(-1).to(rows.dtype)
-        chosen = rows[at["ratio"]] if items[i].tol.mode == "allclose" else diff
-        where = chosen.narrow(0, start, size).argmax()
-        rel, half = work[0, :size], work[1, :size]
-        torch.div(d, s, out=rel)
-        torch.abs(m, out=half).add_(s)
-        torch.div(d, half, out=half)
-        both = work[:, :size].nan_to_num_(nan=0.0, posinf=math.inf).amax(dim=1)
-        norms = torch.stack([torch.linalg.vector_norm(v) for v in (d, m, signed)])
         tol = items[i].tol
-        allowed = s[where] * tol.rtol + tol.atol
-        values = [where, m[where], signed[where], allowed, both, norms]
+        m = items[i].manual.reshape(-1).to(dtype)
+        t = second(items[i]).reshape(-1).to(dtype)
+        d, s = (m - t).abs_(), t.abs()
+        allowed = s * tol.rtol + tol.atol
+        if tol.mode == "allclose":
+            ratio = torch.div(d, allowed)
+            where = (ratio if tol.atol > 0.0 else ratio.nan_to_num_(nan=0.0)).argmax()
+        else:
+            where = d.argmax()
+        rel = torch.div(d, s).nan_to_num_(nan=0.0, posinf=math.inf).amax()
+        half = torch.div(d, m.abs().add_(s)).nan_to_num_(nan=0.0, posinf=math.inf).amax()
+        norms = torch.stack([torch.linalg.vector_norm(v) for v in (d, m, t)])
+        values = [where, m[where], t[where], allowed[where], rel, half, norms]
         found.append(reads.add(torch.cat([v.reshape(-1).double() for v in values])))
     reads.read()
     for i, handle in zip(wanted, found, strict=True):

@@ -9,7 +9,7 @@ without a GPU. The helpers below answer many questions with one read.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -98,8 +98,8 @@ class Reads:
         return len(self.parts) - 1
 
     def read(self) -> None:
-        """One read for everything added since the last one."""
-        if self.parts:
+        """One read for everything added (none when nothing is new since the last)."""
+        if self.parts and len(self.values) < self.size:
             joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
             self.values = joined.tolist()
 
@@ -131,21 +131,35 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 def same_bits_all(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[bool]:
     """For each pair, whether the two tensors have the same shape, dtype and bits: one read
     for all of them (not one read per pair)."""
+    return same_bits_later(pairs, Reads())()
+
+
+def same_bits_later(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], reads: Reads
+) -> Callable[[], list[bool]]:
+    """same_bits_all, with the device's answer queued on `reads` (read with whatever else
+    it holds, when the returned function is called: reading it then if nobody has)."""
     alike = [a.shape == b.shape and a.dtype == b.dtype and a.device == b.device for a, b in pairs]
     checked = [(a, b) for (a, b), ok in zip(pairs, alike, strict=True) if ok]
     if not checked:
-        return alike
+        return lambda: alike
     device = checked[0][0].device
     if device.type == "cpu" and not counting():
-        # Reads cost nothing on the CPU: torch.equal's fast path, bits only when unequal.
-        # Under count_syncs() the device path runs, so the count is what a GPU would see.
-        return [
-            ok and (torch.equal(a, b) or bool((_bits(a) == _bits(b)).all()))
-            for (a, b), ok in zip(pairs, alike, strict=True)
+        # Reads cost nothing on the CPU: torch.equal on the bits (integers compare twice as
+        # fast as floats). Under count_syncs() the device path runs, so the count is what a
+        # GPU would see.
+        found = [
+            ok and torch.equal(_bits(a), _bits(b)) for (a, b), ok in zip(pairs, alike, strict=True)
         ]
-    equal = [(_bits(a) == _bits(b)).all().to(device) for a, b in checked]
-    values = iter(torch.stack(equal).tolist())
-    return [ok and bool(next(values)) for ok in alike]
+        return lambda: found
+    handle = reads.add(torch.stack([(_bits(a) == _bits(b)).all().to(device) for a, b in checked]))
+
+    def answer() -> list[bool]:
+        reads.read()
+        values = iter(reads.row(handle))
+        return [ok and bool(next(values)) for ok in alike]
+
+    return answer
 
 
 def largest_entry(tensors: Sequence[torch.Tensor]) -> torch.Tensor | float:

@@ -1,0 +1,60 @@
+"""The in-place guard of one batch: what the model's forward and the manual gradient must
+only read is compared bit for bit with copies taken before them. The comparison's answer
+is queued on the batch's one device read (syncs.Reads), which the comparison of gradients
+takes: a GPU then waits once per batch, not once more for the guard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from gradaudit.guards import Snapshot, restore, snapshot, watched
+from gradaudit.syncs import Reads, same_bits_later
+from gradaudit.types import Batch, Forward
+
+
+class InPlaceGuard:
+    """Take copies as the batch goes (`forward_done`, `manual_starts`), `queue` the
+    comparison, then ask `verdict` for what was changed."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.before = {n: t.clone() for n, t in batch.tensors.items()}
+        self.after_forward: dict[str, torch.Tensor] = {}
+        self.state: Snapshot | None = None
+        self.labels: list[str] = []
+        self.answer: Callable[[], list[bool]] = list
+
+    def forward_done(self, batch: Batch) -> None:
+        self.after_forward = {n: t.clone() for n, t in batch.tensors.items()}
+
+    def manual_starts(self, model: torch.nn.Module, forward: Forward) -> None:
+        self.state = snapshot(model, forward)
+
+    def queue(
+        self, model: torch.nn.Module, forward: Forward, batch: Batch, reads: Reads, ran: bool
+    ) -> None:
+        """Compare: the batch before and after the forward; and, when the manual gradient
+        `ran` (returned), the model, the forward's tensors and the batch after it."""
+        pairs = [(self.before[n], self.after_forward[n]) for n in self.before]
+        self.labels = [""] * len(pairs)
+        if ran and self.state is not None:
+            now = watched(model, forward)
+            pairs += [(v, now[k].detach()) for k, v in self.state.items()]
+            pairs += [(self.after_forward[n], batch[n]) for n in self.before]
+            self.labels += [*self.state, *["the batch"] * len(self.before)]
+        self.answer = same_bits_later(pairs, reads)
+
+    def verdict(self, model: torch.nn.Module) -> tuple[str, list[str]] | None:
+        """None when nothing changed; ("forward", []) when the model's forward changed the
+        batch; ("manual", what) when the manual gradient changed `what` (the model's
+        parameters and buffers are put back)."""
+        same = self.answer()
+        if not all(same[: len(self.before)]):
+            return "forward", []
+        touched = list(dict.fromkeys(k for k, ok in zip(self.labels, same, strict=True) if not ok))
+        if not touched:
+            return None
+        assert self.state is not None
+        restore(dict(self.state), model)
+        return "manual", touched
