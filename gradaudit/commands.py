@@ -17,13 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gradaudit.errors import (
-    EXIT_CHECK_FAILED,
-    EXIT_OK,
-    GradauditError,
-    Interrupted,
-    UsageError,
-)
+from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, GradauditError, Interrupted, UsageError
 from gradaudit.spec import LoadedSpec, load_spec
 from gradaudit.write import check_writable
 

@@ -7,7 +7,8 @@ and every tensor of callers that want every batch located.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from gradaudit.measure import TRIAGE_MARGIN as TRIAGE_MARGIN
@@ -113,3 +114,10 @@ def check_all(
         for i, result in zip(live, measure(todo, batch_scale, scratch), strict=True):
             found[i] = result
     return [c for c in found if c is not None]
+
+
+def batch_scale_of(checks: Iterable[Check]) -> float:
+    """The largest entry the comparisons measured against (each Check's `largest`): the
+    batch's scale, when they are all of the batch's gradients."""
+    found = [c.largest for c in checks if c.largest is not None and math.isfinite(c.largest)]
+    return max(found, default=0.0)

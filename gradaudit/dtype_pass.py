@@ -8,7 +8,6 @@ pass's float64 truth already, bit for bit, the pass takes it (see `lender`).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -18,13 +17,19 @@ import torch
 
 from gradaudit.audit import Audit, why
 from gradaudit.checks import CheckKind, CheckRun
-from gradaudit.compare import Check, Comparison, Scratch, TensorSummary, check_all
+from gradaudit.compare import (
+    Check,
+    Comparison,
+    Scratch,
+    TensorSummary,
+    batch_scale_of,
+    check_all,
+)
 from gradaudit.guards import (
     OURS,
     CaseTimeout,
     deadline,
     plain_tensors,
-    wrong_dtype,
 )
 from gradaudit.inplace import InPlaceGuard
 from gradaudit.mutate import Mutant, MutationReport, MutationRun
@@ -32,16 +37,17 @@ from gradaudit.numpy_adapter import computed_problem
 from gradaudit.pass_parts import (
     Lent,
     Step,
+    autograd_reference,
     buffers,
     device_name,
     float64_device,
+    note_nonzero,
     postprocess_all,
-    seed,
     unusable,
 )
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.results import CaseResult, GroupResult
-from gradaudit.syncs import Reads, any_nonzero, largest_entry
+from gradaudit.syncs import Reads, largest_entry
 from gradaudit.tolerance import Tol
 from gradaudit.types import Batch, Forward
 
@@ -215,28 +221,7 @@ class DtypePass:
         self, model: torch.nn.Module, batch: Batch, names: Sequence[str]
     ) -> tuple[Forward, list[torch.Tensor]]:
         """Forward and autograd's gradient of the loss w.r.t. each named tensor."""
-        seed(batch.seed, self.device)
-        forward = model(**batch.tensors)
-        if not isinstance(forward, Forward):
-            raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None else None
-        wrong = wrong_dtype(forward, dtype) if dtype is not None else []
-        if wrong:
-            raise TypeError(
-                f"the model computed {', '.join(wrong)} in a {str(dtype).removeprefix('torch.')} "
-                "case: a tensor it uses is not a parameter or buffer, or is cast by the model"
-            )
-        available = {**forward.intermediates, **dict(model.named_parameters())}
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise KeyError(f"forward did not return {missing}")
-        targets = [available[n] for n in names]
-        grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
-        reference = [
-            torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)
-        ]
-        return forward, reference
+        return autograd_reference(model, batch, names, self.device)
 
     def manual(
         self, model: torch.nn.Module, batch: Batch, forward: Forward
@@ -285,7 +270,7 @@ class DtypePass:
         found = check_all(list(ready.values()), scale, self.scratch, beat, reads)
         results = dict(zip(ready, found, strict=True))
         if self.scale is None:
-            self.scale = scale if scale is not None else _largest(found)
+            self.scale = scale if scale is not None else batch_scale_of(found)
         for name, *_ in wanted:
             if name in problems:
                 self.error(name, batch, problems[name], check)
@@ -358,29 +343,12 @@ class DtypePass:
             del self.events[mark:], self.pending[mark:]  # the batch is an error, not compared
             self.fail_all(batch, changed)
             return
-        self._note_nonzero(wanted, checks)
+        note_nonzero(self.nonzero, wanted, checks)
         step = Step(batch, forward, grads, names, reference, truth, checks)
         if self.mutation is not None:
             self.mutation.batch(step)
         for extra in self.extra:
             extra.batch(step)
-
-    def _note_nonzero(
-        self,
-        wanted: Sequence[tuple[str, object, torch.Tensor, object]],
-        checks: Mapping[str, Check],
-    ) -> None:
-        """Remember which gradients were nonzero: from the comparison's largest entry where
-        it measured one (no read), else from autograd's gradient."""
-        unknown = []
-        for name, _, reference, _ in wanted:
-            largest = checks[name].largest if name in checks else None
-            if largest is None and name not in self.nonzero:
-                unknown.append((name, reference))
-            elif largest:
-                self.nonzero.add(name)
-        found = any_nonzero([reference for _, reference in unknown]) if unknown else []
-        self.nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
 
     def _modified(self, guard: InPlaceGuard) -> str | None:
         """Why the batch fails when the forward or the manual gradient changed what they
@@ -422,9 +390,3 @@ class DtypePass:
 
 
 _EMPTY = GroupResult("", "", [])
-
-
-def _largest(checks: Iterable[Check]) -> float:
-    """The largest entry the comparisons measured against: the batch's scale."""
-    found = [c.largest for c in checks if c.largest is not None and math.isfinite(c.largest)]
-    return max(found, default=0.0)

@@ -3,13 +3,15 @@ extra checks see of a batch, and how it seeds and post-processes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gradaudit import postprocess
 from gradaudit.compare import Check, mismatch
+from gradaudit.guards import wrong_dtype
+from gradaudit.syncs import any_nonzero
 from gradaudit.types import Batch, Forward
 
 
@@ -104,3 +106,49 @@ def unusable(
         return f"gradient shares memory with {alias}: return a new tensor"
     problem = mismatch(got, reference)
     return f"gradient has {problem}" if problem else None
+
+
+def autograd_reference(
+    model: torch.nn.Module, batch: Batch, names: Sequence[str], device: str
+) -> tuple[Forward, list[torch.Tensor]]:
+    """Forward and autograd's gradient of the loss w.r.t. each named tensor (zeros for a
+    tensor the loss does not use); a forward that computed in another dtype is an error."""
+    seed(batch.seed, device)
+    forward = model(**batch.tensors)
+    if not isinstance(forward, Forward):
+        raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else None
+    wrong = wrong_dtype(forward, dtype) if dtype is not None else []
+    if wrong:
+        raise TypeError(
+            f"the model computed {', '.join(wrong)} in a {str(dtype).removeprefix('torch.')} "
+            "case: a tensor it uses is not a parameter or buffer, or is cast by the model"
+        )
+    available = {**forward.intermediates, **dict(model.named_parameters())}
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise KeyError(f"forward did not return {missing}")
+    targets = [available[n] for n in names]
+    grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
+    return forward, [
+        torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)
+    ]
+
+
+def note_nonzero(
+    nonzero: set[str],
+    wanted: Sequence[tuple[str, object, torch.Tensor, object]],
+    checks: Mapping[str, Check],
+) -> None:
+    """Add the gradients that were nonzero to `nonzero`: from the comparison's largest entry
+    where it measured one (no read), else from autograd's gradient (one read)."""
+    unknown = []
+    for name, _, reference, _ in wanted:
+        largest = checks[name].largest if name in checks else None
+        if largest is None and name not in nonzero:
+            unknown.append((name, reference))
+        elif largest:
+            nonzero.add(name)
+    found = any_nonzero([reference for _, reference in unknown]) if unknown else []
+    nonzero |= {name for (name, _), hit in zip(unknown, found, strict=True) if hit}
