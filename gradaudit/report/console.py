@@ -20,7 +20,7 @@ COLUMNS = (
     ("exact", 6),
     ("within", 7),
     ("max abs", 9),
-    ("max rel", 9),
+    ("worst rel", 9),  # the worst batch's max relative difference
     ("budget", 8),
     ("mismatched", 14),
     ("result", 6),
