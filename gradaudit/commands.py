@@ -377,12 +377,8 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
             summary.add(event)
         elif isinstance(event, MutationReport):
             reports.append(event)
-    if not summary.ok or summary.passed == 0:
-        why = (
-            f"the audit itself is not green ({summary.failed} failed, {summary.errors} errors)"
-            if not summary.ok
-            else "no tensor was compared (every case skipped)"
-        )
+    why = mutation.not_green(summary)
+    if why is not None:
         _echo(f"gradaudit: {why}: run `gradaudit run {spec_path}` and fix that first")
         if options.junit_xml:
             mutation.write_not_green(options.junit_xml, audit.loaded, why)

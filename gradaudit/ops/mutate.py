@@ -145,12 +145,8 @@ def mutate(spec_path: str, options: Any, fail_on_survivor: bool) -> int:
     summary = RunSummary()
     for group in groups(loaded, options.devices, options.dtypes, on_compared=mutation_hook):
         summary.add(group)
-    if not summary.ok or summary.passed == 0:
-        why = (
-            f"the audit itself is not green ({summary.failed} failed, {summary.errors} errors)"
-            if not summary.ok
-            else "no tensor was compared (every case skipped)"
-        )
+    why = mutation.not_green(summary)
+    if why is not None:
         click.echo(f"gradaudit: {why}: run `gradaudit run {spec_path}` and fix that first")
         if options.junit_xml:
             mutation.write_not_green(options.junit_xml, loaded, why)

@@ -8,6 +8,7 @@ import click
 
 from gradaudit.mutate import MutantResult, MutationReport
 from gradaudit.report.junit import document, testcase, testsuite
+from gradaudit.results import RunSummary
 from gradaudit.spec import LoadedSpec
 from gradaudit.tolerance import Tol
 from gradaudit.write import write_atomic
@@ -140,6 +141,16 @@ def write_junit(
             testsuite(f"{name}[{report.device},{report.dtype},mutants]", cases, properties)
         )
     write_atomic(path, document(suites))
+
+
+def not_green(summary: RunSummary) -> str | None:
+    """Why mutation testing cannot score this audit (it must be green and compare something
+    first), or None."""
+    if not summary.ok:
+        return f"the audit itself is not green ({summary.failed} failed, {summary.errors} errors)"
+    if summary.passed == 0:
+        return "no tensor was compared (every case skipped)"
+    return None
 
 
 def write_not_green(path: str, loaded: Loaded, reason: str) -> None:
