@@ -77,6 +77,7 @@ class DtypePass:
         self.cases = cases
         self.groups = {case.check: group for case, group in cases}
         self.summaries = {s.tensor: s for s in self.groups.get("gradients", _EMPTY).tensors}
+        self._by_name: dict[tuple[str, str], TensorSummary] = {}
         self.names = [t.name for c, _ in cases if c.check == "gradients" for t in c.tensors]
         self.all_names = set(audit.all_names)
         # The largest float64-truth gradient entry of the batch: 0.0 without a truth; None
@@ -190,7 +191,12 @@ class DtypePass:
         self.pending.append(fold)
 
     def _summary(self, check: str, name: str) -> TensorSummary:
-        return next(s for s in self.groups[check].tensors if s.tensor == name)
+        """A group's summary of a tensor (summaries are only ever appended: kept by name)."""
+        found = self._by_name.get((check, name))
+        if found is None:
+            found = next(s for s in self.groups[check].tensors if s.tensor == name)
+            self._by_name[(check, name)] = found
+        return found
 
     def _beat(self, check: str, names: Iterable[str]) -> list[float | None]:
         """Each tensor's worst budget so far: a passing batch under it need not be located."""
