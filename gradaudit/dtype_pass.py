@@ -81,7 +81,7 @@ class DtypePass:
         self.names = [t.name for c, _ in cases if c.check == "gradients" for t in c.tensors]
         self.all_names = set(audit.all_names)
         # The largest float64-truth gradient entry of the batch: 0.0 without a truth; None
-        # until the gradients' comparison has measured it (see _scale), a 0-d tensor (read
+        # until the gradients' comparison has measured it (see compare), a 0-d tensor (read
         # with the comparison's results) when some of the truths are not compared.
         self.scale: float | torch.Tensor | None = 0.0
         self.truths: list[torch.Tensor] = []
@@ -200,8 +200,7 @@ class DtypePass:
 
     def _beat(self, check: str, names: Iterable[str]) -> list[float | None]:
         """Each tensor's worst budget so far: a passing batch under it need not be located."""
-        worst = {s.tensor: s.worst for s in self.groups[check].tensors}
-        return [None if (w := worst.get(name)) is None else w.budget for name in names]
+        return [None if (w := self._summary(check, n).worst) is None else w.budget for n in names]
 
     @property
     def batch_scale(self) -> float:

@@ -57,12 +57,8 @@ class _Layout:
         names += ["ratio"] if self.allclose else []
         names += ["vs_reference"] if self.exact_row else []
         names += ["magnitude"]
-        self.row = {name: k for k, name in enumerate(names)}
-        self.reduced = len(names)  # columns of maxima per tensor in the read table
-
-    def column(self, name: str) -> int:
-        """Where a row's maximum sits in a tensor's row of the read table."""
-        return self.row[name]
+        self.row = {name: k for k, name in enumerate(names)}  # = its column in the table
+        self.reduced = len(names)  # the table's sums follow the maxima
 
 
 def screen(
@@ -85,7 +81,7 @@ def screen(
     on_cpu = items[0].manual.device.type == "cpu" and not counting()
     layout = _Layout(items, exact_row=not on_cpu)
     rows, sums = _elementwise(items, sizes, scratch, dtype, layout)
-    maxima = _maxima(sizes, rows)
+    maxima = torch.stack([p.amax(dim=1) for p in rows.split_with_sizes(sizes, dim=1)])
     table_at = reads.add(torch.cat([maxima, sums], dim=1) if sums is not None else maxima)
     scale_at = reads.add(batch_scale) if isinstance(batch_scale, torch.Tensor) else None
     exact = _exact_on_cpu(items) if on_cpu and layout.baseline else None
@@ -95,7 +91,7 @@ def screen(
         batch_scale = reads.value(scale_at)
     assert not isinstance(batch_scale, torch.Tensor)
     if batch_scale is None or (not batch_scale and any(i.tol.mode == "ulps" for i in items)):
-        own = [row[layout.column("magnitude")] for row in table]
+        own = [row[layout.row["magnitude"]] for row in table]
         batch_scale = max((v for v in own if math.isfinite(v)), default=0.0)
     narrow = dtype != torch.float64
     checks = [
@@ -165,13 +161,6 @@ def _elementwise(
     if layout.allclose:
         _ratios(items, sizes, rows[row["ratio"]], diff, rows[row["magnitude"]])
     return rows, sums
-
-
-def _maxima(sizes: list[int], rows: torch.Tensor) -> torch.Tensor:
-    """Per tensor, each row's largest entry: [tensors, rows]."""
-    import torch
-
-    return torch.stack([p.amax(dim=1) for p in rows.split_with_sizes(sizes, dim=1)])
 
 
 def _difference(
@@ -245,15 +234,15 @@ def _settle(
     full measurement must see."""
     tol = item.tol
     baseline = tol.mode == "baseline"
-    diff, own = row[layout.column("diff")], row[layout.column("magnitude")]
-    error = row[layout.column("gap")] if baseline else 0.0
+    diff, own = row[layout.row["diff"]], row[layout.row["magnitude"]]
+    error = row[layout.row["gap"]] if baseline else 0.0
     square, cross, reference_cross = row[layout.reduced :] or [0.0, 0.0, 0.0]
     needed = [diff, own, error, *((square, cross, reference_cross) if tol.systematic else ())]
     if not all(math.isfinite(v) for v in needed):
         return None
     allowed = math.nan  # allclose: elementwise, known once described
     if tol.mode == "allclose":
-        budget = row[layout.column("ratio")]
+        budget = row[layout.row["ratio"]]
     else:
         allowed = 0.0 if tol.mode == "exact" else tol.allowed(own, error, batch_scale)
         budget = diff / allowed if allowed > 0.0 else (0.0 if diff == 0.0 else math.inf)
@@ -267,7 +256,7 @@ def _settle(
     elif exact_on_cpu is not None:
         exact = exact_on_cpu
     else:
-        exact = row[layout.column("vs_reference")] == 0.0
+        exact = row[layout.row["vs_reference"]] == 0.0
     return Check(
         exact=exact,
         passed=True,
