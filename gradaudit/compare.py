@@ -74,8 +74,8 @@ def check_all(
     `beat`, per item, is the worst budget its tensor has had so far (None: no batch yet).
     Given it, a passing batch that does not exceed it is not located: its Check has
     located=False, no worst element and NaN values (gradaudit.screen). Without it, every
-    Check is located. `reads` may hold other device values: they are read with the
-    screen's results.
+    Check is located (described by the screen, or measured in full). `reads` may hold
+    other device values: they are read with the screen's results.
     """
     for item in items:
         problem = mismatch(item.manual, item.reference)
@@ -94,10 +94,10 @@ def check_all(
     empty = Check(True, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)
     found: list[Check | None] = [None if i in live else empty for i in range(len(items))]
     todo = [items[i] for i in live]
-    if todo and beat is not None:
+    if todo:  # the screen, then the full measurement for what it cannot settle
         from gradaudit.screen import screen
 
-        wanted = [beat[i] for i in live]
+        wanted = [None if beat is None else beat[i] for i in live]
         screened = screen(todo, batch_scale, scratch, working_dtype(todo), wanted, reads)
         batch_scale = screened.batch_scale
         for i, result in zip(live, screened.checks, strict=True):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gradaudit.compare import Check, Comparison, Scratch, Tol, check_all
+from gradaudit.measure import largest, measure
 from gradaudit.syncs import count_syncs
 from gradaudit.tolerance import DEFAULT_BATCH_ULPS, EPS
 
@@ -41,6 +42,11 @@ def _items(batch: list[tuple[torch.Tensor, ...]], tol: Tol) -> list[Comparison]:
     return [Comparison(m, r, tol, t if tol.mode == "baseline" else None) for m, r, t in batch]
 
 
+def _full(items: list[Comparison]) -> list[Check]:
+    """The full measurement alone (check_all screens first)."""
+    return measure(items, largest(items) if items[0].tol.mode == "ulps" else 0.0, Scratch())
+
+
 CASES = [
     (F32, torch.float32, 1e-7),
     (BF16, torch.bfloat16, 1e-3),
@@ -59,7 +65,7 @@ def test_screened_checks_are_the_full_measurements(
     """On correct code: settled numbers equal the full measurement's, described ones too."""
     for seed in range(3):
         items = _items(_batch(seed, dtype, error), tol)
-        full = check_all(items, 0.0)
+        full = _full(items)
         assert all(c.passed for c in full)
         if counting:  # the path a GPU takes (rows instead of torch.equal), reads counted
             with count_syncs() as counter:
@@ -93,7 +99,7 @@ def test_a_wrong_gradient_reaches_the_full_measurement(
     batch[0] = ((manual.double() * 1.05).to(dtype), reference, truth)
     items = _items(batch, tol)
     screened = check_all(items, 0.0, Scratch(), [math.inf] * len(items))
-    full = check_all(items, 0.0)
+    full = _full(items)
     assert not screened[0].passed and screened[0].located and screened[0].mismatched > 0
     assert screened[0] == full[0]
     assert all(c.passed for c in screened[1:])
@@ -111,7 +117,7 @@ def test_nan_goes_to_the_full_measurement() -> None:
 
 def test_a_new_worst_batch_is_described_and_an_old_one_is_not() -> None:
     items = _items(_batch(2, torch.float32, 1e-7), F32)
-    budgets = [c.budget for c in check_all(items, 0.0)]
+    budgets = [c.budget for c in _full(items)]
     below = check_all(items, 0.0, Scratch(), budgets)  # equal to the record: not a new worst
     above = check_all(items, 0.0, Scratch(), [b / 2 for b in budgets])
     assert not any(c.located for c in below if c.budget > 0)
