@@ -90,9 +90,9 @@ def check_all(
             for i, item in enumerate(items)
         ]
     scratch = scratch or Scratch()
-    live = [i for i, item in enumerate(items) if item.manual.numel()]
     empty = Check(True, True, 0.0, 0.0, 0.0, (), 0.0, 0.0, 0, 0, 0)
-    found: list[Check | None] = [None if i in live else empty for i in range(len(items))]
+    found: list[Check | None] = [None if item.manual.numel() else empty for item in items]
+    live = [i for i, check in enumerate(found) if check is None]
     todo = [items[i] for i in live]
     if todo:  # the screen, then the full measurement for what it cannot settle
         from gradaudit.screen import screen

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -75,9 +75,17 @@ def snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:
 
 def changed(before: Snapshot, model: torch.nn.Module, forward: Forward) -> list[str]:
     """What the snapshot's tensors no longer hold bit for bit (NaN equals itself)."""
-    now = watched(model, forward)
-    same = same_bits_all([(v, now[k].detach()) for k, v in before.items()])
-    return [k for k, ok in zip(before, same, strict=True) if not ok]
+    return changed_between(before, {k: v.detach() for k, v in watched(model, forward).items()})
+
+
+def changed_between(
+    before: Mapping[str, torch.Tensor], now: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Labels whose tensor no longer holds the same bits, then those gone: one device read."""
+    common = [k for k in before if k in now]
+    same = same_bits_all([(before[k], now[k]) for k in common])
+    gone = [k for k in before if k not in now]
+    return [k for k, ok in zip(common, same, strict=True) if not ok] + gone
 
 
 def restore(before: Snapshot, model: torch.nn.Module) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from gradaudit.measure import TRIAGE_MARGIN, Comparison, Scratch, cosine, second, unravel
 from gradaudit.summary import Check
-from gradaudit.syncs import Reads
+from gradaudit.syncs import Reads, counting
 from gradaudit.tolerance import is_noise
 
 if TYPE_CHECKING:
@@ -73,8 +73,6 @@ def screen(
     yet), which a passing batch must exceed to be described in full. `reads` may hold other
     values to read in the same transfer (it is read here)."""
     import torch
-
-    from gradaudit.syncs import counting
 
     reads = reads if reads is not None else Reads()
     sizes = [item.manual.numel() for item in items]

@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from gradaudit.audit import why
-from gradaudit.guards import OURS
+from gradaudit.guards import OURS, changed_between
 from gradaudit.plan import PlannedCase, PlannedTensor
-from gradaudit.syncs import same_bits_all
 from gradaudit.tolerance import Tol
 
 if TYPE_CHECKING:
@@ -80,15 +79,6 @@ def read(model: torch.nn.Module, batch: Batch, forward: Forward | None) -> dict[
     return {k: v.detach() for k, v in seen.items()}
 
 
-def changed(before: Mapping[str, torch.Tensor], now: Mapping[str, torch.Tensor]) -> list[str]:
-    """Labels whose tensor no longer holds the same bits (or is gone): one device read."""
-    common = [k for k in before if k in now]
-    same = same_bits_all([(before[k], now[k]) for k in common])
-    return [k for k, ok in zip(common, same, strict=True) if not ok] + [
-        k for k in before if k not in now
-    ]
-
-
 class _SavedTensorsRun:
     def __init__(self, run: Pass) -> None:
         self.run = run
@@ -97,11 +87,10 @@ class _SavedTensorsRun:
         run, batch, names = self.run, step.batch, step.names
         model = run.model
         start = {k: v.clone() for k, v in read(model, batch, None).items()}
-        kept = {n: b.detach().clone() for n, b in model.named_buffers()}
         culprits: dict[str, list[str]] = {}  # label -> what changed it
         try:
             forward, _ = run.reference(model, batch, names)
-            for label in changed(start, read(model, batch, None)):
+            for label in changed_between(start, read(model, batch, None)):
                 if not label.startswith(("buffer", "model attribute")):  # running stats
                     culprits.setdefault(label, []).append("the forward")
             calls = []
@@ -111,7 +100,7 @@ class _SavedTensorsRun:
                 calls.append(
                     {k: g.clone() for k, g in grads.items() if isinstance(g, torch.Tensor)}
                 )
-                for label in changed(before, read(model, batch, forward)):
+                for label in changed_between(before, read(model, batch, forward)):
                     culprits.setdefault(label, []).append(f"the {which} manual call")
         except OURS:
             raise
@@ -124,7 +113,7 @@ class _SavedTensorsRun:
                 for n, p in model.named_parameters():
                     p.copy_(start[n])
                 for n, b in model.named_buffers():
-                    b.copy_(kept[n])
+                    b.copy_(start[f"buffer `{n}`"])
                 for n, t in batch.tensors.items():
                     if f"batch tensor `{n}`" in culprits:
                         t.copy_(start[f"batch tensor `{n}`"])
