@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from gradaudit.measure import TRIAGE_MARGIN, Comparison, Scratch, cosine, second, unravel
 from gradaudit.summary import Check
-from gradaudit.syncs import Reads, counting
+from gradaudit.syncs import Reads, counting, same_bytes
 from gradaudit.tolerance import is_noise
 
 if TYPE_CHECKING:
@@ -43,9 +43,10 @@ class Screened:
 
 class _Layout:
     """The rows of the screen's one buffer, in this order: d = manual - second (autograd, or
-    the truth), [autograd - truth: baseline], [the allclose ratio], [manual != autograd:
-    baseline, off the CPU], |second|; one amax per tensor over all of them gives the read
-    table's columns."""
+    the truth), [autograd - truth: baseline], |second|, [the allclose ratio], [manual !=
+    autograd: baseline, off the CPU]; one amax per tensor over all of them gives the read
+    table's columns. The second is laid out signed in its row first: the differences and
+    the systematic check's dot products use it before it becomes |second|."""
 
     def __init__(self, items: list[Comparison], exact_row: bool) -> None:
         self.allclose = any(item.tol.mode == "allclose" for item in items)
@@ -54,10 +55,11 @@ class _Layout:
         self.exact_row = exact_row and self.baseline
         names = ["diff"]
         names += ["gap"] if self.baseline else []
+        names += ["magnitude"]
         names += ["ratio"] if self.allclose else []
         names += ["vs_reference"] if self.exact_row else []
-        names += ["magnitude"]
         self.row = {name: k for k, name in enumerate(names)}  # = its column in the table
+        self.signed = self.row["magnitude"]  # the rows before it: second subtracted
         self.reduced = len(names)  # the table's sums follow the maxima
 
 
@@ -107,11 +109,15 @@ def screen(
 
 
 def _exact_on_cpu(items: list[Comparison]) -> list[bool]:
-    """Bitwise equality with autograd, where the manual gradient is measured against the
-    truth: on the CPU torch.equal stops at the first difference, and reads nothing."""
+    """Equality with autograd, where the manual gradient is measured against the truth:
+    the same bytes (memcmp), else equal values (torch.equal; -0.0 equals 0.0). Both stop
+    at the first difference and read nothing from a device."""
     import torch
 
-    return [torch.equal(item.manual, item.reference) for item in items]
+    return [
+        same_bytes(item.manual, item.reference) or torch.equal(item.manual, item.reference)
+        for item in items
+    ]
 
 
 def _elementwise(
@@ -122,67 +128,51 @@ def _elementwise(
     layout: _Layout,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fill the rows; returns them and per tensor the sums the systematic check needs:
-    <t, t>, <d, t> and (baseline) <autograd - t, t>, t the second."""
+    <t, t>, <d, t> and (baseline) <autograd - t, t>, t the second. Every input is laid out
+    end to end in the working dtype (cast, then subtracted: as the full measurement does),
+    so each step is one call over all tensors, not one per tensor."""
     import torch
 
     numel = sum(sizes)
     device = items[0].manual.device
     rows = scratch.take("screen", len(layout.row), numel, device, dtype)
     row = layout.row
-    seconds = [second(item).reshape(-1) for item in items]
-    diff = rows[row["diff"]]
-    _difference(diff, [item.manual for item in items], seconds, sizes, scratch)
-    if layout.baseline:
-        gap = rows[row["gap"]]  # autograd's own error
-        _difference(gap, [item.reference for item in items], seconds, sizes, scratch)
+    signed = rows.narrow(0, 0, layout.signed)  # d [and autograd - t], then - t
+    second_row = rows[layout.signed]
+    torch.cat([second(item).reshape(-1) for item in items], out=second_row)
+    torch.cat([item.manual.reshape(-1) for item in items], out=rows[row["diff"]])
+    if layout.baseline:  # autograd's own error
+        torch.cat([item.reference.reshape(-1) for item in items], out=rows[row["gap"]])
         if layout.exact_row:  # 1 where manual and autograd differ (NaN differs from itself)
             for item, out in zip(
                 items, rows[row["vs_reference"]].split_with_sizes(sizes), strict=True
             ):
                 out.copy_(torch.ne(item.manual.reshape(-1), item.reference.reshape(-1)))
+    signed.sub_(second_row)
     sums = None
-    if layout.systematic:  # [d, (autograd - t)] . t and t . t, per tensor
-        signed = rows.narrow(0, row["diff"], 2 if layout.baseline else 1)
-        found = []
-        for a, t in zip(signed.split_with_sizes(sizes, dim=1), seconds, strict=True):
-            t = t.to(dtype)
-            found.append(torch.cat([torch.dot(t, t).reshape(1), torch.mv(a, t)]))
+    if layout.systematic:  # <d, t>, [<autograd - t, t>], <t, t> per tensor: one mv each
+        with_second = rows.narrow(0, 0, layout.signed + 1)
+        found = [
+            torch.mv(piece, t)
+            for piece, t in zip(
+                with_second.split_with_sizes(sizes, dim=1),
+                second_row.split_with_sizes(sizes),
+                strict=True,
+            )
+        ]
         sums = torch.stack(found)
-        if not layout.baseline:
-            sums = torch.cat([sums, torch.zeros_like(sums[:, :1])], dim=1)
-    rows.narrow(0, 0, 2 if layout.baseline else 1).abs_()
-    for t, out in zip(seconds, rows[row["magnitude"]].split_with_sizes(sizes), strict=True):
-        if t.dtype == out.dtype:
-            torch.abs(t, out=out)
-        else:
-            out.copy_(t).abs_()
+        # the table's order: <t, t>, <d, t>, <autograd - t, t> (0 without a baseline)
+        square = sums[:, -1:]
+        cross = (
+            sums[:, :-1]
+            if layout.baseline
+            else torch.cat([sums[:, :1], torch.zeros_like(square)], 1)
+        )
+        sums = torch.cat([square, cross], dim=1)
+    rows.narrow(0, 0, layout.signed + 1).abs_()
     if layout.allclose:
-        _ratios(items, sizes, rows[row["ratio"]], diff, rows[row["magnitude"]])
+        _ratios(items, sizes, rows[row["ratio"]], rows[row["diff"]], second_row)
     return rows, sums
-
-
-def _difference(
-    out: torch.Tensor,
-    firsts: list[torch.Tensor],
-    seconds: list[torch.Tensor],
-    sizes: list[int],
-    scratch: Scratch,
-) -> None:
-    """out = first - second, end to end in out's dtype: tensor by tensor where torch
-    computes the difference in that dtype anyway (no copies), else both laid out first."""
-    import torch
-
-    if all(
-        torch.promote_types(a.dtype, b.dtype) == out.dtype
-        for a, b in zip(firsts, seconds, strict=True)
-    ):
-        for a, b, piece in zip(firsts, seconds, out.split_with_sizes(sizes), strict=True):
-            torch.sub(a.reshape(-1), b, out=piece)
-        return
-    other = scratch.take("laid out", 1, out.numel(), out.device, out.dtype)[0]
-    torch.cat([a.reshape(-1) for a in firsts], out=out)
-    torch.cat(seconds, out=other)
-    out.sub_(other)
 
 
 def _ratios(

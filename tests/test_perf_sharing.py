@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from gradaudit import dtype_pass
+from gradaudit import dtype_pass, syncs
 from gradaudit.api import plan_for
 from gradaudit.audit import Audit
 from gradaudit.commands import set_threads
@@ -97,6 +97,28 @@ def test_the_sync_counter_counts_every_read_of_a_value() -> None:
     with count_syncs() as counter:
         same = same_bits_all([(a, a.clone()), (a, b), (torch.tensor(float("nan")),) * 2])
     assert same == [True, False, True] and counter.total == 1
+
+
+@pytest.mark.parametrize("memcmp", [True, False], ids=["memcmp", "torch.equal"])
+def test_same_bytes_is_bitwise_on_both_paths(memcmp: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's bitwise comparison (the in-place guard's): memcmp where ctypes finds it,
+    torch.equal on the bits otherwise; both tell -0.0 from 0.0 and a changed last bit."""
+    if not memcmp:
+        monkeypatch.setattr(syncs, "_memcmp", lambda: None)
+    a = torch.randn(1000, dtype=torch.float64)
+    flipped = a.clone()
+    flipped.view(torch.int64)[-1] ^= 1  # the last bit of the last element
+    nan = torch.tensor([float("nan"), 1.0])
+    odd = torch.randn(3, dtype=torch.float16)  # 6 bytes: not whole 64-bit words
+    assert syncs.same_bytes(a, a.clone()) and syncs.same_bytes(nan, nan.clone())
+    assert syncs.same_bytes(odd, odd.clone()) and syncs.same_bytes(a[:0], a[:0].clone())
+    assert not syncs.same_bytes(a, flipped)
+    assert not syncs.same_bytes(torch.tensor([0.0]), torch.tensor([-0.0]))
+    wide = torch.randn(4, 6)
+    assert syncs.same_bytes(wide.t(), wide.t().clone())  # not contiguous: the fallback
+    changed = wide.clone()
+    changed[3, 0] += 1.0
+    assert not syncs.same_bytes(wide.t(), changed.t())
 
 
 def test_the_runner_reads_the_device_at_most_twice_per_case_and_batch(
