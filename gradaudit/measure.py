@@ -27,6 +27,7 @@ class Scratch:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, str, str], torch.Tensor] = {}
+        self.views: dict[object, Any] = {}  # views of the buffers, kept by their users
 
     def take(
         self, name: str, rows: int, numel: int, device: torch.device, dtype: torch.dtype
@@ -39,6 +40,7 @@ class Scratch:
         if buffer is None or buffer.numel() < rows * numel:
             buffer = torch.empty(rows * numel, dtype=dtype, device=device)
             self._buffers[key] = buffer
+            self.views.clear()  # they may be of the buffer replaced
         return buffer[: rows * numel].view(rows, numel)
 
 

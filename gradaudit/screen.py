@@ -80,9 +80,7 @@ def screen(
     sizes = [item.manual.numel() for item in items]
     on_cpu = items[0].manual.device.type == "cpu" and not counting()
     layout = _Layout(items, exact_row=not on_cpu)
-    rows, sums = _elementwise(items, sizes, scratch, dtype, layout)
-    maxima = torch.stack([p.amax(dim=1) for p in rows.split_with_sizes(sizes, dim=1)])
-    table_at = reads.add(torch.cat([maxima, sums], dim=1) if sums is not None else maxima)
+    table_at = reads.add(_elementwise(items, sizes, scratch, dtype, layout))
     scale_at = reads.add(batch_scale) if isinstance(batch_scale, torch.Tensor) else None
     exact = _exact_on_cpu(items) if on_cpu and layout.baseline else None
     reads.read()
@@ -126,87 +124,99 @@ def _elementwise(
     scratch: Scratch,
     dtype: torch.dtype,
     layout: _Layout,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fill the rows; returns them and per tensor the sums the systematic check needs:
-    <t, t>, <d, t> and (baseline) <autograd - t, t>, t the second. Every input is laid out
-    end to end in the working dtype (cast, then subtracted: as the full measurement does),
-    so each step is one call over all tensors, not one per tensor."""
+) -> torch.Tensor:
+    """Per tensor, the maxima of its rows and (systematic) the sums that check needs:
+    <t, t>, <d, t> and (baseline) <autograd - t, t>, t the second; one row per tensor.
+
+    Tensor by tensor, in one block of the scratch reused each time: the block stays in the
+    CPU's cache while a tensor's steps run over it, and the gradients were just computed.
+    (Laying a whole batch out end to end ran through memory, and took a third longer
+    inside a run; so did chunks of about 16k elements.) The block's views for each shape
+    are kept (`_Views`): at gradient sizes making them cost as much as the arithmetic."""
     import torch
 
-    numel = sum(sizes)
+    found: list[torch.Tensor] = []
     device = items[0].manual.device
-    rows = scratch.take("screen", len(layout.row), numel, device, dtype)
+    block = scratch.take("screen", len(layout.row), max(sizes), device, dtype)
+    for item in items:
+        views = _views(scratch, block, layout, tuple(item.manual.shape))
+        views.second.copy_(second(item))
+        views.diff.copy_(item.manual)
+        if views.gap is not None:  # autograd's own error
+            views.gap.copy_(item.reference)
+        if views.unequal is not None:  # 1 where manual and autograd differ (NaN too)
+            views.unequal.copy_(torch.ne(item.manual, item.reference))
+        views.subtracted.sub_(views.second_flat)
+        if layout.systematic:  # <d, t>, [<autograd - t, t>], <t, t>: one mv
+            dots = torch.mv(views.signed, views.second_flat)
+        views.signed.abs_()
+        if views.ratio is not None:
+            _ratio(item, views.ratio, views.rows[0], views.second_flat)
+        columns = [views.rows.amax(dim=1)]
+        if layout.systematic:  # the table's order: <t, t>, <d, t>, <autograd - t, t>
+            square, cross = dots[-1:], dots[:-1]
+            columns += [
+                square,
+                cross if layout.baseline else torch.cat([cross, cross.new_zeros(1)]),
+            ]
+        found.append(torch.cat(columns) if len(columns) > 1 else columns[0])
+    return torch.stack(found)
+
+
+@dataclass
+class _Views:
+    """One tensor shape's views of the screen's block (see _Layout for the rows)."""
+
+    rows: torch.Tensor  # (rows, numel)
+    diff: torch.Tensor  # shaped like the gradient
+    gap: torch.Tensor | None
+    second: torch.Tensor
+    unequal: torch.Tensor | None  # the vs_reference row
+    ratio: torch.Tensor | None  # flat
+    second_flat: torch.Tensor
+    subtracted: torch.Tensor  # the rows the second is subtracted from
+    signed: torch.Tensor  # those and the second: the rows made |x|
+
+
+def _views(
+    scratch: Scratch, block: torch.Tensor, layout: _Layout, shape: tuple[int, ...]
+) -> _Views:
+    key = (block.data_ptr(), block.dtype, tuple(layout.row), shape)
+    found: _Views | None = scratch.views.get(key)  # emptied when the block is replaced
+    if found is not None:
+        return found
+    size = math.prod(shape)
+    rows = block.reshape(-1).narrow(0, 0, len(layout.row) * size).view(len(layout.row), size)
     row = layout.row
-    signed = rows.narrow(0, 0, layout.signed)  # d [and autograd - t], then - t
-    second_row = rows[layout.signed]
-    torch.cat([second(item).reshape(-1) for item in items], out=second_row)
-    torch.cat([item.manual.reshape(-1) for item in items], out=rows[row["diff"]])
-    if layout.baseline:  # autograd's own error
-        torch.cat([item.reference.reshape(-1) for item in items], out=rows[row["gap"]])
-        if layout.exact_row:  # 1 where manual and autograd differ (NaN differs from itself)
-            for item, out in zip(
-                items, rows[row["vs_reference"]].split_with_sizes(sizes), strict=True
-            ):
-                out.copy_(torch.ne(item.manual.reshape(-1), item.reference.reshape(-1)))
-    signed.sub_(second_row)
-    sums = None
-    if layout.systematic:  # <d, t>, [<autograd - t, t>], <t, t> per tensor: one mv each
-        with_second = rows.narrow(0, 0, layout.signed + 1)
-        found = [
-            torch.mv(piece, t)
-            for piece, t in zip(
-                with_second.split_with_sizes(sizes, dim=1),
-                second_row.split_with_sizes(sizes),
-                strict=True,
-            )
-        ]
-        sums = torch.stack(found)
-        # the table's order: <t, t>, <d, t>, <autograd - t, t> (0 without a baseline)
-        square = sums[:, -1:]
-        cross = (
-            sums[:, :-1]
-            if layout.baseline
-            else torch.cat([sums[:, :1], torch.zeros_like(square)], 1)
-        )
-        sums = torch.cat([square, cross], dim=1)
-    rows.narrow(0, 0, layout.signed + 1).abs_()
-    if layout.allclose:
-        _ratios(items, sizes, rows[row["ratio"]], rows[row["diff"]], second_row)
-    return rows, sums
+    found = _Views(
+        rows=rows,
+        diff=rows[row["diff"]].view(shape),
+        gap=rows[row["gap"]].view(shape) if "gap" in row else None,
+        second=rows[layout.signed].view(shape),
+        unequal=rows[row["vs_reference"]].view(shape) if "vs_reference" in row else None,
+        ratio=rows[row["ratio"]] if "ratio" in row else None,
+        second_flat=rows[layout.signed],
+        subtracted=rows.narrow(0, 0, layout.signed),
+        signed=rows.narrow(0, 0, layout.signed + 1),
+    )
+    scratch.views[key] = found
+    return found
 
 
-def _ratios(
-    items: list[Comparison],
-    sizes: list[int],
-    ratio: torch.Tensor,
-    diff: torch.Tensor,
-    magnitude: torch.Tensor,
+def _ratio(
+    item: Comparison, out: torch.Tensor, diff: torch.Tensor, magnitude: torch.Tensor
 ) -> None:
-    """|d| / (atol + rtol |autograd|) for allclose tensors, as the full measurement does it;
-    |d| elsewhere (their allowance is one number, applied after the read)."""
+    """|d| / (atol + rtol |autograd|) for an allclose tensor, as the full measurement does
+    it; |d| for the others (their allowance is one number, applied after the read)."""
     import torch
 
-    tols = {item.tol for item in items}
-    if len(tols) == 1:
-        spans = [(items[0], ratio, diff, magnitude)]
-    else:
-        spans = list(
-            zip(
-                items,
-                ratio.split_with_sizes(sizes),
-                diff.split_with_sizes(sizes),
-                magnitude.split_with_sizes(sizes),
-                strict=True,
-            )
-        )
-    for item, out, d, r in spans:
-        if item.tol.mode != "allclose":
-            out.copy_(d)
-            continue
-        torch.mul(r, item.tol.rtol, out=out).add_(item.tol.atol)
-        torch.div(d, out, out=out)
-        if not item.tol.atol > 0.0:
-            out.nan_to_num_(nan=0.0, posinf=math.inf)
+    if item.tol.mode != "allclose":
+        out.copy_(diff)
+        return
+    torch.mul(magnitude, item.tol.rtol, out=out).add_(item.tol.atol)
+    torch.div(diff, out, out=out)
+    if not item.tol.atol > 0.0:
+        out.nan_to_num_(nan=0.0, posinf=math.inf)
 
 
 def _settle(
