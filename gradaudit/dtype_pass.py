@@ -86,6 +86,7 @@ class DtypePass:
         self.scale: float | torch.Tensor | None = 0.0
         self.truths: list[torch.Tensor] = []
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
+        self.guard_copies: dict[str, torch.Tensor] = {}  # the in-place guard's, likewise
         # a batch's results reach summaries and events together (see `drain`)
         self.events: list[Event] = []
         self.pending: list[Callable[[], None]] = []
@@ -302,7 +303,7 @@ class DtypePass:
     def _gradients(self, batch: Batch) -> None:
         """Forward, autograd reference, manual gradients, then every comparison."""
         names, plugin = self.names, self.spec.gradients.plugin
-        guard = InPlaceGuard(batch)
+        guard = InPlaceGuard(batch, self.guard_copies)
         try:
             forward, reference = self.reference(self.model, batch, names)
             if self.lends:

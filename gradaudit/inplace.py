@@ -5,31 +5,50 @@ takes: a GPU then waits once per batch, not once more for the guard."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
-from gradaudit.guards import Snapshot, restore, snapshot, watched
+from gradaudit.guards import Snapshot, restore, watched
 from gradaudit.syncs import Reads, same_bits_later
 from gradaudit.types import Batch, Forward
 
 
 class InPlaceGuard:
     """Take copies as the batch goes (`forward_done`, `manual_starts`), `queue` the
-    comparison, then ask `verdict` for what was changed."""
+    comparison, then ask `verdict` for what was changed.
 
-    def __init__(self, batch: Batch) -> None:
-        self.before = {n: t.clone() for n, t in batch.tensors.items()}
+    The copies go into `kept` tensors, which a pass hands every batch's guard: reusing
+    them spares the allocator a megabyte or more a batch (fresh large buffers cost page
+    faults on the CPU, where they took as long as the copies themselves)."""
+
+    def __init__(self, batch: Batch, kept: dict[str, torch.Tensor] | None = None) -> None:
+        self.kept = kept if kept is not None else {}
+        self.before = self._copies("before", batch.tensors)
         self.after_forward: dict[str, torch.Tensor] = {}
         self.state: Snapshot | None = None
         self.labels: list[str] = []
         self.answer: Callable[[], list[bool]] = list
 
+    def _copies(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copies of the tensors, in kept tensors of the same layout where there are some."""
+        found = {}
+        for name, tensor in tensors.items():
+            tensor = tensor.detach()
+            key = f"{prefix} {name}"
+            copy = self.kept.get(key)
+            if copy is None or not _same_layout(copy, tensor):
+                copy = self.kept[key] = torch.empty_like(tensor)
+            found[name] = copy.copy_(tensor)
+        return found
+
     def forward_done(self, batch: Batch) -> None:
-        self.after_forward = {n: t.clone() for n, t in batch.tensors.items()}
+        self.after_forward = self._copies("after forward", batch.tensors)
 
     def manual_starts(self, model: torch.nn.Module, forward: Forward) -> None:
-        self.state = snapshot(model, forward)
+        """Copies of what a manual gradient must only read: parameters, buffers, forward
+        tensors."""
+        self.state = self._copies("state", watched(model, forward))
 
     def queue(
         self, model: torch.nn.Module, forward: Forward, batch: Batch, reads: Reads, ran: bool
@@ -58,3 +77,13 @@ class InPlaceGuard:
         assert self.state is not None
         restore(dict(self.state), model)
         return "manual", touched
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and a.device == b.device
+        and a.stride() == b.stride()
+        and a.layout == b.layout
+    )

@@ -51,6 +51,7 @@ CASES = [
     (F32, torch.float32, 1e-7),
     (BF16, torch.bfloat16, 1e-3),
     (BASELINE, torch.float32, 1e-7),
+    (BASELINE, torch.float32, 0.0),  # manual is autograd: exact
     (BF16_BASELINE, torch.bfloat16, 1e-3),
     (ULPS, torch.float64, 1e-16),
     (EXACT, torch.float32, 0.0),
@@ -103,6 +104,23 @@ def test_a_wrong_gradient_reaches_the_full_measurement(
     assert not screened[0].passed and screened[0].located and screened[0].mismatched > 0
     assert screened[0] == full[0]
     assert all(c.passed for c in screened[1:])
+
+
+def test_exactness_in_baseline_mode_is_equal_values() -> None:
+    """Manual equal to autograd up to the sign of its zeros is exact (values, as the full
+    measurement counts it); one element off by one ULP is not, in both."""
+    batch = _batch(3, torch.float32, 0.0)
+    manual, reference, truth = batch[0]
+    signed = manual.clone()
+    signed.view(-1)[0] = -0.0  # autograd and the truth hold +0.0 there
+    batch[0] = (signed, reference, truth)
+    off = batch[1][0].clone()
+    off.view(-1)[5] = torch.nextafter(off.view(-1)[5], torch.tensor(math.inf))
+    batch[1] = (off, batch[1][1], batch[1][2])
+    items = _items(batch, BASELINE)
+    screened = check_all(items, 0.0, Scratch(), [math.inf] * len(items))
+    assert [c.exact for c in screened] == [c.exact for c in _full(items)]
+    assert [c.exact for c in screened] == [True, False, True, True]
 
 
 def test_nan_goes_to_the_full_measurement() -> None:
