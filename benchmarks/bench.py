@@ -49,27 +49,6 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 Ratio = tuple[float, float, float]  # median, lowest and highest of the per-round ratios
 
 
-def paired_times(
-    measured: Callable[[], object], baseline: Callable[[], object], rounds: int
-) -> tuple[float, float, Ratio]:
-    """Median times of two computations run alternately, and the per-round ratios: a burst
-    of load on a shared machine then hits both sides of a round alike."""
-    measured()  # warm-up
-    baseline()
-    pairs = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        measured()
-        middle = time.perf_counter()
-        baseline()
-        pairs.append((middle - start, time.perf_counter() - middle))
-    return (
-        statistics.median(p[0] for p in pairs),
-        statistics.median(p[1] for p in pairs),
-        spread([p[0] / p[1] for p in pairs]),
-    )
-
-
 def spread(ratios: list[float]) -> Ratio:
     return statistics.median(ratios), min(ratios), max(ratios)
 
@@ -142,63 +121,14 @@ def bench_bptt(sizes: list[tuple[int, int, int]], repeat: int) -> None:
         row(what, t_manual, t_auto, "target <= 1.0", ratio=ratio)
 
 
-def bench_overhead(batches: int, rounds: int, mode: str = "allclose") -> None:
-    """`gradaudit run` in-process against a bare loop doing the same work.
+def bench_overhead(batches: int, dtypes: list[str], mode: str, what: str, target: str) -> None:
+    """`gradaudit run` against the bare loops of a careful hand-written test, batch by batch
+    in lockstep (benchmarks/bench_overhead.py says why)."""
+    import bench_overhead
 
-    With mode `auto` (the shipped specs' default) float32 is held to the float64 truth, so
-    gradaudit also runs the model forward and backward in float64: more work than the bare
-    loop does, shown for information.
-    """
-    from gradaudit.api import run_groups
-    from gradaudit.audit import Audit
-    from gradaudit.spec import LoadedSpec, parse_spec
-    from gradaudit.tolerance import DEFAULT_TOLERANCES
-
-    text = f"""
-name: overhead
-model: {{plugin: charrnn, options: {{d_model: 24, n_hidden: 200}}}}
-gradients: {{plugin: charrnn-bptt}}
-batches: {{count: {batches}, size: 32, seed: 64}}
-devices: [cpu]
-dtypes: [float32]
-tolerance: {{mode: {mode}}}
-"""
-    loaded = LoadedSpec(parse_spec(text, "overhead.yaml"), REPO / "overhead.yaml", "0" * 64)
-    audit = Audit(loaded)
-    rtol, atol = DEFAULT_TOLERANCES["float32"]
-
-    def gradaudit_run() -> object:
-        return run_groups(audit, ["cpu"], ["float32"])
-
-    def bare_loop() -> object:
-        model = copy.deepcopy(audit.master)
-        names = audit.tensor_names
-        ok = True
-        for batch in audit.batches():
-            f = model(batch.inputs, batch.targets)
-            tensors = {**f.intermediates, **dict(model.named_parameters())}
-            ref = torch.autograd.grad(f.loss, [tensors[n] for n in names])
-            with torch.no_grad():
-                manual = charrnn_bptt(model, batch, f.detached())
-            for n, r in zip(names, ref, strict=True):
-                ok &= torch.allclose(manual[n], r, rtol=rtol, atol=atol)
-        return ok
-
-    def bare_truth_loop() -> object:
-        return bare_auto_loop(audit, "float32")
-
-    t_run, t_bare, ratio = paired_times(
-        gradaudit_run, bare_loop if mode == "allclose" else bare_truth_loop, rounds
-    )
-    row(
-        f"gradaudit run ({mode}) vs bare loop, {batches} batches of 32x8, "
-        f"median of {rounds} paired rounds",
-        t_run,
-        t_bare,
-        "target <= 1.10",
-        "s",
-        ratio,
-    )
+    audit = overhead_audit(batches, dtypes, mode)
+    run, bare, ratio = bench_overhead.overhead(audit, dtypes, mode)
+    row(what, run, bare, target, ratio=ratio)
 
 
 def subprocess_time(args: list[str], repeat: int) -> float:
@@ -363,58 +293,6 @@ tolerance: {{mode: {mode}}}
     return Audit(LoadedSpec(parse_spec(text, "overhead.yaml"), REPO / "overhead.yaml", "0" * 64))
 
 
-def bare_auto_loop(audit: Any, dtype: str) -> object:
-    """What a careful hand-written test of one dtype does: forward and autograd.grad on the
-    tested dtype, the manual BPTT, and (below float64) the float64 truth's forward and
-    backward and an allclose of manual and autograd against it."""
-    from gradaudit.tolerance import DEFAULT_TOLERANCES
-
-    wide = getattr(torch, dtype)
-    model = copy.deepcopy(audit.master).to(wide)
-    truth = copy.deepcopy(model).double() if dtype != "float64" else None
-    rtol, atol = DEFAULT_TOLERANCES[dtype]
-    names = audit.tensor_names
-    ok = True
-    for batch in audit.batches():
-        f = model(batch.inputs, batch.targets)
-        tensors = {**f.intermediates, **dict(model.named_parameters())}
-        ref = torch.autograd.grad(f.loss, [tensors[n] for n in names])
-        with torch.no_grad():
-            manual = charrnn_bptt(model, batch, f.detached())
-        if truth is not None:
-            g = truth(batch.inputs, batch.targets)
-            wide_t = {**g.intermediates, **dict(truth.named_parameters())}
-            true = torch.autograd.grad(g.loss, [wide_t[n] for n in names])
-            for n, r, t in zip(names, ref, true, strict=True):
-                scale = (r.double() - t).abs().amax()
-                ok &= bool(((manual[n].double() - t).abs() <= 2 * scale + atol).all())
-        else:
-            for n, r in zip(names, ref, strict=True):
-                ok &= torch.allclose(manual[n], r, rtol=rtol, atol=atol)
-    return ok
-
-
-def bench_four_dtypes(batches: int, rounds: int) -> None:
-    """The default spec's four CPU dtypes in one run against the sum of four bare loops."""
-    from gradaudit.api import run_groups
-
-    dtypes = ["float32", "float64", "bfloat16", "float16"]
-    audit = overhead_audit(batches, dtypes, "auto")
-
-    def bare() -> object:
-        return [bare_auto_loop(audit, d) for d in dtypes]
-
-    t_run, t_bare, ratio = paired_times(lambda: run_groups(audit, ["cpu"], dtypes), bare, rounds)
-    row(
-        f"four CPU dtypes (auto) in one run vs the sum of four bare loops, {batches} batches",
-        t_run,
-        t_bare,
-        "target <= 1.0",
-        "s",
-        ratio,
-    )
-
-
 def bench_syncs(batches: int) -> None:
     """Device reads (host-device synchronisations on a GPU) per case and batch: one for
     the batch, and one more on a batch that is some tensor's worst so far (fewer as the
@@ -460,6 +338,36 @@ def bench_thread_load(batches: int) -> None:
     row("same, a busy-loop process on the other core", loaded[0], loaded[1], "info", "s")
 
 
+def overhead_rows(batches: int) -> None:
+    """The three overhead targets: one dtype in allclose and auto, and the default spec's
+    four CPU dtypes (auto) in one run against the sum of their four bare loops."""
+    four = ["float32", "float64", "bfloat16", "float16"]
+    size = f"{batches} batches of 32x8, float32"
+    bench_overhead(
+        batches,
+        ["float32"],
+        "allclose",
+        f"gradaudit run (allclose) vs bare loop (forward, autograd.grad, manual, allclose), {size}",
+        "target <= 1.10",
+    )
+    bench_overhead(
+        batches,
+        ["float32"],
+        "auto",
+        f"gradaudit run (auto) vs bare loop that also computes the float64 truth and the "
+        f"baseline rule, {size}",
+        "target <= 1.10",
+    )
+    bench_overhead(
+        batches // 2,
+        four,
+        "auto",
+        f"the default spec's four CPU dtypes (auto) in one run vs the sum of four bare loops, "
+        f"{batches // 2} batches",
+        "target <= 1.0",
+    )
+
+
 def other_rows(quick: bool) -> None:
     """The op audit, distributed and pytest rows (benchmarks/bench_ops.py and friends)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -483,8 +391,7 @@ def main() -> int:
         print("--quick: too small to judge the targets; it proves the script runs")
         torch.set_num_threads(1)
         bench_bptt([(1, 8, 200), (32, 8, 200)], 5)
-        bench_overhead(10, 2)
-        bench_four_dtypes(3, 1)
+        overhead_rows(30)
         bench_syncs(4)
         bench_startup(2)
         bench_memory(20, 200)
@@ -493,9 +400,7 @@ def main() -> int:
     else:
         torch.set_num_threads(1)
         bench_bptt([(1, 8, 200), (32, 8, 200), (64, 64, 512), (128, 256, 1024)], 20)
-        bench_overhead(200, 7)
-        bench_overhead(200, 7, mode="auto")
-        bench_four_dtypes(100, 5)
+        overhead_rows(200)
         bench_syncs(200)
         bench_startup(5)
         bench_memory(100, 10_000)

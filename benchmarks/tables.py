@@ -99,7 +99,7 @@ def soak_section(path: str | None, current: str) -> list[str]:
             kept = current.split(SOAK_START, 1)[1].split(SOAK_END, 1)[0]
             return [SOAK_START + kept + SOAK_END]
         return [SOAK_START, "(no soak figures yet: see the module docstring)", SOAK_END]
-    from tolerance_soak import table  # type: ignore[import-not-found]
+    from tolerance_soak import table
 
     rows = json.loads(Path(path).read_text())
     return [SOAK_START, "", *table(rows), "", SOAK_END]
