@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -173,10 +173,17 @@ class DtypePass:
     # -- what check kinds call -------------------------------------------------------------
 
     def emit(
-        self, kind: str, name: str, batch: Batch, fold: Callable[[], None], **fields: Any
+        self,
+        kind: str,
+        name: str,
+        batch: Batch,
+        fold: Callable[[], None],
+        summary: TensorSummary | None = None,
+        **fields: Any,
     ) -> None:
-        """Queue a tensor's result with the update of its summary (`fold`)."""
-        summary = self._summary(kind, name)
+        """Queue a tensor's result with the update of its summary (`fold`); `summary` is
+        the tensor's, where the caller has it already."""
+        summary = summary or self._summary(kind, name)
         self.events.append(
             CaseResult(
                 self.device,
@@ -198,10 +205,6 @@ class DtypePass:
             found = next(s for s in self.groups[check].tensors if s.tensor == name)
             self._by_name[(check, name)] = found
         return found
-
-    def _beat(self, check: str, names: Iterable[str]) -> list[float | None]:
-        """Each tensor's worst budget so far: a passing batch under it need not be located."""
-        return [None if (w := self._summary(check, n).worst) is None else w.budget for n in names]
 
     @property
     def batch_scale(self) -> float:
@@ -254,25 +257,26 @@ class DtypePass:
         `reads` may hold other values to read with the comparison's results."""
         problems: dict[str, str] = {}
         ready: dict[str, Comparison] = {}
+        summaries = {name: self._summary(check, name) for name, *_ in wanted}
+        said, computed_in = self.computed
         for name, got, reference, truth in wanted:
             problem = unusable(
                 got,
                 reference,
                 self.spec.gradients.plugin,
                 self.param_storage,
-                self.computed[0].get(name)
-                or computed_problem(self.computed[1].get(name), self.dtype),
+                said.get(name) or computed_problem(computed_in.get(name), self.dtype),
             )
             if problem is not None:
                 problems[name] = problem
             else:
                 assert isinstance(got, torch.Tensor)
-                chosen = tol or self._summary(check, name).tol
-                ready[name] = Comparison(got, reference, chosen, truth)
+                ready[name] = Comparison(got, reference, tol or summaries[name].tol, truth)
         scale = self.scale
         if scale is None and set(ready) != set(self.names):
             scale = largest_entry(self.truths)  # the truths of tensors not compared count too
-        beat = self._beat(check, ready)
+        # each tensor's worst budget so far: a passing batch under it need not be located
+        beat = [None if (w := summaries[n].worst) is None else w.budget for n in ready]
         found = check_all(list(ready.values()), scale, self.scratch, beat, reads)
         results = dict(zip(ready, found, strict=True))
         if self.scale is None:
@@ -281,10 +285,9 @@ class DtypePass:
             if name in problems:
                 self.error(name, batch, problems[name], check)
             else:
-                fold = partial(
-                    self._summary(check, name).add, results[name], batch.index, batch.seed
-                )
-                self.emit(check, name, batch, fold, check=results[name])
+                summary, result = summaries[name], results[name]
+                fold = partial(summary.add, result, batch.index, batch.seed)
+                self.emit(check, name, batch, fold, summary, check=result)
         return results
 
     # -- the gradient comparison -----------------------------------------------------------
@@ -322,17 +325,18 @@ class DtypePass:
         except BaseException as exc:
             self.fail_all(batch, f"model '{self.spec.model.plugin}' forward/autograd: {why(exc)}")
             return
-        guard.forward_done(batch)
+        reads = Reads()  # the guard's answers ride on the comparison's read
+        guard.forward_done(batch, reads)
         guard.manual_starts(self.model, forward)
         try:
             grads = self.manual(self.model, batch, forward)
         except OURS:
             raise
         except BaseException as exc:
-            guard.queue(self.model, forward, batch, Reads(), ran=False)
+            guard.queue(self.model, forward, batch, reads, ran=False)
             self.fail_all(batch, self._modified(guard) or f"gradients '{plugin}' raised {why(exc)}")
             return
-        reads, mark = Reads(), len(self.events)  # the guard's answer rides on the comparison's read
+        mark = len(self.events)
         guard.queue(self.model, forward, batch, reads, ran=True)
         self._unknown_names(batch, grads)
         for name, problem in saturated.items():

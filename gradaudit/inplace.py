@@ -25,9 +25,9 @@ class InPlaceGuard:
     def __init__(self, batch: Batch, kept: dict[str, torch.Tensor] | None = None) -> None:
         self.kept = kept if kept is not None else {}
         self.before = self._copies("before", batch.tensors)
-        self.after_forward: dict[str, torch.Tensor] = {}
         self.state: Snapshot | None = None
         self.labels: list[str] = []
+        self.forward_answer: Callable[[], list[bool]] = list
         self.answer: Callable[[], list[bool]] = list
 
     def _copies(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -42,8 +42,11 @@ class InPlaceGuard:
             found[name] = copy.copy_(tensor)
         return found
 
-    def forward_done(self, batch: Batch) -> None:
-        self.after_forward = self._copies("after forward", batch.tensors)
+    def forward_done(self, batch: Batch, reads: Reads) -> None:
+        """Compare the batch with its copy now (the answer rides on `reads`): if the
+        forward left it alone, that copy is also what the manual gradient must leave."""
+        pairs = [(self.before[n], batch[n]) for n in self.before]
+        self.forward_answer = same_bits_later(pairs, reads)
 
     def manual_starts(self, model: torch.nn.Module, forward: Forward) -> None:
         """Copies of what a manual gradient must only read: parameters, buffers, forward
@@ -53,14 +56,14 @@ class InPlaceGuard:
     def queue(
         self, model: torch.nn.Module, forward: Forward, batch: Batch, reads: Reads, ran: bool
     ) -> None:
-        """Compare: the batch before and after the forward; and, when the manual gradient
-        `ran` (returned), the model, the forward's tensors and the batch after it."""
-        pairs = [(self.before[n], self.after_forward[n]) for n in self.before]
-        self.labels = [""] * len(pairs)
+        """Compare, when the manual gradient `ran` (returned): the model, the forward's
+        tensors and the batch after it."""
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.labels = []
         if ran and self.state is not None:
             now = watched(model, forward)
             pairs += [(v, now[k].detach()) for k, v in self.state.items()]
-            pairs += [(self.after_forward[n], batch[n]) for n in self.before]
+            pairs += [(self.before[n], batch[n]) for n in self.before]
             self.labels += [*self.state, *["the batch"] * len(self.before)]
         self.answer = same_bits_later(pairs, reads)
 
@@ -68,9 +71,9 @@ class InPlaceGuard:
         """None when nothing changed; ("forward", []) when the model's forward changed the
         batch; ("manual", what) when the manual gradient changed `what` (the model's
         parameters and buffers are put back)."""
-        same = self.answer()
-        if not all(same[: len(self.before)]):
+        if not all(self.forward_answer()):
             return "forward", []
+        same = self.answer()
         touched = list(dict.fromkeys(k for k, ok in zip(self.labels, same, strict=True) if not ok))
         if not touched:
             return None

@@ -238,8 +238,10 @@ def _settle(
     diff, own = row[layout.row["diff"]], row[layout.row["magnitude"]]
     error = row[layout.row["gap"]] if baseline else 0.0
     square, cross, reference_cross = row[layout.reduced :] or [0.0, 0.0, 0.0]
-    needed = [diff, own, error, *((square, cross, reference_cross) if tol.systematic else ())]
-    if not all(math.isfinite(v) for v in needed):
+    needed = (
+        (diff, own, error, square, cross, reference_cross) if tol.systematic else (diff, own, error)
+    )
+    if not all(map(math.isfinite, needed)):
         return None
     allowed = math.nan  # allclose: elementwise, known once described
     if tol.mode == "allclose":
