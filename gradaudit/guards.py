@@ -62,10 +62,25 @@ Snapshot = dict[str, torch.Tensor]
 
 
 def watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {f"parameter {n}": p for n, p in model.named_parameters()}
-    state |= {f"buffer {n}": b for n, b in model.named_buffers()}
-    state |= {f"intermediate {n}": t for n, t in forward.intermediates.items()}
-    return state
+    """What a manual gradient must only read, by label: the model's parameters and buffers
+    (as named_parameters and named_buffers name them, in one walk of the modules instead
+    of two: the guard asks twice a batch) and the forward's intermediates."""
+    params: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    seen_params: set[int] = set()
+    seen_buffers: set[int] = set()
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        for name, param in module._parameters.items():
+            if param is not None and id(param) not in seen_params:
+                seen_params.add(id(param))
+                params[f"parameter {dot}{name}"] = param
+        for name, buffer in module._buffers.items():
+            if buffer is not None and id(buffer) not in seen_buffers:
+                seen_buffers.add(id(buffer))
+                buffers[f"buffer {dot}{name}"] = buffer
+    intermediates = {f"intermediate {n}": t for n, t in forward.intermediates.items()}
+    return params | buffers | intermediates
 
 
 def snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:

@@ -538,3 +538,69 @@ def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change() -> None
     with torch.no_grad():
         model.weight[0, 0] += 1.0
     assert _changed(before, model, forward) == ["parameter weight", "intermediate h"]
+
+
+@pytest.mark.parametrize("path", ["cpu-bytes", "device-tensors"])
+@pytest.mark.parametrize(
+    "change", ["none", "param", "param.data", "numpy", "intermediate", "batch"]
+)
+def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: str) -> None:
+    """The guard's copies are bytes on the CPU (memmove, memcmp) and tensors on a device
+    (count_syncs stands in for one): both name the same changes, including writes that
+    bypass autograd's version counters, put parameters back, and stay quiet otherwise."""
+    import contextlib
+
+    from gradaudit.inplace import InPlaceGuard
+    from gradaudit.syncs import Reads, count_syncs
+    from gradaudit.types import Batch, Forward
+
+    model = torch.nn.Linear(3, 2)
+    weight = model.weight.detach().clone()
+    hidden = torch.arange(6.0).reshape(2, 3).t()  # not contiguous: copied to compare
+    batch = Batch({"inputs": torch.arange(4), "targets": torch.ones(4)})
+    forward = Forward(torch.tensor(0.0), {"h": hidden})
+    mode = count_syncs() if path == "device-tensors" else contextlib.nullcontext()
+    with mode:
+        guard = InPlaceGuard(batch, {})
+        reads = Reads()
+        guard.forward_done(batch, reads)
+        guard.manual_starts(model, forward)
+        if change == "param":
+            with torch.no_grad():
+                model.weight[0, 0] += 1.0
+        elif change == "param.data":
+            model.weight.data[1, 2] = -7.0
+        elif change == "numpy":
+            model.bias.detach().numpy()[0] = 5.0
+        elif change == "intermediate":
+            hidden[2, 1] = float("nan")
+        elif change == "batch":
+            batch["targets"][3] = 2.0
+        guard.queue(model, forward, batch, reads, ran=True)
+        found = guard.verdict(model)
+    expected = {
+        "none": None,
+        "param": ("manual", ["parameter weight"]),
+        "param.data": ("manual", ["parameter weight"]),
+        "numpy": ("manual", ["parameter bias"]),
+        "intermediate": ("manual", ["intermediate h"]),
+        "batch": ("manual", ["the batch"]),
+    }[change]
+    assert found == expected
+    assert torch.equal(model.weight.detach(), weight)  # put back (or never changed)
+
+
+def test_the_in_place_guard_blames_the_forward_for_a_changed_batch() -> None:
+    from gradaudit.inplace import InPlaceGuard
+    from gradaudit.syncs import Reads
+    from gradaudit.types import Batch, Forward
+
+    batch = Batch({"inputs": torch.arange(4)})
+    guard = InPlaceGuard(batch)
+    batch["inputs"].add_(1)  # as a forward that changes its inputs would
+    reads = Reads()
+    guard.forward_done(batch, reads)
+    model = torch.nn.Linear(1, 1)
+    guard.manual_starts(model, Forward(torch.tensor(0.0), {}))
+    guard.queue(model, Forward(torch.tensor(0.0), {}), batch, reads, ran=True)
+    assert guard.verdict(model) == ("forward", [])

@@ -104,7 +104,7 @@ def test_same_bytes_is_bitwise_on_both_paths(memcmp: bool, monkeypatch: pytest.M
     """The CPU's bitwise comparison (the in-place guard's): memcmp where ctypes finds it,
     torch.equal on the bits otherwise; both tell -0.0 from 0.0 and a changed last bit."""
     if not memcmp:
-        monkeypatch.setattr(syncs, "_memcmp", lambda: None)
+        monkeypatch.setattr(syncs, "memcmp", lambda: None)
     a = torch.randn(1000, dtype=torch.float64)
     flipped = a.clone()
     flipped.view(torch.int64)[-1] ^= 1  # the last bit of the last element
@@ -178,3 +178,32 @@ def test_threads_is_an_option_of_run_and_mutate(run_cli: Any) -> None:
     for command in ("run", "mutate"):
         result = run_cli(command, "--help")
         assert "--threads" in result.stdout
+
+
+def test_the_guard_watches_what_named_parameters_and_buffers_name() -> None:
+    """watched walks the modules once for both; it must name and hold the same tensors
+    (shared weights once, None parameters skipped, parametrizations and non-persistent
+    buffers included)."""
+    from torch.nn.utils import parametrize
+
+    from gradaudit.guards import watched
+    from gradaudit.types import Forward
+
+    class Twice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3, bias=False)
+            self.b = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+            self.b[0].weight = self.a.weight  # shared
+            self.register_buffer("scratch", torch.zeros(2), persistent=False)
+            self.c = torch.nn.Linear(3, 2)
+            parametrize.register_parametrization(self.c, "weight", torch.nn.Identity())
+
+    model = Twice()
+    forward = Forward(torch.tensor(0.0), {"h": torch.ones(2)})
+    expected: dict[str, torch.Tensor] = {f"parameter {n}": p for n, p in model.named_parameters()}
+    expected |= {f"buffer {n}": b for n, b in model.named_buffers()}
+    expected |= {"intermediate h": forward.intermediates["h"]}
+    found = watched(model, forward)
+    assert list(found) == list(expected)
+    assert all(found[k] is v for k, v in expected.items())
