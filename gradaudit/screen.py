@@ -60,7 +60,7 @@ class _Layout:
         names += ["vs_reference"] if self.exact_row else []
         self.row = {name: k for k, name in enumerate(names)}  # = its column in the table
         self.signed = self.row["magnitude"]  # the rows before it: second subtracted
-        self.reduced = len(names)  # the table's sums follow the maxima
+        self.reduced = len(names)  # the table's sums follow the maxima (see _elementwise)
 
 
 def screen(
@@ -129,19 +129,22 @@ def _elementwise(
     layout: _Layout,
 ) -> torch.Tensor:
     """Per tensor, the maxima of its rows and (systematic) the sums that check needs:
-    <t, t>, <d, t> and (baseline) <autograd - t, t>, t the second; one row per tensor.
+    <d, t>, <autograd - t, t> (baseline; else 0) and <t, t>, t the second; one row each.
 
     Tensor by tensor, in one block of the scratch reused each time: the block stays in the
     CPU's cache while a tensor's steps run over it, and the gradients were just computed.
     (Laying a whole batch out end to end ran through memory, and took a third longer
     inside a run; so did chunks of about 16k elements.) The block's views for each shape
-    are kept (`_Views`): at gradient sizes making them cost as much as the arithmetic."""
+    are kept (`_Views`), and results go straight into the table (`out=`): at gradient
+    sizes, making views and joining results cost as much as the arithmetic."""
     import torch
 
-    found: list[torch.Tensor] = []
+    count = len(layout.row)
+    width = count + (3 if layout.systematic else 0)
     device = items[0].manual.device
-    block = scratch.take("screen", len(layout.row), max(sizes), device, dtype)
-    for item in items:
+    table = torch.zeros(len(items), width, dtype=dtype, device=device)
+    block = scratch.take("screen", count, max(sizes), device, dtype)
+    for i, item in enumerate(items):
         views = _views(scratch, block, layout, tuple(item.manual.shape))
         views.second.copy_(second(item))
         views.diff.copy_(item.manual)
@@ -151,19 +154,13 @@ def _elementwise(
             views.unequal.copy_(torch.ne(item.manual, item.reference))
         views.subtracted.sub_(views.second_flat)
         if layout.systematic:  # <d, t>, [<autograd - t, t>], <t, t>: one mv
-            dots = torch.mv(views.signed, views.second_flat)
+            sums = table[i, count:] if layout.baseline else table[i, count::2]
+            torch.mv(views.signed, views.second_flat, out=sums)
         views.signed.abs_()
         if views.ratio is not None:
             _ratio(item, views.ratio, views.rows[0], views.second_flat)
-        columns = [views.rows.amax(dim=1)]
-        if layout.systematic:  # the table's order: <t, t>, <d, t>, <autograd - t, t>
-            square, cross = dots[-1:], dots[:-1]
-            columns += [
-                square,
-                cross if layout.baseline else torch.cat([cross, cross.new_zeros(1)]),
-            ]
-        found.append(torch.cat(columns) if len(columns) > 1 else columns[0])
-    return torch.stack(found)
+        torch.amax(views.rows, dim=1, out=table[i, :count])
+    return table
 
 
 @dataclass
@@ -237,7 +234,7 @@ def _settle(
     baseline = tol.mode == "baseline"
     diff, own = row[layout.row["diff"]], row[layout.row["magnitude"]]
     error = row[layout.row["gap"]] if baseline else 0.0
-    square, cross, reference_cross = row[layout.reduced :] or [0.0, 0.0, 0.0]
+    cross, reference_cross, square = row[layout.reduced :] or [0.0, 0.0, 0.0]
     needed = (
         (diff, own, error, square, cross, reference_cross) if tol.systematic else (diff, own, error)
     )
