@@ -274,7 +274,13 @@ def test_sigterm_while_loading_leaves_a_report(tmp_path: Path, write_spec: SpecW
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(0.8)  # importing torch, the plugins and the data: before any batch
+    # Once the placeholder report replaces the stale one, gradaudit's SIGTERM handler is in
+    # place (it comes first) and torch, the plugins and the data are still loading; a fixed
+    # delay raced the interpreter's start-up on a busy machine.
+    deadline = time.monotonic() + 60
+    while junit.read_text(encoding="utf-8") == "<stale/>" and proc.poll() is None:
+        assert time.monotonic() < deadline, "no placeholder report within 60 s"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     text = junit.read_text(encoding="utf-8")
