@@ -98,6 +98,12 @@ def test_green_in_float64_and_float32_one_report_for_all_ranks(tmp_path: Path) -
     assert data["totals"] == {"passed": 50, "failed": 0, "errors": 0, "skipped": 0}
     assert len(data["cases"]) == 50 * 3  # every tensor, every batch
     assert all(g["complete"] for g in data["groups"])
+    # Ranks describe a piece in full only when it beats its worst so far; each summary's
+    # worst batch is some rank's worst, so it is described (located, with its numbers).
+    worst = [t["worst"] for g in data["groups"] for t in g["tensors"]]
+    assert len(worst) == 50 and all(w["located"] and w["worst_index"] is not None for w in worst)
+    assert all(isinstance(t["max_rel"], float) for g in data["groups"] for t in g["tensors"])
+    assert any(not c["located"] for c in data["cases"])  # and not every batch was
     assert "W1 [rank1]" in result.stdout
     assert not leftovers(tmp_path)
 

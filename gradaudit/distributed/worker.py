@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import json
+import math
 import os
 import signal
 import sys
@@ -141,6 +142,10 @@ class _Case:
         self.params = {p.untyped_storage().data_ptr(): n for n, p in self.shard.named_parameters()}
         self.scratch = Scratch()
         self.pending: list[list[Any]] = []
+        # Each piece's worst budget on this rank so far: a passing batch under it need not
+        # be described in full (gradaudit.screen). The parent's worst over the ranks is some
+        # rank's worst, which that rank described.
+        self.worst: dict[tuple[str, str], float] = {}
 
     def run(self) -> None:
         start = time.perf_counter()
@@ -247,7 +252,7 @@ class _Case:
                 continue
             true = piece(truth[name], layout[name], rank, world) if truth else None
             ready[name] = Comparison(manual[name], expected, self.tols[name], true)
-        checks = check_all(list(ready.values()), scale, self.scratch)
+        checks = self._check(self.kind, ready, scale)
         results = dict(zip(ready, checks, strict=True))
         for name in self.setup.audited:
             self._record(self.kind, name, index, seed, results.get(name), problems.get(name))
@@ -284,7 +289,16 @@ class _Case:
                 pair = Comparison(
                     usable[name], values[i].view(ref[name].shape), self.replica_tols[name]
                 )
-                self._record(kind, name, index, seed, check_all([pair])[0], None)
+                self._record(kind, name, index, seed, self._check(kind, {name: pair})[0], None)
+
+    def _check(self, kind: str, ready: Mapping[str, Comparison], scale: float = 0.0) -> list[Check]:
+        """check_all, describing in full only the pieces that beat their worst so far."""
+        beat = [self.worst.get((kind, name)) for name in ready]
+        checks = check_all(list(ready.values()), scale, self.scratch, beat)
+        for name, found in zip(ready, checks, strict=True):
+            if found.budget > self.worst.get((kind, name), -math.inf):
+                self.worst[(kind, name)] = found.budget
+        return checks
 
     def _unusable(self, got: object, expected: torch.Tensor) -> str | None:
         if got is None:
