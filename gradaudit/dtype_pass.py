@@ -173,17 +173,10 @@ class DtypePass:
     # -- what check kinds call -------------------------------------------------------------
 
     def emit(
-        self,
-        kind: str,
-        name: str,
-        batch: Batch,
-        fold: Callable[[], None],
-        summary: TensorSummary | None = None,
-        **fields: Any,
+        self, kind: str, name: str, batch: Batch, fold: Callable[[], None], **fields: Any
     ) -> None:
-        """Queue a tensor's result with the update of its summary (`fold`); `summary` is
-        the tensor's, where the caller has it already."""
-        summary = summary or self._summary(kind, name)
+        """Queue a tensor's result with the update of its summary (`fold`)."""
+        summary = self._summary(kind, name)
         self.events.append(
             CaseResult(
                 self.device,
@@ -285,9 +278,8 @@ class DtypePass:
             if name in problems:
                 self.error(name, batch, problems[name], check)
             else:
-                summary, result = summaries[name], results[name]
-                fold = partial(summary.add, result, batch.index, batch.seed)
-                self.emit(check, name, batch, fold, summary, check=result)
+                fold = partial(summaries[name].add, results[name], batch.index, batch.seed)
+                self.emit(check, name, batch, fold, check=results[name])
         return results
 
     # -- the gradient comparison -----------------------------------------------------------

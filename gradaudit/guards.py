@@ -83,16 +83,6 @@ def watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]
     return params | buffers | intermediates
 
 
-def snapshot(model: torch.nn.Module, forward: Forward) -> Snapshot:
-    """Copies of what a manual gradient must only read: parameters, buffers, forward tensors."""
-    return {k: v.detach().clone() for k, v in watched(model, forward).items()}
-
-
-def changed(before: Snapshot, model: torch.nn.Module, forward: Forward) -> list[str]:
-    """What the snapshot's tensors no longer hold bit for bit (NaN equals itself)."""
-    return changed_between(before, {k: v.detach() for k, v in watched(model, forward).items()})
-
-
 def changed_between(
     before: Mapping[str, torch.Tensor], now: Mapping[str, torch.Tensor]
 ) -> list[str]:

@@ -523,21 +523,34 @@ def test_slow_gradient_through_the_console_script(audit_subprocess: Runner) -> N
     assert {r for (d, _), r in run.rows().items() if d == "float32"} == {"PASS"}
 
 
-def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change() -> None:
+@pytest.mark.parametrize("counting", [False, True], ids=["cpu-bytes", "device-tensors"])
+def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change(counting: bool) -> None:
     """The in-place guard compares bits: NaN equals itself there, a real change does not."""
-    from gradaudit.guards import changed as _changed
-    from gradaudit.guards import snapshot as _snapshot
-    from gradaudit.types import Forward
+    import contextlib
+
+    from gradaudit.inplace import InPlaceGuard
+    from gradaudit.syncs import Reads, count_syncs
+    from gradaudit.types import Batch, Forward
 
     model = torch.nn.Linear(2, 2)
     hidden = torch.tensor([float("nan"), 1.0])
     forward = Forward(torch.tensor(0.0), {"h": hidden})
-    before = _snapshot(model, forward)
-    assert _changed(before, model, forward) == []
-    hidden[1] = 2.0
-    with torch.no_grad():
-        model.weight[0, 0] += 1.0
-    assert _changed(before, model, forward) == ["parameter weight", "intermediate h"]
+    batch = Batch({"inputs": torch.zeros(1)})
+
+    def verdict(change: bool) -> tuple[str, list[str]] | None:
+        with count_syncs() if counting else contextlib.nullcontext():
+            guard, reads = InPlaceGuard(batch), Reads()
+            guard.forward_done(batch, reads)
+            guard.manual_starts(model, forward)
+            if change:
+                hidden[1] = 2.0
+                with torch.no_grad():
+                    model.weight[0, 0] += 1.0
+            guard.queue(model, forward, batch, reads, ran=True)
+            return guard.verdict(model)
+
+    assert verdict(change=False) is None
+    assert verdict(change=True) == ("manual", ["parameter weight", "intermediate h"])
 
 
 @pytest.mark.parametrize("path", ["cpu-bytes", "device-tensors"])
