@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from gradaudit.guards import restore, watched
-from gradaudit.syncs import Reads, counting, memcmp, same_bits_later
+from gradaudit.syncs import Reads, counting, dense, memcmp, same_bits_later
 from gradaudit.types import Batch, Forward
 
 Answer = Callable[[], list[bool]]
@@ -62,8 +62,10 @@ class InPlaceGuard:
         parameters and buffers are put back)."""
         if not all(self.forward_answer()):
             return "forward", []
-        labels, same = self.state.labels if self.state is not None else [], self.state_answer()
-        touched = [label for label, ok in zip(labels, same, strict=True) if not ok] if same else []
+        same = self.state_answer()  # empty when the manual gradient did not return
+        touched = []
+        if self.state is not None and same:
+            touched = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
         touched += [] if all(self.batch_answer()) else ["the batch"]
         if not touched:
             return None
@@ -89,7 +91,7 @@ class _Bytes:
         self, tensors: Mapping[str, torch.Tensor], kept: dict[str, torch.Tensor], key: str
     ) -> None:
         self.labels = list(tensors)
-        raws = [_raw(t) for t in tensors.values()]
+        raws = [dense(t) for t in tensors.values()]
         self.kinds = [(t.shape, t.dtype) for t in tensors.values()]
         self.sizes = [r.numel() * r.element_size() for r in raws]
         buffer = kept.get(key)
@@ -115,7 +117,7 @@ class _Bytes:
             if tensor is None or tensor.shape != shape or tensor.dtype != dtype:
                 found.append(False)
             else:
-                raw = _raw(tensor)  # held: a copy of a strided tensor must outlive memcmp
+                raw = dense(tensor)  # held: a copy of a strided tensor must outlive memcmp
                 found.append(size == 0 or compare(start, raw.data_ptr(), size) == 0)
         return lambda: found
 
@@ -129,24 +131,6 @@ class _Bytes:
             piece = self.buffer[start - base : start - base + size]
             found[label] = piece.view(dtype).view(shape)
         return found
-
-
-def _raw(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's values in dense, contiguous memory (itself, most of the time)."""
-    if (
-        tensor.layout == torch.strided
-        and tensor.is_contiguous()
-        and not (tensor.is_conj() or tensor.is_neg())
-    ):
-        return tensor
-    tensor = tensor.detach()
-    if tensor.layout != torch.strided:
-        tensor = tensor.to_dense()
-    if tensor.is_conj():
-        tensor = tensor.resolve_conj()
-    if tensor.is_neg():
-        tensor = tensor.resolve_neg()
-    return tensor.contiguous()
 
 
 class _Tensors:

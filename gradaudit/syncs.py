@@ -133,24 +133,36 @@ def memcmp() -> Callable[[int, int, int], int] | None:
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two CPU tensors of one shape and dtype hold the same bits. Dense contiguous
-    ones are compared with memcmp: 3-10x faster than torch.equal, whose per-call cost
-    dominates at gradient sizes (measured in benchmarks/README.md)."""
+    """Whether two CPU tensors of one shape and dtype hold the same bits: memcmp on their
+    dense bytes (3-10x faster than torch.equal, whose per-call cost dominates at gradient
+    sizes; measured in benchmarks/README.md), torch.equal on the bits without memcmp."""
     compare = memcmp()
+    if compare is None:
+        return torch.equal(_words(a), _words(b))
+    a, b = dense(a), dense(b)
+    size = a.numel() * a.element_size()
+    return (
+        size == 0 or a.data_ptr() == b.data_ptr() or compare(a.data_ptr(), b.data_ptr(), size) == 0
+    )
+
+
+def dense(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's values in dense, contiguous memory (itself, most of the time), whose
+    bytes memcmp and memmove can take."""
     if (
-        compare is not None
-        and a.layout == b.layout == torch.strided
-        and a.is_contiguous()
-        and b.is_contiguous()
-        and not (a.is_conj() or b.is_conj() or a.is_neg() or b.is_neg())  # lazy views
+        tensor.layout == torch.strided
+        and tensor.is_contiguous()
+        and not (tensor.is_conj() or tensor.is_neg())
     ):
-        size = a.numel() * a.element_size()
-        return (
-            size == 0
-            or a.data_ptr() == b.data_ptr()
-            or compare(a.data_ptr(), b.data_ptr(), size) == 0
-        )
-    return torch.equal(_words(a), _words(b))
+        return tensor
+    tensor = tensor.detach()
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    if tensor.is_conj():
+        tensor = tensor.resolve_conj()
+    if tensor.is_neg():
+        tensor = tensor.resolve_neg()
+    return tensor.contiguous()
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
