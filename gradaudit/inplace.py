@@ -36,16 +36,16 @@ class InPlaceGuard:
         self.state: _Bytes | _Tensors | None = None
         self.forward_answer: Answer = list
         self.state_answer: Answer = list
-        self.batch_answer: Answer = list
 
     def forward_done(self, batch: Batch, reads: Reads) -> None:
         """Compare the batch with its copy now (the answer rides on `reads`): if the
         forward left it alone, that copy is also what the manual gradient must leave."""
         self.forward_answer = self.before.answer(batch.tensors, reads)
 
-    def manual_starts(self, model: torch.nn.Module, forward: Forward) -> None:
-        """Copy what a manual gradient must only read: parameters, buffers, forward tensors."""
-        self.state = _copies(watched(model, forward), self.kept, "state")
+    def manual_starts(self, model: torch.nn.Module, forward: Forward, batch: Batch) -> None:
+        """Copy what a manual gradient must only read: parameters, buffers, forward tensors
+        and the batch (copied again with them, so that one comparison covers all)."""
+        self.state = _copies(_read_only(model, forward, batch), self.kept, "state")
 
     def queue(
         self, model: torch.nn.Module, forward: Forward, batch: Batch, reads: Reads, ran: bool
@@ -53,8 +53,7 @@ class InPlaceGuard:
         """Compare, when the manual gradient `ran` (returned): the model, the forward's
         tensors and the batch after it."""
         if ran and self.state is not None:
-            self.state_answer = self.state.answer(watched(model, forward), reads)
-            self.batch_answer = self.before.answer(batch.tensors, reads)
+            self.state_answer = self.state.answer(_read_only(model, forward, batch), reads)
 
     def verdict(self, model: torch.nn.Module) -> tuple[str, list[str]] | None:
         """None when nothing changed; ("forward", []) when the model's forward changed the
@@ -63,15 +62,21 @@ class InPlaceGuard:
         if not all(self.forward_answer()):
             return "forward", []
         same = self.state_answer()  # empty when the manual gradient did not return
-        touched = []
-        if self.state is not None and same:
-            touched = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
-        touched += [] if all(self.batch_answer()) else ["the batch"]
-        if not touched:
+        if self.state is None or all(same):
             return None
-        assert self.state is not None
+        touched = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
+        batch_touched = [label for label in touched if label.startswith(_BATCH)]
+        touched = [label for label in touched if not label.startswith(_BATCH)]
+        touched += ["the batch"] if batch_touched else []
         restore(self.state.tensors(), model)
         return "manual", touched
+
+
+_BATCH = "batch "  # the batch's labels among the state's (guards.watched names the rest)
+
+
+def _read_only(model: torch.nn.Module, forward: Forward, batch: Batch) -> dict[str, torch.Tensor]:
+    return watched(model, forward) | {_BATCH + name: t for name, t in batch.tensors.items()}
 
 
 def _copies(

@@ -140,10 +140,9 @@ def _elementwise(
     import torch
 
     count = len(layout.row)
-    width = count + (3 if layout.systematic else 0)
     device = items[0].manual.device
-    table = torch.zeros(len(items), width, dtype=dtype, device=device)
     block = scratch.take("screen", count, max(sizes), device, dtype)
+    table, maxima, sums = _table(scratch, layout, len(items), device, dtype)
     for i, item in enumerate(items):
         views = _views(scratch, block, layout, tuple(item.manual.shape))
         views.second.copy_(second(item))
@@ -153,14 +152,36 @@ def _elementwise(
         if views.unequal is not None:  # 1 where manual and autograd differ (NaN too)
             views.unequal.copy_(torch.ne(item.manual, item.reference))
         views.subtracted.sub_(views.second_flat)
-        if layout.systematic:  # <d, t>, [<autograd - t, t>], <t, t>: one mv
-            sums = table[i, count:] if layout.baseline else table[i, count::2]
-            torch.mv(views.signed, views.second_flat, out=sums)
+        if sums:  # <d, t>, [<autograd - t, t>], <t, t>: one mv
+            torch.mv(views.signed, views.second_flat, out=sums[i])
         views.signed.abs_()
         if views.ratio is not None:
             _ratio(item, views.ratio, views.rows[0], views.second_flat)
-        torch.amax(views.rows, dim=1, out=table[i, :count])
+        torch.amax(views.rows, dim=1, out=maxima[i])
     return table
+
+
+def _table(
+    scratch: Scratch, layout: _Layout, count: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The read table, a row per tensor (its maxima, then its sums where the systematic
+    check is on; zeros where a sum does not apply), with each row's views of its maxima
+    and its sums. Kept in the scratch: indexing a tensor costs 4 us a view, as much as a
+    small tensor's arithmetic."""
+    import torch
+
+    rows = len(layout.row)
+    key = ("table", count, tuple(layout.row), layout.systematic, device, dtype)
+    found: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None
+    found = scratch.views.get(key)
+    if found is None:
+        width = rows + (3 if layout.systematic else 0)
+        table = torch.zeros(count, width, dtype=dtype, device=device)
+        sums = []
+        if layout.systematic:  # without autograd's own error, its sum stays 0
+            sums = [row[rows:] if layout.baseline else row[rows::2] for row in table]
+        found = scratch.views[key] = (table, [row[:rows] for row in table], sums)
+    return found
 
 
 @dataclass

@@ -16,9 +16,13 @@ MAX_ERRORS_KEPT = 5
 MAX_ERROR_CHARS = 2000  # a plugin's error text can be megabytes; reports need the start
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Check:
-    """One tensor on one batch. In baseline mode differences are taken to the float64 truth."""
+    """One tensor on one batch. In baseline mode differences are taken to the float64 truth.
+
+    A value: nothing changes one after it is made (dataclasses.replace makes another). Not
+    declared frozen because a frozen dataclass's __init__ sets each of the 19 fields through
+    object.__setattr__: 4.4 us against 0.7 us, paid for every tensor of every batch."""
 
     exact: bool
     passed: bool

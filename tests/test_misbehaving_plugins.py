@@ -541,7 +541,7 @@ def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change(counting:
         with count_syncs() if counting else contextlib.nullcontext():
             guard, reads = InPlaceGuard(batch), Reads()
             guard.forward_done(batch, reads)
-            guard.manual_starts(model, forward)
+            guard.manual_starts(model, forward, batch)
             if change:
                 hidden[1] = 2.0
                 with torch.no_grad():
@@ -577,7 +577,7 @@ def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: 
         guard = InPlaceGuard(batch, {})
         reads = Reads()
         guard.forward_done(batch, reads)
-        guard.manual_starts(model, forward)
+        guard.manual_starts(model, forward, batch)
         if change == "param":
             with torch.no_grad():
                 model.weight[0, 0] += 1.0
@@ -614,6 +614,6 @@ def test_the_in_place_guard_blames_the_forward_for_a_changed_batch() -> None:
     reads = Reads()
     guard.forward_done(batch, reads)
     model = torch.nn.Linear(1, 1)
-    guard.manual_starts(model, Forward(torch.tensor(0.0), {}))
+    guard.manual_starts(model, Forward(torch.tensor(0.0), {}), batch)
     guard.queue(model, Forward(torch.tensor(0.0), {}), batch, reads, ran=True)
     assert guard.verdict(model) == ("forward", [])
