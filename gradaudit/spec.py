@@ -142,10 +142,25 @@ class MicroBatch(_Strict):
     """The batch's gradient equals its micro-batches' manual gradients, combined.
 
     Keys as op audits' (gradaudit.ops.spec.MicroBatch); a model's loss is a scalar, so
-    `reduction` is how it reduces over rows: mean (weights rows_i/N) or sum."""
+    `reduction` is how it reduces over rows: mean (weights rows_i/N) or sum. A loss that
+    is a mean over tokens (a padding mask, labels with an ignore index) weighs each
+    micro-batch by its tokens: `weight` names the batch tensor that counts them (its sum
+    over the micro-batch's rows; with `ignore_index`, its entries not equal to it)."""
 
     splits: Annotated[int, Field(ge=2)] = 2
     reduction: Literal["sum", "mean"] = "mean"
+    weight: Annotated[str, Field(min_length=1)] | None = None
+    ignore_index: int | None = None
+
+    @model_validator(mode="after")
+    def _weight_is_for_a_mean(self) -> MicroBatch:
+        if self.weight is not None and self.reduction != "mean":
+            raise ValueError(
+                "weight applies to reduction mean (a sum adds micro-batches as they are)"
+            )
+        if self.ignore_index is not None and self.weight is None:
+            raise ValueError("ignore_index needs weight: the batch tensor whose entries it ignores")
+        return self
 
 
 class SavedTensors(_Strict):

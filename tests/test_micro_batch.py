@@ -188,3 +188,138 @@ def test_micro_batch_leaves_the_gradients_case_as_it_was(tmp_path: Path) -> None
     mine = next(g for g in with_check if g.check == "gradients").tensors
     theirs = next(g for g in without if g.check == "gradients").tensors
     assert [(s.max_abs, s.max_rel) for s in mine] == [(s.max_abs, s.max_rel) for s in theirs]
+
+
+# -- a loss that is a mean over masked tokens: `weight` ------------------------------------
+
+MASKED = str(Path(__file__).with_name("masked_plugins.py"))
+MASKED_TENSORS = {"out", "h", "W1", "b1", "W2"}
+
+
+def masked_audit(tmp_path: Path, gradients: str, micro_batch: dict[str, Any]) -> Audit:
+    spec = {
+        "name": "masked",
+        "plugins": [MASKED],
+        "model": {"plugin": "masked-regression"},
+        "gradients": {"plugin": gradients},
+        "data": {
+            "plugin": "random",
+            "options": {
+                "tensors": {
+                    "x": {"shape": [6, 4]},
+                    "y": {"shape": [6]},
+                    "mask": {"shape": [6], "dtype": "bool", "p": 0.7},
+                }
+            },
+        },
+        "batches": {"count": 3, "size": 12, "seed": 5},
+        "devices": ["cpu"],
+        "dtypes": ["float64", "float32"],
+        "checks": {"micro_batch": {"splits": 3, **micro_batch}},
+    }
+    path = tmp_path / "masked.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return Audit(load_spec(path))
+
+
+def test_token_weights_count_a_mask_or_labels_not_ignored() -> None:
+    from gradaudit.checks.micro_batch import token_weights
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    labels = torch.where(mask, torch.arange(12).view(4, 3), torch.full((4, 3), -100))
+    batch = Batch({"mask": mask, "labels": labels, "bias": torch.ones(3)})
+    parts = split(batch, [1, 3])
+    assert token_weights(batch, parts, "mask", None) == [2 / 7, 5 / 7]
+    assert token_weights(batch, parts, "labels", -100) == [2 / 7, 5 / 7]
+    assert "not a batch tensor (the batch has mask, labels, bias)" in str(
+        token_weights(batch, parts, "tokens", None)
+    )
+    assert "dim 0 must be the batch's 4 rows" in str(token_weights(batch, parts, "bias", None))
+    assert "integer weight tensor" in str(
+        token_weights(
+            Batch({"m": mask.double()}), split(Batch({"m": mask.double()}), [1, 3]), "m", 0
+        )
+    )
+    empty = Batch({"mask": torch.tensor([[0, 0], [1, 0]])})
+    assert "micro-batch 1 (1 row(s)) counts 0 tokens" in str(
+        token_weights(empty, split(empty, [1, 1]), "mask", None)
+    )
+
+
+def test_masked_token_mean_is_green_with_weight_in_every_dtype(tmp_path: Path) -> None:
+    groups = run_groups(masked_audit(tmp_path, "masked-regression-manual", {"weight": "mask"}))
+    found = statuses(groups, "micro_batch")
+    assert len(found) == 2 * len(MASKED_TENSORS)
+    assert set(found.values()) == {"pass"}, found
+    assert set(statuses(groups, "gradients").values()) == {"pass"}
+
+
+def test_masked_token_mean_without_weight_is_an_error_that_names_weight(tmp_path: Path) -> None:
+    """Rows are the wrong weights for a token mean: even autograd disagrees, so every tensor
+    is an error (never a pass, never a fail) that says what to give."""
+    groups = run_groups(masked_audit(tmp_path, "masked-regression-manual", {}))
+    assert set(statuses(groups, "micro_batch").values()) == {"error"}
+    summary = next(g for g in groups if g.check == "micro_batch").tensors[0]
+    assert "not micro-batch invariant" in summary.errors[0]
+    assert "give micro_batch `weight`" in summary.errors[0]
+
+
+def test_configured_rows_in_a_token_count_passes_gradients_and_fails_micro_batch(
+    tmp_path: Path,
+) -> None:
+    groups = run_groups(
+        masked_audit(tmp_path, "masked-regression-bug-configured-rows", {"weight": "mask"})
+    )
+    for dtype in ("float64", "float32"):
+        assert failing(groups, "gradients", dtype) == set()
+        found = {t: s for (d, t), s in statuses(groups, "micro_batch").items() if d == dtype}
+        assert found == dict.fromkeys(MASKED_TENSORS, "fail")
+
+
+def test_weight_that_is_no_batch_tensor_is_an_error_per_tensor(tmp_path: Path) -> None:
+    groups = run_groups(masked_audit(tmp_path, "masked-regression-manual", {"weight": "tokens"}))
+    assert set(statuses(groups, "micro_batch").values()) == {"error"}
+    summary = next(g for g in groups if g.check == "micro_batch").tensors[0]
+    assert "weight 'tokens' is not a batch tensor (the batch has x, y, mask)" in summary.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{weight: mask, reduction: sum}", "weight applies to reduction mean"),
+        ("{ignore_index: -100}", "ignore_index needs weight"),
+    ],
+)
+def test_weight_keys_that_cannot_apply_are_one_line_spec_errors(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    text = (REPO / "specs" / "charrnn.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "spec.yaml"
+    path.write_text(text + f"checks:\n  micro_batch: {body}\n", encoding="utf-8")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_weight_examples_in_the_docs_load(tmp_path: Path) -> None:
+    """docs/specs.md's `weight` block, both lines (the second commented out), is a valid
+    `checks` section of the shipped spec."""
+    import re
+
+    text = (REPO / "docs" / "specs.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "ignore_index" in b]
+    base = (REPO / "specs" / "charrnn.yaml").read_text(encoding="utf-8")
+    found = []
+    for variant in (
+        block,
+        block.replace("  # micro_batch", "  micro_batch").replace(
+            "  micro_batch: {splits: 3, weight: mask}", "  # (first line)", 1
+        ),
+    ):
+        path = tmp_path / "spec.yaml"
+        path.write_text(base + variant, encoding="utf-8")
+        options = load_spec(path).spec.checks.micro_batch
+        assert options is not None
+        found.append((options.weight, options.ignore_index))
+    assert found == [("mask", None), ("labels", -100)]

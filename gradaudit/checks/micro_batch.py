@@ -8,7 +8,8 @@ derived on, is right on full batches and wrong on every other size.
 Per batch, the batch tensors whose dim 0 is the batch's rows are split into unequal
 micro-batches (ops.invariance.split_sizes; other tensors pass through whole); each gets its
 own forward, autograd gradient and manual gradient. Parameter gradients are summed,
-weighted by rows_i/N under `mean`; a tensor whose shape follows the batch (logits, hidden
+weighted by rows_i/N under `mean` (by tokens_i/tokens with `weight`: a mean over masked
+tokens); a tensor whose shape follows the batch (logits, hidden
 states) is concatenated along the dimension that grows with the rows, with the same weights.
 
 The reference is autograd's full-batch gradient (with the pass's float64 truth, so the
@@ -45,7 +46,11 @@ NAME = "micro_batch"
 NOT_INVARIANT = (
     "the model's loss is not micro-batch invariant here: autograd's own micro-batch "
     "gradients, combined ({reduction}), differ from its batch gradient (batch statistics, "
-    "dropout, or a loss normalised over the whole batch?); micro_batch does not apply"
+    "dropout, or a loss normalised over the whole batch?); micro_batch does not apply{hint}"
+)
+TOKENS_HINT = (
+    " (a mean over masked tokens or labels with an ignore index: give micro_batch `weight`, "
+    "the batch tensor that counts them)"
 )
 
 
@@ -106,6 +111,42 @@ def split(batch: Batch, sizes: Sequence[int]) -> list[Batch]:
     return parts
 
 
+def token_weights(
+    batch: Batch, parts: Sequence[Batch], name: str, ignore_index: int | None
+) -> list[float] | str:
+    """Each micro-batch's share of the batch's tokens, as batch tensor `name` counts them:
+    its sum over the micro-batch's rows (a mask's tokens), or with `ignore_index` its
+    entries not equal to it (labels); or why they cannot weigh the micro-batches."""
+    if name not in batch.tensors:
+        return f"weight '{name}' is not a batch tensor (the batch has {', '.join(batch.tensors)})"
+    whole = batch[name]
+    if not whole.dim() or whole.shape[0] != batch.rows:
+        return (
+            f"weight '{name}' has shape {tuple(whole.shape)}: its dim 0 must be the batch's "
+            f"{batch.rows} rows"
+        )
+    if ignore_index is not None and (whole.is_floating_point() or whole.is_complex()):
+        return f"ignore_index needs an integer weight tensor; '{name}' is {whole.dtype}"
+    counts = [
+        float(
+            (p[name] != ignore_index).sum()
+            if ignore_index is not None
+            else p[name].sum(dtype=torch.float64)
+        )
+        for p in parts
+    ]
+    total = sum(counts)
+    if not total > 0:
+        return f"weight '{name}' counts {total:g} tokens in the batch: nothing to weigh"
+    for k, (part, count) in enumerate(zip(parts, counts, strict=True)):
+        if not count > 0:
+            return (
+                f"micro-batch {k + 1} ({part.rows} row(s)) counts {count:g} tokens by "
+                f"'{name}': its loss is a mean over nothing"
+            )
+    return [count / total for count in counts]
+
+
 def combine(
     parts: Sequence[torch.Tensor], full: torch.Size, sizes: Sequence[int], weights: Sequence[float]
 ) -> torch.Tensor | str:
@@ -146,12 +187,19 @@ class _MicroBatchRun:
         if rows < splits:
             return self._fail_all(step, f"{rows} row(s) cannot make {splits} micro-batches")
         sizes = split_sizes(rows, splits)
-        weights = [s / rows if self.options.reduction == "mean" else 1.0 for s in sizes]
+        parts = split(batch, sizes)
+        weights: list[float] | str = [
+            s / rows if self.options.reduction == "mean" else 1.0 for s in sizes
+        ]
+        if self.options.weight is not None:
+            weights = token_weights(batch, parts, self.options.weight, self.options.ignore_index)
+        if isinstance(weights, str):
+            return self._fail_all(step, weights)
         kept = {n: b.detach().clone() for n, b in run.model.named_buffers()}
         autograd: list[list[torch.Tensor]] = []
         manual: list[Mapping[str, torch.Tensor]] = []
         try:
-            for part in split(batch, sizes):
+            for part in parts:
                 forward, reference = run.reference(run.model, part, names)
                 autograd.append(reference)
                 manual.append(run.manual(run.model, part, forward))
@@ -191,7 +239,8 @@ class _MicroBatchRun:
                     theirs = postprocess.apply(name, theirs, run.spec.postprocess)
                     own = Comparison(theirs.to(reference.dtype), reference, self.tols[name], exact)
                     if not check_all([own], scale)[0].passed:
-                        problem = NOT_INVARIANT.format(reduction=self.options.reduction)
+                        hint = TOKENS_HINT if self.options.weight is None else ""
+                        problem = NOT_INVARIANT.format(reduction=self.options.reduction, hint=hint)
                 else:
                     problem = theirs
             if problem is not None:
