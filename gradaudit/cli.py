@@ -150,6 +150,12 @@ def plan_command(
 @DEVICES
 @DTYPES
 @click.option("--fail-on-survivor", is_flag=True, help="Exit 1 when a mutant survives.")
+@click.option(
+    "--min-score",
+    type=click.FloatRange(0, 100),
+    metavar="PCT",
+    help="Exit 1 when a device/dtype's mutation score is under PCT percent.",
+)
 @SETS
 @THREADS
 @COLOR
@@ -159,6 +165,7 @@ def mutate_command(
     devices: tuple[str, ...],
     dtypes: tuple[str, ...],
     fail_on_survivor: bool,
+    min_score: float | None,
     sets: tuple[str, ...],
     threads: int | None,
     color: bool | None,
@@ -175,7 +182,10 @@ def mutate_command(
         color=tty if color is None else color,
         threads=threads,
     )
-    sys.exit(commands.mutate(spec, options, fail_on_survivor))
+    from gradaudit.mutate import Gate
+
+    gate = Gate(fail_on_survivor, min_score)
+    sys.exit(commands.mutate(spec, options, gate))
 
 
 @cli.command("merge")

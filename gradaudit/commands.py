@@ -23,6 +23,7 @@ from gradaudit.write import check_writable
 
 if TYPE_CHECKING:
     from gradaudit.audit import Audit
+    from gradaudit.mutate import Gate
     from gradaudit.plan import Plan
     from gradaudit.report.base import Reporter
     from gradaudit.results import RunSummary, Shard
@@ -341,7 +342,7 @@ def _echo(text: str) -> None:
     click.echo(text)
 
 
-def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
+def mutate(spec_path: str, options: RunOptions, gate: Gate) -> int:
     """Run the audit against generic mutants of the manual gradients; report who survived."""
     import time
 
@@ -353,7 +354,7 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
     from gradaudit.runner import run as run_plan
 
     if ops.is_op_spec(spec_path):
-        return op_mutate.mutate(spec_path, options, fail_on_survivor)
+        return op_mutate.mutate(spec_path, options, gate)
     start = time.perf_counter()
     audit, made, _ = prepare(
         spec_path,
@@ -383,10 +384,11 @@ def mutate(spec_path: str, options: RunOptions, fail_on_survivor: bool) -> int:
         if options.junit_xml:
             mutation.write_not_green(options.junit_xml, audit.loaded, why)
         return EXIT_CHECK_FAILED
-    for line in mutation.console_lines(reports, audit.tensor_names, options.color):
+    tensors = audit.tensor_names
+    for line in mutation.finish(
+        reports, tensors, audit.loaded, options.junit_xml, gate, options.color
+    ):
         _echo(line)
-    if options.junit_xml:
-        mutation.write_junit(options.junit_xml, audit.loaded, reports, fail_on_survivor)
     survivors = sum(len(r.survivors) for r in reports)
     _echo(f"{survivors} survivors in {time.perf_counter() - start:.1f}s")
-    return EXIT_CHECK_FAILED if survivors and fail_on_survivor else EXIT_OK
+    return EXIT_CHECK_FAILED if gate.fails(reports) else EXIT_OK

@@ -204,6 +204,31 @@ class MutationReport:
         return [r for r in self.results if r.status == "survived"]
 
 
+@dataclass(frozen=True)
+class Gate:
+    """When `gradaudit mutate` exits 1 on a green audit: a surviving mutant
+    (--fail-on-survivor), or a device/dtype whose score is under `min_score` percent
+    (--min-score; a device/dtype where no mutant counts is under any)."""
+
+    fail_on_survivor: bool = False
+    min_score: float | None = None
+
+    def short(self, report: MutationReport) -> str | None:
+        """Why this (device, dtype) misses --min-score, or None."""
+        if self.min_score is None:
+            return None
+        if not report.counted():
+            return "no mutant counts (all equivalent or not applicable): nothing was scored"
+        score = 100 * report.score()
+        if score < self.min_score:
+            return f"mutation score {score:.1f}% is under --min-score {self.min_score:g}%"
+        return None
+
+    def fails(self, reports: list[MutationReport]) -> bool:
+        survived = any(r.survivors for r in reports)
+        return (self.fail_on_survivor and survived) or any(self.short(r) for r in reports)
+
+
 class MutationRun:
     """Mutation testing on one (device, dtype) pass: every batch, every not-yet-killed
     mutant of the manual gradients, compared with the same reference as the real check."""

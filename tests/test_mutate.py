@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,50 @@ def test_loose_tolerance_lets_mutants_survive(write_spec: SpecWriter, tmp_path: 
     assert gate.returncode == 1
     failures = [c for s in JUnitXml.fromfile(str(junit)) for c in s if c.result]
     assert any(isinstance(r, JFailure) for c in failures for r in c.result)
+
+
+def test_min_score_gates_on_the_score_not_on_survivors(
+    write_spec: SpecWriter, tmp_path: Path
+) -> None:
+    """--min-score fails a device/dtype whose score is under it (exit 1, a failing score
+    case in JUnit, a console line), and passes one at or over it, survivors or not."""
+    spec = write_spec(
+        tolerance={"mode": "allclose", "rtol": 0.05, "atol": 1e-3}, dtypes=["float64"]
+    )
+    junit = tmp_path / "mutants.xml"
+    low = run_gradaudit("mutate", spec, "--junit-xml", junit, "--min-score", "99.5")
+    assert low.returncode == 1, low.stdout + low.stderr
+    found = re.search(r"cpu/float64: mutation score ([\d.]+)%", low.stdout)
+    assert found is not None, low.stdout
+    score = float(found.group(1))
+    assert 0 < score < 99.5
+    assert f"cpu/float64: mutation score {score:.1f}% is under --min-score 99.5%" in low.stdout
+    cases = {c.name: c for s in JUnitXml.fromfile(str(junit)) for c in s}
+    gate = cases.pop("mutation score >= 99.5%")
+    assert any(isinstance(r, JFailure) for r in gate.result)
+    assert not any(isinstance(r, JFailure) for c in cases.values() for r in c.result)  # warnings
+
+    met = run_gradaudit("mutate", spec, "--junit-xml", junit, "--min-score", str(score))
+    assert met.returncode == 0, met.stdout + met.stderr
+    assert "WARNING cpu/float64" in met.stdout and "under --min-score" not in met.stdout
+    cases = {c.name: c for s in JUnitXml.fromfile(str(junit)) for c in s}
+    assert cases[f"mutation score >= {score:g}%"].result == []
+
+    bad = run_gradaudit("mutate", spec, "--min-score", "101")
+    assert bad.returncode == 2 and "101" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_gate_with_nothing_scored_fails() -> None:
+    """A device/dtype where every mutant is equivalent or not applicable scores 1.0 by
+    convention; --min-score must not read that as a pass."""
+    from gradaudit.mutate import Gate, Mutant, MutantResult, MutationReport
+
+    equivalent = MutantResult(Mutant("zero", "b", lambda g, b: None), True, False)
+    report = MutationReport("cpu", "float32", [equivalent])
+    assert report.score() == 1.0 and not report.counted()
+    assert "nothing was scored" in str(Gate(min_score=0.0).short(report))
+    assert Gate(min_score=0.0).fails([report])
+    assert not Gate(fail_on_survivor=True).fails([report])
 
 
 def test_mutate_needs_a_green_audit(write_spec: SpecWriter) -> None:

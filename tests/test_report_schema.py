@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import xmlschema
 
-from gradaudit.mutate import Mutant, MutantResult, MutationReport
+from gradaudit.mutate import Gate, Mutant, MutantResult, MutationReport
 from gradaudit.report import mutation
 from gradaudit.report.jsonfile import JsonReporter
 from gradaudit.report.junit import JUnitReporter, read_suites
@@ -226,7 +226,7 @@ def test_mutation_reports_are_valid(tmp_path: Path) -> None:
     report = MutationReport("cpu", "float32", results, {"W": 1e-6}, {"W": TOL})
     for gate in (True, False):
         path = tmp_path / f"mutants-{gate}.xml"
-        mutation.write_junit(str(path), loaded, [report], gate)
+        mutation.write_junit(str(path), loaded, [report], Gate(fail_on_survivor=gate))
         root = assert_valid(path)
         tags = [outcome_tags(c) for c in root.iter("testcase")]
         assert tags == [[], ["failure" if gate else "skipped"], ["skipped"], ["skipped"]]

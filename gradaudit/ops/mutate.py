@@ -21,7 +21,7 @@ import click
 
 from gradaudit.compare import Comparison, Scratch, TensorSummary
 from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
-from gradaudit.mutate import MutationReport, MutationRun, generic_mutants
+from gradaudit.mutate import Gate, MutationReport, MutationRun, generic_mutants
 from gradaudit.ops.variants import Variant
 
 if TYPE_CHECKING:
@@ -114,10 +114,10 @@ def _grad(name: str) -> bool:
     return name.startswith("grad.")
 
 
-def mutate(spec_path: str, options: Any, fail_on_survivor: bool) -> int:
+def mutate(spec_path: str, options: Any, gate: Gate) -> int:
     """Run the op audit against the generic mutants of the candidate's gradients; report
     (console, JUnit) and exit as model mutate does: 1 when the audit itself is not green,
-    or when a mutant survives under --fail-on-survivor."""
+    or when the gate fails (a survivor under --fail-on-survivor, a score under --min-score)."""
     from gradaudit.commands import set_threads
     from gradaudit.ops.run import groups
     from gradaudit.ops.spec import load_op_spec
@@ -158,13 +158,12 @@ def mutate(spec_path: str, options: Any, fail_on_survivor: bool) -> int:
         if options.junit_xml:
             mutation.write_not_green(options.junit_xml, loaded, why)
         return EXIT_CHECK_FAILED
-    for line in mutation.console_lines(reports, mutation_hook.tensors, options.color):
+    tensors = mutation_hook.tensors
+    for line in mutation.finish(reports, tensors, loaded, options.junit_xml, gate, options.color):
         click.echo(line)
-    if options.junit_xml:
-        mutation.write_junit(options.junit_xml, loaded, reports, fail_on_survivor)
     survivors = sum(len(r.survivors) for r in reports)
     click.echo(f"{survivors} survivors in {time.perf_counter() - start:.1f}s")
-    return EXIT_CHECK_FAILED if survivors and fail_on_survivor else EXIT_OK
+    return EXIT_CHECK_FAILED if gate.fails(reports) else EXIT_OK
 
 
 def _same(a: str, b: str) -> bool:

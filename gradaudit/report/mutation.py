@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from gradaudit.mutate import MutantResult, MutationReport
+from gradaudit.mutate import Gate, MutantResult, MutationReport
 from gradaudit.report.junit import document, testcase, testsuite
 from gradaudit.results import RunSummary
 from gradaudit.spec import LoadedSpec
@@ -102,11 +102,10 @@ def console_lines(
     return lines
 
 
-def write_junit(
-    path: str, loaded: Loaded, reports: list[MutationReport], fail_on_survivor: bool
-) -> None:
+def write_junit(path: str, loaded: Loaded, reports: list[MutationReport], gate: Gate) -> None:
     """A suite per (device, dtype), a testcase per mutant: killed passes, a survivor fails
-    (--fail-on-survivor) or is skipped with a warning, the rest are skipped with the reason."""
+    (--fail-on-survivor) or is skipped with a warning, the rest are skipped with the reason;
+    under --min-score, one more testcase, the score, fails below it."""
     name = loaded.spec.name
     suites = []
     for report in reports:
@@ -117,7 +116,7 @@ def write_junit(
             stdout = None
             if result.status == "survived":
                 line = survivor_line(report, result)
-                if fail_on_survivor:
+                if gate.fail_on_survivor:
                     failure = (line, line)
                 else:
                     skipped = (f"warning: {line}", line)
@@ -131,6 +130,10 @@ def write_junit(
                     result.mutant.name, cls, 0.0, failure=failure, skipped=skipped, stdout=stdout
                 )
             )
+        if gate.min_score is not None:
+            short = gate.short(report)
+            score = f"mutation score >= {gate.min_score:g}%"
+            cases.append(testcase(score, cls, 0.0, failure=(short, short) if short else None))
         properties = {
             "mutation_score": f"{report.score():.4f}",
             **_spec_facts(loaded),
@@ -141,6 +144,26 @@ def write_junit(
             testsuite(f"{name}[{report.device},{report.dtype},mutants]", cases, properties)
         )
     write_atomic(path, document(suites))
+
+
+def finish(
+    reports: list[MutationReport],
+    tensors: list[str],
+    loaded: Loaded,
+    junit_xml: str | None,
+    gate: Gate,
+    color: bool,
+) -> list[str]:
+    """The scored mutants' console lines, with a line per device/dtype under --min-score;
+    the JUnit report written (model and op mutate end alike)."""
+    lines = console_lines(reports, tensors, color)
+    for report in reports:
+        short = gate.short(report)
+        if short is not None:
+            lines.append(f"{report.device}/{report.dtype}: {short}")
+    if junit_xml:
+        write_junit(junit_xml, loaded, reports, gate)
+    return lines
 
 
 def not_green(summary: RunSummary) -> str | None:
