@@ -66,7 +66,7 @@ def row(
     if ratio is None:
         text = f"{measured / baseline if baseline else float('inf'):.2f}x"
     else:
-        text = f"{ratio[0]:.2f}x [{ratio[1]:.2f}-{ratio[2]:.2f}]"
+        text = f"{ratio[0]:.3f}x [{ratio[1]:.2f}-{ratio[2]:.2f}]"
     ROWS.append(
         (
             what,
