@@ -8,9 +8,9 @@ derived on, is right on full batches and wrong on every other size.
 Per batch, the batch tensors whose dim 0 is the batch's rows are split into unequal
 micro-batches (ops.invariance.split_sizes; other tensors pass through whole); each gets its
 own forward, autograd gradient and manual gradient. Parameter gradients are summed,
-weighted by rows_i/N under `mean` (by tokens_i/tokens with `weight`: a mean over masked
-tokens); a tensor whose shape follows the batch (logits, hidden
-states) is concatenated along the dimension that grows with the rows, with the same weights.
+weighted by rows_i/N under `mean` (by tokens_i/tokens with `weight`, for a mean over masked
+tokens); a tensor whose shape follows the batch (logits, hidden states) is concatenated
+along the dimension that grows with the rows, with the same weights.
 
 The reference is autograd's full-batch gradient (with the pass's float64 truth, so the
 spec's tolerances apply unchanged), not the manual full-batch gradient: the verdict then
