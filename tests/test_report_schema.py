@@ -230,6 +230,18 @@ def test_mutation_reports_are_valid(tmp_path: Path) -> None:
         root = assert_valid(path)
         tags = [outcome_tags(c) for c in root.iter("testcase")]
         assert tags == [[], ["failure" if gate else "skipped"], ["skipped"], ["skipped"]]
+    for score, outcome in ((50.0, []), (50.1, ["failure"])):  # 1 of 2 counted is killed
+        path = tmp_path / f"mutants-{score}.xml"
+        mutation.write_junit(str(path), loaded, [report], Gate(min_score=score))
+        cases = list(assert_valid(path).iter("testcase"))
+        assert cases[-1].get("name") == f"mutation score >= {score:g}%"
+        assert [outcome_tags(c) for c in cases] == [
+            [],
+            ["skipped"],
+            ["skipped"],
+            ["skipped"],
+            outcome,
+        ]
 
 
 def test_mutate_on_a_red_audit_writes_an_error_report(tmp_path: Path) -> None:
