@@ -384,11 +384,9 @@ def mutate(spec_path: str, options: RunOptions, gate: Gate) -> int:
         if options.junit_xml:
             mutation.write_not_green(options.junit_xml, audit.loaded, why)
         return EXIT_CHECK_FAILED
-    tensors = audit.tensor_names
+    seconds = time.perf_counter() - start
     for line in mutation.finish(
-        reports, tensors, audit.loaded, options.junit_xml, gate, options.color
+        reports, audit.tensor_names, audit.loaded, options.junit_xml, gate, options.color, seconds
     ):
         _echo(line)
-    survivors = sum(len(r.survivors) for r in reports)
-    _echo(f"{survivors} survivors in {time.perf_counter() - start:.1f}s")
     return EXIT_CHECK_FAILED if gate.fails(reports) else EXIT_OK

@@ -64,10 +64,9 @@ class InPlaceGuard:
         same = self.state_answer()  # empty when the manual gradient did not return
         if self.state is None or all(same):
             return None
-        touched = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
-        batch_touched = [label for label in touched if label.startswith(_BATCH)]
-        touched = [label for label in touched if not label.startswith(_BATCH)]
-        touched += ["the batch"] if batch_touched else []
+        changed = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
+        touched = [label for label in changed if not label.startswith(_BATCH)]
+        touched += ["the batch"] if len(touched) < len(changed) else []
         restore(self.state.tensors(), model)
         return "manual", touched
 
@@ -99,9 +98,10 @@ class _Bytes:
         raws = [dense(t) for t in tensors.values()]
         self.kinds = [(t.shape, t.dtype) for t in tensors.values()]
         self.sizes = [r.numel() * r.element_size() for r in raws]
+        total = sum(self.sizes)
         buffer = kept.get(key)
-        if buffer is None or buffer.numel() < sum(self.sizes):
-            buffer = kept[key] = torch.empty(max(sum(self.sizes), 1), dtype=torch.uint8)
+        if buffer is None or buffer.numel() < total:
+            buffer = kept[key] = torch.empty(max(total, 1), dtype=torch.uint8)
         self.buffer = buffer
         self.starts = []
         at = buffer.data_ptr()

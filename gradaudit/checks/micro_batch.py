@@ -188,11 +188,10 @@ class _MicroBatchRun:
             return self._fail_all(step, f"{rows} row(s) cannot make {splits} micro-batches")
         sizes = split_sizes(rows, splits)
         parts = split(batch, sizes)
-        weights: list[float] | str = [
-            s / rows if self.options.reduction == "mean" else 1.0 for s in sizes
-        ]
         if self.options.weight is not None:
             weights = token_weights(batch, parts, self.options.weight, self.options.ignore_index)
+        else:
+            weights = [s / rows if self.options.reduction == "mean" else 1.0 for s in sizes]
         if isinstance(weights, str):
             return self._fail_all(step, weights)
         kept = {n: b.detach().clone() for n, b in run.model.named_buffers()}

@@ -158,11 +158,11 @@ def mutate(spec_path: str, options: Any, gate: Gate) -> int:
         if options.junit_xml:
             mutation.write_not_green(options.junit_xml, loaded, why)
         return EXIT_CHECK_FAILED
-    tensors = mutation_hook.tensors
-    for line in mutation.finish(reports, tensors, loaded, options.junit_xml, gate, options.color):
+    seconds = time.perf_counter() - start
+    for line in mutation.finish(
+        reports, mutation_hook.tensors, loaded, options.junit_xml, gate, options.color, seconds
+    ):
         click.echo(line)
-    survivors = sum(len(r.survivors) for r in reports)
-    click.echo(f"{survivors} survivors in {time.perf_counter() - start:.1f}s")
     return EXIT_CHECK_FAILED if gate.fails(reports) else EXIT_OK
 
 

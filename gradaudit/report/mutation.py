@@ -153,9 +153,11 @@ def finish(
     junit_xml: str | None,
     gate: Gate,
     color: bool,
+    seconds: float,
 ) -> list[str]:
-    """The scored mutants' console lines, with a line per device/dtype under --min-score;
-    the JUnit report written (model and op mutate end alike)."""
+    """The scored mutants' console lines, with a line per device/dtype under --min-score
+    and the survivors' count last; the JUnit report written (model and op mutate end
+    alike)."""
     lines = console_lines(reports, tensors, color)
     for report in reports:
         short = gate.short(report)
@@ -163,7 +165,8 @@ def finish(
             lines.append(f"{report.device}/{report.dtype}: {short}")
     if junit_xml:
         write_junit(junit_xml, loaded, reports, gate)
-    return lines
+    survivors = sum(len(r.survivors) for r in reports)
+    return [*lines, f"{survivors} survivors in {seconds:.1f}s"]
 
 
 def not_green(summary: RunSummary) -> str | None:
