@@ -20,6 +20,7 @@ from gradaudit.syncs import Reads, counting, dense, memcmp, same_bits_later
 from gradaudit.types import Batch, Forward
 
 Answer = Callable[[], list[bool]]
+ALIGN = 16  # bytes: the largest element (complex128)
 
 
 class InPlaceGuard:
@@ -98,7 +99,9 @@ class _Bytes:
         raws = [dense(t) for t in tensors.values()]
         self.kinds = [(t.shape, t.dtype) for t in tensors.values()]
         self.sizes = [r.numel() * r.element_size() for r in raws]
-        total = sum(self.sizes)
+        # Each copy starts on an ALIGN boundary, so that it can be viewed in its dtype
+        # to be put back (the buffer's own start is aligned by torch's allocator).
+        total = sum(-(-size // ALIGN) * ALIGN for size in self.sizes)
         buffer = kept.get(key)
         if buffer is None or buffer.numel() < total:
             buffer = kept[key] = torch.empty(max(total, 1), dtype=torch.uint8)
@@ -108,7 +111,7 @@ class _Bytes:
         for raw, size in zip(raws, self.sizes, strict=True):
             ctypes.memmove(at, raw.data_ptr(), size)
             self.starts.append(at)
-            at += size
+            at += -(-size // ALIGN) * ALIGN
 
     def answer(self, now: Mapping[str, torch.Tensor], reads: Reads) -> Answer:
         """Per label, whether `now` holds the same bytes (known at once: no device read)."""

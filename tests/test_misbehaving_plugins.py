@@ -617,3 +617,33 @@ def test_the_in_place_guard_blames_the_forward_for_a_changed_batch() -> None:
     guard.manual_starts(model, Forward(torch.tensor(0.0), {}), batch)
     guard.queue(model, Forward(torch.tensor(0.0), {}), batch, reads, ran=True)
     assert guard.verdict(model) == ("forward", [])
+
+
+@pytest.mark.parametrize("path", ["cpu-bytes", "device-tensors"])
+def test_the_in_place_guard_puts_back_tensors_of_any_dtype_and_size(path: str) -> None:
+    """The copies of tensors of mixed dtypes and odd sizes (5 float32, then int64 and float16
+    batch tensors) lie end to end in one buffer on the CPU: each must still be viewable in
+    its dtype to be put back (20 bytes in, an int64 view failed)."""
+    import contextlib
+
+    from gradaudit.inplace import InPlaceGuard
+    from gradaudit.syncs import Reads, count_syncs
+    from gradaudit.types import Batch, Forward
+
+    model = torch.nn.Linear(3, 1, bias=False)
+    weight = model.weight.detach().clone()
+    batch = Batch({"tokens": torch.arange(5), "half": torch.ones(3, dtype=torch.float16)})
+    forward = Forward(torch.tensor(0.0), {"h": torch.ones(2)})
+    mode = count_syncs() if path == "device-tensors" else contextlib.nullcontext()
+    with mode:
+        guard = InPlaceGuard(batch, {})
+        reads = Reads()
+        guard.forward_done(batch, reads)
+        guard.manual_starts(model, forward, batch)
+        with torch.no_grad():
+            model.weight.mul_(2.0)
+        batch["half"][0] = 7.0
+        guard.queue(model, forward, batch, reads, ran=True)
+        found = guard.verdict(model)
+    assert found == ("manual", ["parameter weight", "the batch"])
+    assert torch.equal(model.weight.detach(), weight)
