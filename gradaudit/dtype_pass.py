@@ -31,7 +31,7 @@ from gradaudit.guards import (
     deadline,
     plain_tensors,
 )
-from gradaudit.inplace import InPlaceGuard
+from gradaudit.inplace import InPlaceGuard, Kept
 from gradaudit.mutate import Mutant, MutationReport, MutationRun
 from gradaudit.numpy_adapter import computed_problem
 from gradaudit.pass_parts import (
@@ -86,7 +86,7 @@ class DtypePass:
         self.scale: float | torch.Tensor | None = 0.0
         self.truths: list[torch.Tensor] = []
         self.scratch = Scratch()  # comparison buffers, reused batch after batch
-        self.guard_copies: dict[str, torch.Tensor] = {}  # the in-place guard's, likewise
+        self.guard_copies: Kept = {}  # the in-place guard's, likewise
         # a batch's results reach summaries and events together (see `drain`)
         self.events: list[Event] = []
         self.pending: list[Callable[[], None]] = []

@@ -1,16 +1,16 @@
 """The in-place guard of one batch: what the model's forward and the manual gradient must
 only read is compared bit for bit with copies taken before them.
 
-On the CPU the copies are bytes: each tensor is copied with one memmove into a buffer kept
-from batch to batch, and compared with one memcmp (torch's per-call costs, not the memory,
-were most of the guard's time at gradient sizes: 0.44 ms of a 4.5 ms CharRNN batch). On a
+On the CPU the copies lie in one buffer kept from batch to batch, all made with one torch
+call and each compared with one memcmp (torch's per-call costs, not the memory, were most of
+the guard's time at gradient sizes: 0.44 ms of a 4.5 ms CharRNN batch). On a
 device the copies are tensors, and the comparison's answer is queued on the batch's one
 device read (syncs.Reads), which the comparison of gradients takes: a GPU then waits once
 per batch, not once more for the guard."""
 
 from __future__ import annotations
 
-import ctypes
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -20,23 +20,25 @@ from gradaudit.syncs import Reads, counting, dense, memcmp, same_bits_later
 from gradaudit.types import Batch, Forward
 
 Answer = Callable[[], list[bool]]
+Kept = dict[str, object]  # a pass's buffers and layouts, handed to every batch's guard
 ALIGN = 16  # bytes: the largest element (complex128)
 
 
 class InPlaceGuard:
-    """Take copies as the batch goes (at the start, `manual_starts`), compare them
-    (`forward_done`, `queue`), then ask `verdict` for what was changed.
+    """Take copies as the batch goes (the batch at the start, the rest at `manual_starts`),
+    compare them (`forward_done`, `queue`), then ask `verdict` for what was changed.
 
-    The copies go into `kept` buffers, which a pass hands every batch's guard: reusing
-    them spares the allocator a megabyte or more a batch (fresh large buffers cost page
-    faults on the CPU)."""
+    The copies go into buffers `kept` from batch to batch (one per pass): reusing them
+    spares the allocator a megabyte or more a batch (fresh large buffers cost page faults
+    on the CPU), and their layout is worked out once."""
 
-    def __init__(self, batch: Batch, kept: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, batch: Batch, kept: Kept | None = None) -> None:
         self.kept = kept if kept is not None else {}
         self.before = _copies(batch.tensors, self.kept, "batch")
         self.state: _Bytes | _Tensors | None = None
         self.forward_answer: Answer = list
         self.state_answer: Answer = list
+        self.batch_answer: Answer = list
 
     def forward_done(self, batch: Batch, reads: Reads) -> None:
         """Compare the batch with its copy now (the answer rides on `reads`): if the
@@ -44,9 +46,9 @@ class InPlaceGuard:
         self.forward_answer = self.before.answer(batch.tensors, reads)
 
     def manual_starts(self, model: torch.nn.Module, forward: Forward, batch: Batch) -> None:
-        """Copy what a manual gradient must only read: parameters, buffers, forward tensors
-        and the batch (copied again with them, so that one comparison covers all)."""
-        self.state = _copies(_read_only(model, forward, batch), self.kept, "state")
+        """Copy what a manual gradient must only read besides the batch: parameters,
+        buffers and the forward's tensors."""
+        self.state = _copies(watched(model, forward), self.kept, "state")
 
     def queue(
         self, model: torch.nn.Module, forward: Forward, batch: Batch, reads: Reads, ran: bool
@@ -54,7 +56,8 @@ class InPlaceGuard:
         """Compare, when the manual gradient `ran` (returned): the model, the forward's
         tensors and the batch after it."""
         if ran and self.state is not None:
-            self.state_answer = self.state.answer(_read_only(model, forward, batch), reads)
+            self.state_answer = self.state.answer(watched(model, forward), reads)
+            self.batch_answer = self.before.answer(batch.tensors, reads)
 
     def verdict(self, model: torch.nn.Module) -> tuple[str, list[str]] | None:
         """None when nothing changed; ("forward", []) when the model's forward changed the
@@ -62,64 +65,69 @@ class InPlaceGuard:
         parameters and buffers are put back)."""
         if not all(self.forward_answer()):
             return "forward", []
-        same = self.state_answer()  # empty when the manual gradient did not return
-        if self.state is None or all(same):
+        same, batch_same = self.state_answer(), self.batch_answer()  # empty: did not return
+        if self.state is None or (all(same) and all(batch_same)):
             return None
-        changed = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
-        touched = [label for label in changed if not label.startswith(_BATCH)]
-        touched += ["the batch"] if len(touched) < len(changed) else []
+        touched = [label for label, ok in zip(self.state.labels, same, strict=True) if not ok]
+        touched += [] if all(batch_same) else ["the batch"]
         restore(self.state.tensors(), model)
         return "manual", touched
 
 
-_BATCH = "batch "  # the batch's labels among the state's (guards.watched names the rest)
-
-
-def _read_only(model: torch.nn.Module, forward: Forward, batch: Batch) -> dict[str, torch.Tensor]:
-    return watched(model, forward) | {_BATCH + name: t for name, t in batch.tensors.items()}
-
-
-def _copies(
-    tensors: Mapping[str, torch.Tensor], kept: dict[str, torch.Tensor], key: str
-) -> _Bytes | _Tensors:
-    on_cpu = all(t.device.type == "cpu" for t in tensors.values())
-    if on_cpu and not counting() and memcmp() is not None:
-        return _Bytes(tensors, kept, key)
+def _copies(tensors: Mapping[str, torch.Tensor], kept: Kept, key: str) -> _Bytes | _Tensors:
+    values = list(tensors.values())
+    if all(t.is_cpu for t in values) and not counting() and memcmp() is not None:
+        return _Bytes(tensors, values, kept, key)
     return _Tensors(tensors, kept, key)
 
 
+class _Layout:
+    """Where each tensor's copy lies in one CPU buffer: its bytes, from an ALIGN boundary
+    (so that it can be viewed in its dtype; the buffer's own start is aligned by torch's
+    allocator), and a view of them in the tensor's dtype and shape."""
+
+    def __init__(self, kinds: list[tuple[torch.Size, torch.dtype]]) -> None:
+        self.kinds = kinds
+        self.sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in kinds]
+        offsets, total = [], 0
+        for size in self.sizes:
+            offsets.append(total)
+            total += -(-size // ALIGN) * ALIGN
+        self.buffer = torch.empty(max(total, 1), dtype=torch.uint8)
+        base = self.buffer.data_ptr()
+        self.starts = [base + offset for offset in offsets]
+        self.views = [
+            self.buffer[offset : offset + size].view(dtype).view(shape)
+            for offset, size, (shape, dtype) in zip(offsets, self.sizes, kinds, strict=True)
+        ]
+
+
 class _Bytes:
-    """CPU tensors' bytes, end to end in one kept buffer: a memmove each to copy, a memcmp
-    each to compare."""
+    """CPU tensors' values in a kept buffer: copied with one `_foreach_copy_` (torch's loop,
+    not Python's), compared with a memcmp each."""
 
     def __init__(
-        self, tensors: Mapping[str, torch.Tensor], kept: dict[str, torch.Tensor], key: str
+        self, tensors: Mapping[str, torch.Tensor], values: list[torch.Tensor], kept: Kept, key: str
     ) -> None:
         self.labels = list(tensors)
-        raws = [dense(t) for t in tensors.values()]
-        self.kinds = [(t.shape, t.dtype) for t in tensors.values()]
-        self.sizes = [r.numel() * r.element_size() for r in raws]
-        # Each copy starts on an ALIGN boundary, so that it can be viewed in its dtype
-        # to be put back (the buffer's own start is aligned by torch's allocator).
-        total = sum(-(-size // ALIGN) * ALIGN for size in self.sizes)
-        buffer = kept.get(key)
-        if buffer is None or buffer.numel() < total:
-            buffer = kept[key] = torch.empty(max(total, 1), dtype=torch.uint8)
-        self.buffer = buffer
-        self.starts = []
-        at = buffer.data_ptr()
-        for raw, size in zip(raws, self.sizes, strict=True):
-            ctypes.memmove(at, raw.data_ptr(), size)
-            self.starts.append(at)
-            at += -(-size // ALIGN) * ALIGN
+        kinds = [(t.shape, t.dtype) for t in values]
+        layout = kept.get(key)
+        if not isinstance(layout, _Layout) or layout.kinds != kinds:
+            layout = kept[key] = _Layout(kinds)
+        self.layout = layout
+        if any(t.layout != torch.strided for t in values):
+            values = [dense(t) for t in values]
+        with torch.no_grad():  # parameters would make the copies part of a graph
+            _copy_all(layout.views, values)
 
     def answer(self, now: Mapping[str, torch.Tensor], reads: Reads) -> Answer:
-        """Per label, whether `now` holds the same bytes (known at once: no device read)."""
+        """Per label, whether `now` holds the same values, bit for bit (known at once: no
+        device read)."""
         compare = memcmp()
         assert compare is not None
-        found = []
+        layout, found = self.layout, []
         for label, (shape, dtype), start, size in zip(
-            self.labels, self.kinds, self.starts, self.sizes, strict=True
+            self.labels, layout.kinds, layout.starts, layout.sizes, strict=True
         ):
             tensor = now.get(label)
             if tensor is None or tensor.shape != shape or tensor.dtype != dtype:
@@ -130,29 +138,29 @@ class _Bytes:
         return lambda: found
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Each label's copy, as a tensor viewing the buffer (to put it back)."""
-        found = {}
-        base = self.buffer.data_ptr()
-        for label, (shape, dtype), start, size in zip(
-            self.labels, self.kinds, self.starts, self.sizes, strict=True
-        ):
-            piece = self.buffer[start - base : start - base + size]
-            found[label] = piece.view(dtype).view(shape)
-        return found
+        """Each label's copy (to put it back)."""
+        return dict(zip(self.labels, self.layout.views, strict=True))
+
+
+def _copy_all(copies: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    foreach = getattr(torch, "_foreach_copy_", None)  # torch 2.1 may lack it
+    if foreach is not None:
+        foreach(copies, values)
+    else:
+        for copy, value in zip(copies, values, strict=True):
+            copy.copy_(value)
 
 
 class _Tensors:
     """Copies as tensors of the same layout, compared on their device (see syncs)."""
 
-    def __init__(
-        self, tensors: Mapping[str, torch.Tensor], kept: dict[str, torch.Tensor], key: str
-    ) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], kept: Kept, key: str) -> None:
         self.labels = list(tensors)
-        self.copies = {}
+        self.copies: dict[str, torch.Tensor] = {}
         for label, tensor in tensors.items():
             tensor = tensor.detach()
             copy = kept.get(f"{key} {label}")
-            if copy is None or not _same_layout(copy, tensor):
+            if not isinstance(copy, torch.Tensor) or not _same_layout(copy, tensor):
                 copy = kept[f"{key} {label}"] = torch.empty_like(tensor)
             self.copies[label] = copy.copy_(tensor)
 
