@@ -44,9 +44,13 @@ class GroupResult:
         return cls(case.device, case.dtype, tensors, case.skip, check=case.check)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CaseResult:
-    """One tensor on one batch: a comparison, or the error that prevented it."""
+    """One tensor on one batch: a comparison, or the error that prevented it.
+
+    A value, like its Check: nothing changes one after it is made. Not declared frozen:
+    a frozen dataclass's __init__ sets each field through object.__setattr__ (3.7 us
+    against 0.8 us), paid for every tensor of every batch."""
 
     device: str
     dtype: str
