@@ -1,54 +1,58 @@
 """The in-place guard of one batch: what the model's forward and the manual gradient must
-only read is compared bit for bit with copies taken before them.
+only read is checked for changes against what it held before them.
 
-On the CPU the copies lie in one buffer kept from batch to batch, all made with one torch
-call and each compared with one memcmp (torch's per-call costs, not the memory, were most of
-the guard's time at gradient sizes: 0.44 ms of a 4.5 ms CharRNN batch). On a
-device the copies are tensors, and the comparison's answer is queued on the batch's one
-device read (syncs.Reads), which the comparison of gradients takes: a GPU then waits once
-per batch, not once more for the guard."""
+On the CPU each tensor's bytes are hashed (xxh3-128; why: docs/development.md): hashing reads
+the tensors while they are in the cache, where a copy also writes a megabyte or more a batch
+and compares it after the float64 truth has pushed it out (the copy and the comparison took
+0.25 ms of a 9 ms CharRNN batch, the digests 0.09 ms). A change goes unseen only if the two
+contents share a 128-bit digest. The parameters and buffers, which are put back when the
+manual gradient changed them, are also copied, once per pass and again only when their
+digest changed (a forward that renormalises its weights). On a device the copies are
+tensors, and the comparison's answer is queued on the batch's one device read
+(syncs.Reads), which the comparison of gradients takes: a GPU then waits once per batch,
+not once more for the guard."""
 
 from __future__ import annotations
 
-import math
+import ctypes
 from collections.abc import Callable, Mapping
 
 import torch
+import xxhash
 
 from gradaudit.guards import restore, watched
-from gradaudit.syncs import Reads, counting, dense, memcmp, same_bits_later
+from gradaudit.syncs import Reads, counting, dense, same_bits_later
 from gradaudit.types import Batch, Forward
 
 Answer = Callable[[], list[bool]]
-Kept = dict[str, object]  # a pass's buffers and layouts, handed to every batch's guard
-ALIGN = 16  # bytes: the largest element (complex128)
+Kept = dict[str, object]  # what a pass keeps from batch to batch, handed to every guard
+_RESTORABLE = ("parameter ", "buffer ")  # labels (guards.watched) of what is put back
 
 
 class InPlaceGuard:
-    """Take copies as the batch goes (the batch at the start, the rest at `manual_starts`),
-    compare them (`forward_done`, `queue`), then ask `verdict` for what was changed.
+    """Fingerprint as the batch goes (the batch at the start, the rest at `manual_starts`),
+    compare (`forward_done`, `queue`), then ask `verdict` for what was changed.
 
-    The copies go into buffers `kept` from batch to batch (one per pass): reusing them
-    spares the allocator a megabyte or more a batch (fresh large buffers cost page faults
-    on the CPU), and their layout is worked out once."""
+    `kept` is the pass's, handed to every batch's guard: the parameters' copies (CPU) or
+    every copy (device) are kept there, sparing the allocator a megabyte or more a batch."""
 
     def __init__(self, batch: Batch, kept: Kept | None = None) -> None:
         self.kept = kept if kept is not None else {}
-        self.before = _copies(batch.tensors, self.kept, "batch")
-        self.state: _Bytes | _Tensors | None = None
+        self.before = _fingerprint(batch.tensors, self.kept, "batch")
+        self.state: _Digests | _Tensors | None = None
         self.forward_answer: Answer = list
         self.state_answer: Answer = list
         self.batch_answer: Answer = list
 
     def forward_done(self, batch: Batch, reads: Reads) -> None:
-        """Compare the batch with its copy now (the answer rides on `reads`): if the
-        forward left it alone, that copy is also what the manual gradient must leave."""
+        """Compare the batch with its fingerprint now (the answer rides on `reads`): if the
+        forward left it alone, that is also what the manual gradient must leave."""
         self.forward_answer = self.before.answer(batch.tensors, reads)
 
     def manual_starts(self, model: torch.nn.Module, forward: Forward, batch: Batch) -> None:
-        """Copy what a manual gradient must only read besides the batch: parameters,
+        """Fingerprint what a manual gradient must only read besides the batch: parameters,
         buffers and the forward's tensors."""
-        self.state = _copies(watched(model, forward), self.kept, "state")
+        self.state = _fingerprint(watched(model, forward), self.kept, "state")
 
     def queue(
         self, model: torch.nn.Module, forward: Forward, batch: Batch, reads: Reads, ran: bool
@@ -74,81 +78,72 @@ class InPlaceGuard:
         return "manual", touched
 
 
-def _copies(tensors: Mapping[str, torch.Tensor], kept: Kept, key: str) -> _Bytes | _Tensors:
-    values = list(tensors.values())
-    if all(t.is_cpu for t in values) and not counting() and memcmp() is not None:
-        return _Bytes(tensors, values, kept, key)
+def _fingerprint(tensors: Mapping[str, torch.Tensor], kept: Kept, key: str) -> _Digests | _Tensors:
+    if all(t.is_cpu for t in tensors.values()) and not counting():
+        return _Digests(tensors, kept)
     return _Tensors(tensors, kept, key)
 
 
-class _Layout:
-    """Where each tensor's copy lies in one CPU buffer: its bytes, from an ALIGN boundary
-    (so that it can be viewed in its dtype; the buffer's own start is aligned by torch's
-    allocator), and a view of them in the tensor's dtype and shape."""
+class _Digests:
+    """CPU tensors' xxh3-128 digests, with a kept copy of each parameter and buffer whose
+    digest matches (made again only when it does not)."""
 
-    def __init__(self, kinds: list[tuple[torch.Size, torch.dtype]]) -> None:
-        self.kinds = kinds
-        self.sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in kinds]
-        offsets, total = [], 0
-        for size in self.sizes:
-            offsets.append(total)
-            total += -(-size // ALIGN) * ALIGN
-        self.buffer = torch.empty(max(total, 1), dtype=torch.uint8)
-        base = self.buffer.data_ptr()
-        self.starts = [base + offset for offset in offsets]
-        self.views = [
-            self.buffer[offset : offset + size].view(dtype).view(shape)
-            for offset, size, (shape, dtype) in zip(offsets, self.sizes, kinds, strict=True)
-        ]
-
-
-class _Bytes:
-    """CPU tensors' values in a kept buffer: copied with one `_foreach_copy_` (torch's loop,
-    not Python's), compared with a memcmp each."""
-
-    def __init__(
-        self, tensors: Mapping[str, torch.Tensor], values: list[torch.Tensor], kept: Kept, key: str
-    ) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], kept: Kept) -> None:
         self.labels = list(tensors)
-        kinds = [(t.shape, t.dtype) for t in values]
-        layout = kept.get(key)
-        if not isinstance(layout, _Layout) or layout.kinds != kinds:
-            layout = kept[key] = _Layout(kinds)
-        self.layout = layout
-        if any(t.layout != torch.strided for t in values):
-            values = [dense(t) for t in values]
-        with torch.no_grad():  # parameters would make the copies part of a graph
-            _copy_all(layout.views, values)
+        self.kinds = [(t.shape, t.dtype) for t in tensors.values()]
+        self.digests = [_digest(t) for t in tensors.values()]
+        self.copies: dict[str, torch.Tensor] = {}
+        for label, tensor, digest in zip(self.labels, tensors.values(), self.digests, strict=True):
+            if label.startswith(_RESTORABLE):
+                self.copies[label] = _copy_of(tensor, digest, kept, label)
 
     def answer(self, now: Mapping[str, torch.Tensor], reads: Reads) -> Answer:
-        """Per label, whether `now` holds the same values, bit for bit (known at once: no
-        device read)."""
-        compare = memcmp()
-        assert compare is not None
-        layout, found = self.layout, []
-        for label, (shape, dtype), start, size in zip(
-            self.labels, layout.kinds, layout.starts, layout.sizes, strict=True
+        """Per label, whether `now` holds the same values (known at once: no device read)."""
+        found = []
+        for label, (shape, dtype), digest in zip(
+            self.labels, self.kinds, self.digests, strict=True
         ):
             tensor = now.get(label)
-            if tensor is None or tensor.shape != shape or tensor.dtype != dtype:
-                found.append(False)
-            else:
-                raw = dense(tensor)  # held: a copy of a strided tensor must outlive memcmp
-                found.append(size == 0 or compare(start, raw.data_ptr(), size) == 0)
+            found.append(
+                tensor is not None
+                and tensor.shape == shape
+                and tensor.dtype == dtype
+                and _digest(tensor) == digest
+            )
         return lambda: found
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Each label's copy (to put it back)."""
-        return dict(zip(self.labels, self.layout.views, strict=True))
+        """The parameters' and buffers' copies from before the manual gradient."""
+        return dict(self.copies)
 
 
-def _copy_all(copies: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    foreach = getattr(torch, "_foreach_copy_", None)  # torch 2.1 may lack it
-    if foreach is not None:
-        foreach(copies, values)
-    else:
-        for copy, value in zip(copies, values, strict=True):
-            copy.copy_(value)
+def _digest(tensor: torch.Tensor) -> int:
+    """The xxh3-128 digest of the tensor's values, as laid out densely."""
+    raw = dense(tensor)  # held: a copy of a strided tensor must outlive the hashing
+    size = raw.nbytes
+    if not size:
+        return 0
+    window = _WINDOWS.get(size)
+    if window is None:
+        if len(_WINDOWS) > 4096:  # batches of ever new shapes: keep it bounded
+            _WINDOWS.clear()
+        window = _WINDOWS[size] = ctypes.c_char * size
+    return xxhash.xxh3_128_intdigest(window.from_address(raw.data_ptr()))
+
+
+_WINDOWS: dict[int, type[ctypes.Array[ctypes.c_char]]] = {}  # byte arrays by size, made once
+
+
+def _copy_of(tensor: torch.Tensor, digest: int, kept: Kept, label: str) -> torch.Tensor:
+    """The kept copy of `tensor`, made again when its digest or kind changed."""
+    entry = kept.get(label)
+    if isinstance(entry, tuple) and entry[0] == digest:
+        copy: torch.Tensor = entry[1]
+        if copy.shape == tensor.shape and copy.dtype == tensor.dtype:
+            return copy
+    copy = tensor.detach().clone()
+    kept[label] = (digest, copy)
+    return copy
 
 
 class _Tensors:

@@ -44,9 +44,10 @@ class Scratch:
         return buffer[: rows * numel].view(rows, numel)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Comparison:
-    """One tensor's manual gradient, autograd's, and (baseline mode) the float64 truth."""
+    """One tensor's manual gradient, autograd's, and (baseline mode) the float64 truth.
+    (A value; slots, not frozen: one is made per tensor and batch, see Check.)"""
 
     manual: torch.Tensor
     reference: torch.Tensor

@@ -523,7 +523,7 @@ def test_slow_gradient_through_the_console_script(audit_subprocess: Runner) -> N
     assert {r for (d, _), r in run.rows().items() if d == "float32"} == {"PASS"}
 
 
-@pytest.mark.parametrize("counting", [False, True], ids=["cpu-bytes", "device-tensors"])
+@pytest.mark.parametrize("counting", [False, True], ids=["cpu-digests", "device-tensors"])
 def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change(counting: bool) -> None:
     """The in-place guard compares bits: NaN equals itself there, a real change does not."""
     import contextlib
@@ -553,14 +553,16 @@ def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change(counting:
     assert verdict(change=True) == ("manual", ["parameter weight", "intermediate h"])
 
 
-@pytest.mark.parametrize("path", ["cpu-bytes", "device-tensors"])
+@pytest.mark.parametrize("path", ["cpu-digests", "device-tensors"])
 @pytest.mark.parametrize(
-    "change", ["none", "param", "param.data", "numpy", "intermediate", "batch"]
+    "change",
+    ["none", "param", "param.data", "numpy", "intermediate", "one-bit", "signed-zero", "batch"],
 )
 def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: str) -> None:
-    """The guard's copies are bytes on the CPU (memmove, memcmp) and tensors on a device
-    (count_syncs stands in for one): both name the same changes, including writes that
-    bypass autograd's version counters, put parameters back, and stay quiet otherwise."""
+    """The guard hashes on the CPU (xxh3-128 digests) and copies on a device (count_syncs
+    stands in for one): both name the same changes, including writes that bypass autograd's
+    version counters and a change of one bit, put parameters back, and stay quiet
+    otherwise."""
     import contextlib
 
     from gradaudit.inplace import InPlaceGuard
@@ -587,6 +589,10 @@ def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: 
             model.bias.detach().numpy()[0] = 5.0
         elif change == "intermediate":
             hidden[2, 1] = float("nan")
+        elif change == "one-bit":  # the lowest bit of one element's mantissa
+            hidden.view(torch.int32)[1, 0] ^= 1
+        elif change == "signed-zero":  # equal as numbers, not as bits
+            hidden[0, 0] = -0.0
         elif change == "batch":
             batch["targets"][3] = 2.0
         guard.queue(model, forward, batch, reads, ran=True)
@@ -597,6 +603,8 @@ def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: 
         "param.data": ("manual", ["parameter weight"]),
         "numpy": ("manual", ["parameter bias"]),
         "intermediate": ("manual", ["intermediate h"]),
+        "one-bit": ("manual", ["intermediate h"]),
+        "signed-zero": ("manual", ["intermediate h"]),
         "batch": ("manual", ["the batch"]),
     }[change]
     assert found == expected
@@ -619,7 +627,7 @@ def test_the_in_place_guard_blames_the_forward_for_a_changed_batch() -> None:
     assert guard.verdict(model) == ("forward", [])
 
 
-@pytest.mark.parametrize("path", ["cpu-bytes", "device-tensors"])
+@pytest.mark.parametrize("path", ["cpu-digests", "device-tensors"])
 def test_the_in_place_guard_puts_back_tensors_of_any_dtype_and_size(path: str) -> None:
     """The copies of tensors of mixed dtypes and odd sizes (5 float32, then int64 and float16
     batch tensors) lie end to end in one buffer on the CPU: each must still be viewable in
@@ -647,3 +655,39 @@ def test_the_in_place_guard_puts_back_tensors_of_any_dtype_and_size(path: str) -
         found = guard.verdict(model)
     assert found == ("manual", ["parameter weight", "the batch"])
     assert torch.equal(model.weight.detach(), weight)
+
+
+@pytest.mark.parametrize("path", ["cpu-digests", "device-tensors"])
+def test_the_in_place_guard_puts_back_what_the_forward_left(path: str) -> None:
+    """A forward may change a parameter (nn.Embedding(max_norm=...) renormalises rows): the
+    guard must then put back the forward's values, not those of an earlier batch (on the
+    CPU the parameters' copies are kept from batch to batch and made again when their
+    digest changed)."""
+    import contextlib
+
+    from gradaudit.inplace import InPlaceGuard
+    from gradaudit.syncs import Reads, count_syncs
+    from gradaudit.types import Batch, Forward
+
+    model = torch.nn.Linear(2, 2)
+    batch = Batch({"inputs": torch.zeros(1)})
+    forward = Forward(torch.tensor(0.0), {})
+    kept: dict[str, object] = {}
+
+    def one_batch(forward_change: float, manual_change: float) -> tuple[str, list[str]] | None:
+        with count_syncs() if path == "device-tensors" else contextlib.nullcontext():
+            guard, reads = InPlaceGuard(batch, kept), Reads()
+            with torch.no_grad():
+                model.weight.mul_(forward_change)  # the forward's own change
+            guard.forward_done(batch, reads)
+            guard.manual_starts(model, forward, batch)
+            with torch.no_grad():
+                model.weight.add_(manual_change)
+            guard.queue(model, forward, batch, reads, ran=True)
+            return guard.verdict(model)
+
+    assert one_batch(1.0, 0.0) is None
+    assert one_batch(0.5, 0.0) is None  # changed by the forward only
+    left = model.weight.detach().clone()
+    assert one_batch(0.5, 1.0) == ("manual", ["parameter weight"])
+    assert torch.equal(model.weight.detach(), left * 0.5)  # the forward's values, put back
