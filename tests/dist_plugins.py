@@ -34,6 +34,15 @@ def drift(
     return grads
 
 
+def drift_at(
+    model: torch.nn.Module, batch: Any, forward: Forward, **options: Any
+) -> Mapping[str, torch.Tensor]:
+    """drift, on the batches listed in options["batches"] only."""
+    if batch.index in options["batches"]:
+        return drift(model, batch, forward)
+    return tp_mlp_backward(model, batch, forward)
+
+
 def _on_rank1_batch1(action: Callable[[], None]) -> Callable[..., Mapping[str, torch.Tensor]]:
     def gradient(
         model: torch.nn.Module, batch: Any, forward: Forward, **options: Any
@@ -77,6 +86,7 @@ def register_models(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def register_gradients(register: Callable[[str, Any], None]) -> None:
     register("tp-test-drift", drift)
+    register("tp-test-drift-at", drift_at)
     register("tp-test-raise", _on_rank1_batch1(_raise))
     register("tp-test-hang", _on_rank1_batch1(_hang))
     register("tp-test-die", _on_rank1_batch1(_die))

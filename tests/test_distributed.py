@@ -3,6 +3,7 @@ ranks that raise, hang or die, and bad input refused before any rank starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -155,6 +156,31 @@ def test_replicated_drift_within_tolerance_is_caught_only_by_the_replica_check(
     result = run_dist(tmp_path, spec)
     assert result.returncode == code, result.stdout + result.stderr
     assert bad(outcomes(tmp_path)) == ({("rank1.replicas", "b2")} if code else set())
+
+
+def test_replicas_held_across_exchanges_keep_their_batches(tmp_path: Path) -> None:
+    """Ranks exchange replicated gradients once per REPLICA_BATCHES batches (and at the
+    end): a drift on one batch of the first exchange and one of the second fails exactly
+    those batches, and every batch still gets its replica verdict."""
+    from gradaudit.distributed.worker import REPLICA_BATCHES
+
+    count, drifted = REPLICA_BATCHES + 4, [1, REPLICA_BATCHES + 2]
+    spec = tp_spec(
+        tmp_path,
+        batches={"count": count, "size": 4, "seed": 1},
+        gradients={"plugin": "tp-test-drift-at", "options": {"batches": drifted}},
+        dtypes=["float64"],
+        tolerance={"mode": "allclose"},  # the drift passes against autograd (see above)
+    )
+    result = run_dist(tmp_path, spec)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert bad(outcomes(tmp_path)) == {("rank1.replicas", "b2")}
+    cases = json.loads((tmp_path / "report.json").read_text())["cases"]
+    replicas = [c for c in cases if c["check"] == "rank1.replicas"]
+    assert sorted({c["batch"] for c in replicas}) == list(range(count))
+    assert len(replicas) == count * len({c["tensor"] for c in replicas})
+    failed = sorted(c["batch"] for c in replicas if c["status"] != "pass")
+    assert failed == drifted
 
 
 def _assert_stopped_red(

@@ -31,7 +31,11 @@ from gradaudit.distributed.setup import DistSetup, build, draw_inputs, load_slic
 from gradaudit.spec import load_spec
 from gradaudit.types import Forward
 
-CHECK_FIELDS = [f.name for f in fields(Check)]  # the order of a result's values in an event
+CHECK_FIELDS = [f.name for f in fields(Check)]
+# Replicated gradients are exchanged once for this many batches, or sooner when this many
+# bytes are held (one broadcast a batch cost as much as the batch's audit on gloo).
+REPLICA_BATCHES = 64
+REPLICA_BYTES = 32 * 2**20  # the order of a result's values in an event
 
 
 class Events:
@@ -142,6 +146,9 @@ class _Case:
         self.params = {p.untyped_storage().data_ptr(): n for n, p in self.shard.named_parameters()}
         self.scratch = Scratch()
         self.pending: list[list[Any]] = []
+        # Replicated gradients held for the next exchange: (batch, seed, values and flags).
+        self.held: list[tuple[int, int, torch.Tensor]] = []
+        self.replica_shapes: list[torch.Size] = []
         # Each piece's worst budget on this rank so far: a passing batch under it need not
         # be described in full (gradaudit.screen). The parent's worst over the ranks is some
         # rank's worst, which that rank described.
@@ -156,6 +163,7 @@ class _Case:
             self.events.where = {"device": self.device, "dtype": self.dtype, "batch": index}
             self.events.emit("batch", device=self.device, dtype=self.dtype, batch=index)
             self._batch(index)
+        self._exchange_replicas()
         seconds = time.perf_counter() - start
         self.events.emit("done", device=self.device, dtype=self.dtype, seconds=seconds)
 
@@ -228,8 +236,7 @@ class _Case:
         usable = self._compare(index, seed, manual, reference, truth, scale)
         self._flush(index, seed)
         if self.world > 1 and self.replicated:
-            self._replicas(index, seed, usable, reference)
-            self._flush(index, seed)
+            self._queue_replicas(index, seed, usable, reference)
 
     def _compare(
         self,
@@ -262,34 +269,60 @@ class _Case:
                 self._record(self.kind, str(name), index, seed, None, message)
         return {n: c.manual for n, c in ready.items()}
 
-    def _replicas(
+    def _queue_replicas(
         self, index: int, seed: int, usable: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]
     ) -> None:
-        """Rank 0 broadcasts its replicated gradients; every other rank compares its own."""
-        cast = getattr(torch, self.dtype)
+        """Keep this batch's replicated gradients (a copy: a plugin may reuse its buffers)
+        until REPLICA_BATCHES batches or REPLICA_BYTES are held, then exchange them all."""
+        self.replica_shapes = [ref[n].shape for n in self.replicated]
         sizes = [ref[n].numel() for n in self.replicated]
-        flat = torch.zeros(sum(sizes) + len(sizes), dtype=cast, device=self.on)
-        values = flat[: sum(sizes)].split_with_sizes(sizes)
-        flags = flat[sum(sizes) :]
-        if self.rank == 0:
-            for i, name in enumerate(self.replicated):
-                if name in usable:
-                    values[i].copy_(usable[name].reshape(-1))
-                    flags[i] = 1
-        dist.broadcast(flat, src=0)
+        row = torch.zeros(sum(sizes) + len(sizes), dtype=getattr(torch, self.dtype), device=self.on)
+        values = row[: sum(sizes)].split_with_sizes(sizes)
+        for i, name in enumerate(self.replicated):
+            if name in usable:
+                values[i].copy_(usable[name].reshape(-1))
+                row[sum(sizes) + i] = 1  # a flag per tensor: this rank has a usable gradient
+        self.held.append((index, seed, row))
+        held_bytes = sum(r.numel() * r.element_size() for _, _, r in self.held)
+        if len(self.held) >= REPLICA_BATCHES or held_bytes >= REPLICA_BYTES:
+            self._exchange_replicas()
+
+    def _exchange_replicas(self) -> None:
+        """Rank 0 broadcasts its held replicated gradients in one collective (one a batch
+        cost as much as the batch's own forward and backward on gloo); every other rank
+        compares its own with them, batch by batch, and sends each batch's results."""
+        if not self.held:
+            return
+        held, self.held = self.held, []
+        mine = torch.stack([row for _, _, row in held])  # (batches, values + flags)
+        theirs = mine if self.rank == 0 else torch.empty_like(mine)
+        dist.broadcast(theirs, src=0)
         if self.rank == 0:
             return
+        shapes, count = self.replica_shapes, len(self.replicated)
+        sizes = [math.prod(shape) for shape in shapes]
+        flags = torch.stack([theirs[:, -count:], mine[:, -count:]]).tolist()  # one read
         kind = f"{self.kind}.replicas"
-        for i, name in enumerate(self.replicated):
-            if not flags[i]:
-                self._record(kind, name, index, seed, None, "rank 0 has no usable gradient")
-            elif name not in usable:
-                self._record(kind, name, index, seed, None, "no usable gradient on this rank")
-            else:
-                pair = Comparison(
-                    usable[name], values[i].view(ref[name].shape), self.replica_tols[name]
-                )
-                self._record(kind, name, index, seed, self._check(kind, {name: pair})[0], None)
+        for k, (index, seed, _) in enumerate(held):
+            pieces = zip(
+                theirs[k, :-count].split_with_sizes(sizes),
+                mine[k, :-count].split_with_sizes(sizes),
+                strict=True,
+            )
+            ready: dict[str, Comparison] = {}
+            problems: dict[str, str] = {}
+            for i, (name, (rank0, own)) in enumerate(zip(self.replicated, pieces, strict=True)):
+                if not flags[0][k][i]:
+                    problems[name] = "rank 0 has no usable gradient"
+                elif not flags[1][k][i]:
+                    problems[name] = "no usable gradient on this rank"
+                else:
+                    tol = self.replica_tols[name]
+                    ready[name] = Comparison(own.view(shapes[i]), rank0.view(shapes[i]), tol)
+            results = dict(zip(ready, self._check(kind, ready), strict=True))  # one call
+            for name in self.replicated:
+                self._record(kind, name, index, seed, results.get(name), problems.get(name))
+            self._flush(index, seed)
 
     def _check(self, kind: str, ready: Mapping[str, Comparison], scale: float = 0.0) -> list[Check]:
         """check_all, describing in full only the pieces that beat their worst so far."""
