@@ -27,6 +27,7 @@ import yaml
 from junitparser import Error, Failure, JUnitXml, Skipped
 
 import tests.misbehaving_plugins as mis
+from gradaudit.types import Batch, Forward
 from tests.conftest import run_gradaudit, small_spec
 from tests.negative_controls import tensor_names
 
@@ -523,80 +524,77 @@ def test_slow_gradient_through_the_console_script(audit_subprocess: Runner) -> N
     assert {r for (d, _), r in run.rows().items() if d == "float32"} == {"PASS"}
 
 
-@pytest.mark.parametrize("counting", [False, True], ids=["cpu-digests", "device-tensors"])
-def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change(counting: bool) -> None:
-    """The in-place guard compares bits: NaN equals itself there, a real change does not."""
+GUARD_PATHS = ["cpu-digests", "device-tensors"]  # count_syncs stands in for a device
+
+
+def guarded_batch(
+    path: str,
+    model: torch.nn.Module,
+    batch: Batch,
+    forward: Forward,
+    manual: Callable[[], object] = lambda: None,
+    forward_change: Callable[[], object] = lambda: None,
+    kept: dict[str, object] | None = None,
+) -> tuple[str, list[str]] | None:
+    """One batch through the in-place guard as a pass runs it: `forward_change` happens
+    where the model's forward runs, `manual` where the manual gradient does."""
     import contextlib
 
     from gradaudit.inplace import InPlaceGuard
     from gradaudit.syncs import Reads, count_syncs
-    from gradaudit.types import Batch, Forward
 
+    with count_syncs() if path == "device-tensors" else contextlib.nullcontext():
+        guard, reads = InPlaceGuard(batch, kept), Reads()
+        forward_change()
+        guard.forward_done(batch, reads)
+        guard.manual_starts(model, forward, batch)
+        with torch.no_grad():
+            manual()
+        guard.queue(model, forward, batch, reads, ran=True)
+        return guard.verdict(model)
+
+
+@pytest.mark.parametrize("path", GUARD_PATHS)
+def test_a_nan_in_a_forward_tensor_is_not_taken_for_an_in_place_change(path: str) -> None:
+    """The in-place guard compares bits: NaN equals itself there, a real change does not."""
     model = torch.nn.Linear(2, 2)
     hidden = torch.tensor([float("nan"), 1.0])
     forward = Forward(torch.tensor(0.0), {"h": hidden})
     batch = Batch({"inputs": torch.zeros(1)})
 
-    def verdict(change: bool) -> tuple[str, list[str]] | None:
-        with count_syncs() if counting else contextlib.nullcontext():
-            guard, reads = InPlaceGuard(batch), Reads()
-            guard.forward_done(batch, reads)
-            guard.manual_starts(model, forward, batch)
-            if change:
-                hidden[1] = 2.0
-                with torch.no_grad():
-                    model.weight[0, 0] += 1.0
-            guard.queue(model, forward, batch, reads, ran=True)
-            return guard.verdict(model)
+    def change() -> None:
+        hidden[1] = 2.0
+        model.weight[0, 0] += 1.0
 
-    assert verdict(change=False) is None
-    assert verdict(change=True) == ("manual", ["parameter weight", "intermediate h"])
+    assert guarded_batch(path, model, batch, forward) is None
+    found = guarded_batch(path, model, batch, forward, change)
+    assert found == ("manual", ["parameter weight", "intermediate h"])
 
 
-@pytest.mark.parametrize("path", ["cpu-digests", "device-tensors"])
+@pytest.mark.parametrize("path", GUARD_PATHS)
 @pytest.mark.parametrize(
     "change",
     ["none", "param", "param.data", "numpy", "intermediate", "one-bit", "signed-zero", "batch"],
 )
 def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: str) -> None:
-    """The guard hashes on the CPU (xxh3-128 digests) and copies on a device (count_syncs
-    stands in for one): both name the same changes, including writes that bypass autograd's
-    version counters and a change of one bit, put parameters back, and stay quiet
-    otherwise."""
-    import contextlib
-
-    from gradaudit.inplace import InPlaceGuard
-    from gradaudit.syncs import Reads, count_syncs
-    from gradaudit.types import Batch, Forward
-
+    """The guard hashes on the CPU (xxh3-128 digests) and copies on a device: both name the
+    same changes, including writes that bypass autograd's version counters and a change of
+    one bit, put parameters back, and stay quiet otherwise."""
     model = torch.nn.Linear(3, 2)
     weight = model.weight.detach().clone()
-    hidden = torch.arange(6.0).reshape(2, 3).t()  # not contiguous: copied to compare
+    hidden = torch.arange(6.0).reshape(2, 3).t()  # not contiguous: laid out to compare
     batch = Batch({"inputs": torch.arange(4), "targets": torch.ones(4)})
     forward = Forward(torch.tensor(0.0), {"h": hidden})
-    mode = count_syncs() if path == "device-tensors" else contextlib.nullcontext()
-    with mode:
-        guard = InPlaceGuard(batch, {})
-        reads = Reads()
-        guard.forward_done(batch, reads)
-        guard.manual_starts(model, forward, batch)
-        if change == "param":
-            with torch.no_grad():
-                model.weight[0, 0] += 1.0
-        elif change == "param.data":
-            model.weight.data[1, 2] = -7.0
-        elif change == "numpy":
-            model.bias.detach().numpy()[0] = 5.0
-        elif change == "intermediate":
-            hidden[2, 1] = float("nan")
-        elif change == "one-bit":  # the lowest bit of one element's mantissa
-            hidden.view(torch.int32)[1, 0] ^= 1
-        elif change == "signed-zero":  # equal as numbers, not as bits
-            hidden[0, 0] = -0.0
-        elif change == "batch":
-            batch["targets"][3] = 2.0
-        guard.queue(model, forward, batch, reads, ran=True)
-        found = guard.verdict(model)
+    changes: dict[str, Callable[[], object]] = {
+        "none": lambda: None,
+        "param": lambda: model.weight[0, 0].add_(1.0),
+        "param.data": lambda: model.weight.data[1, 2].fill_(-7.0),
+        "numpy": lambda: model.bias.detach().numpy().__setitem__(0, 5.0),
+        "intermediate": lambda: hidden[2, 1].fill_(float("nan")),
+        "one-bit": lambda: hidden.view(torch.int32)[1, 0].bitwise_xor_(1),  # lowest mantissa bit
+        "signed-zero": lambda: hidden[0, 0].fill_(-0.0),  # equal as numbers, not as bits
+        "batch": lambda: batch["targets"][3].fill_(2.0),
+    }
     expected = {
         "none": None,
         "param": ("manual", ["parameter weight"]),
@@ -607,84 +605,58 @@ def test_the_in_place_guard_names_what_changed_on_both_paths(path: str, change: 
         "signed-zero": ("manual", ["intermediate h"]),
         "batch": ("manual", ["the batch"]),
     }[change]
-    assert found == expected
+    assert guarded_batch(path, model, batch, forward, changes[change]) == expected
     assert torch.equal(model.weight.detach(), weight)  # put back (or never changed)
 
 
 def test_the_in_place_guard_blames_the_forward_for_a_changed_batch() -> None:
-    from gradaudit.inplace import InPlaceGuard
-    from gradaudit.syncs import Reads
-    from gradaudit.types import Batch, Forward
-
     batch = Batch({"inputs": torch.arange(4)})
-    guard = InPlaceGuard(batch)
-    batch["inputs"].add_(1)  # as a forward that changes its inputs would
-    reads = Reads()
-    guard.forward_done(batch, reads)
-    model = torch.nn.Linear(1, 1)
-    guard.manual_starts(model, Forward(torch.tensor(0.0), {}), batch)
-    guard.queue(model, Forward(torch.tensor(0.0), {}), batch, reads, ran=True)
-    assert guard.verdict(model) == ("forward", [])
+    model, forward = torch.nn.Linear(1, 1), Forward(torch.tensor(0.0), {})
+    found = guarded_batch(
+        "cpu-digests", model, batch, forward, forward_change=lambda: batch["inputs"].add_(1)
+    )
+    assert found == ("forward", [])
 
 
-@pytest.mark.parametrize("path", ["cpu-digests", "device-tensors"])
+@pytest.mark.parametrize("path", GUARD_PATHS)
 def test_the_in_place_guard_puts_back_tensors_of_any_dtype_and_size(path: str) -> None:
-    """The copies of tensors of mixed dtypes and odd sizes (5 float32, then int64 and float16
-    batch tensors) lie end to end in one buffer on the CPU: each must still be viewable in
-    its dtype to be put back (20 bytes in, an int64 view failed)."""
-    import contextlib
-
-    from gradaudit.inplace import InPlaceGuard
-    from gradaudit.syncs import Reads, count_syncs
-    from gradaudit.types import Batch, Forward
-
+    """Tensors of mixed dtypes and odd sizes (float32 weights, int64 and float16 batch
+    tensors): each change is named and the weight is put back in its dtype (once, laid end
+    to end in one buffer, an int64 copy 20 bytes in could not be viewed to put it back)."""
     model = torch.nn.Linear(3, 1, bias=False)
     weight = model.weight.detach().clone()
     batch = Batch({"tokens": torch.arange(5), "half": torch.ones(3, dtype=torch.float16)})
     forward = Forward(torch.tensor(0.0), {"h": torch.ones(2)})
-    mode = count_syncs() if path == "device-tensors" else contextlib.nullcontext()
-    with mode:
-        guard = InPlaceGuard(batch, {})
-        reads = Reads()
-        guard.forward_done(batch, reads)
-        guard.manual_starts(model, forward, batch)
-        with torch.no_grad():
-            model.weight.mul_(2.0)
+
+    def change() -> None:
+        model.weight.mul_(2.0)
         batch["half"][0] = 7.0
-        guard.queue(model, forward, batch, reads, ran=True)
-        found = guard.verdict(model)
+
+    found = guarded_batch(path, model, batch, forward, change, kept={})
     assert found == ("manual", ["parameter weight", "the batch"])
     assert torch.equal(model.weight.detach(), weight)
 
 
-@pytest.mark.parametrize("path", ["cpu-digests", "device-tensors"])
+@pytest.mark.parametrize("path", GUARD_PATHS)
 def test_the_in_place_guard_puts_back_what_the_forward_left(path: str) -> None:
     """A forward may change a parameter (nn.Embedding(max_norm=...) renormalises rows): the
     guard must then put back the forward's values, not those of an earlier batch (on the
     CPU the parameters' copies are kept from batch to batch and made again when their
     digest changed)."""
-    import contextlib
-
-    from gradaudit.inplace import InPlaceGuard
-    from gradaudit.syncs import Reads, count_syncs
-    from gradaudit.types import Batch, Forward
-
     model = torch.nn.Linear(2, 2)
     batch = Batch({"inputs": torch.zeros(1)})
     forward = Forward(torch.tensor(0.0), {})
     kept: dict[str, object] = {}
 
     def one_batch(forward_change: float, manual_change: float) -> tuple[str, list[str]] | None:
-        with count_syncs() if path == "device-tensors" else contextlib.nullcontext():
-            guard, reads = InPlaceGuard(batch, kept), Reads()
+        def renormalise() -> None:
             with torch.no_grad():
-                model.weight.mul_(forward_change)  # the forward's own change
-            guard.forward_done(batch, reads)
-            guard.manual_starts(model, forward, batch)
-            with torch.no_grad():
-                model.weight.add_(manual_change)
-            guard.queue(model, forward, batch, reads, ran=True)
-            return guard.verdict(model)
+                model.weight.mul_(forward_change)
+
+        def change() -> None:
+            model.weight.add_(manual_change)
+
+        return guarded_batch(path, model, batch, forward, change, renormalise, kept)
 
     assert one_batch(1.0, 0.0) is None
     assert one_batch(0.5, 0.0) is None  # changed by the forward only
