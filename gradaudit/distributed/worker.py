@@ -31,11 +31,11 @@ from gradaudit.distributed.setup import DistSetup, build, draw_inputs, load_slic
 from gradaudit.spec import load_spec
 from gradaudit.types import Forward
 
-CHECK_FIELDS = [f.name for f in fields(Check)]
+CHECK_FIELDS = [f.name for f in fields(Check)]  # the order of a result's values in an event
 # Replicated gradients are exchanged once for this many batches, or sooner when this many
 # bytes are held (one broadcast a batch cost as much as the batch's audit on gloo).
 REPLICA_BATCHES = 64
-REPLICA_BYTES = 32 * 2**20  # the order of a result's values in an event
+REPLICA_BYTES = 32 * 2**20
 
 
 class Events:
