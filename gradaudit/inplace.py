@@ -5,12 +5,12 @@ On the CPU each tensor's bytes are hashed (xxh3-128; why: docs/development.md): 
 the tensors while they are in the cache, where a copy also writes half a megabyte a batch
 (the CharRNN's) and compares it after the float64 truth has pushed it out (with the rest of
 the cache flushed, as in a run: copy and compare 0.25 ms, the two digests 0.09 ms; see
-benchmarks/README.md). A change goes unseen only if the two contents share a 128-bit digest. The parameters and buffers, which are put back when the
-manual gradient changed them, are also copied, once per pass and again only when their
-digest changed (a forward that renormalises its weights). On a device the copies are
-tensors, and the comparison's answer is queued on the batch's one device read
-(syncs.Reads), which the comparison of gradients takes: a GPU then waits once per batch,
-not once more for the guard."""
+benchmarks/README.md). A change goes unseen only if the two contents share a 128-bit digest.
+The parameters and buffers, which are put back when the manual gradient changed them, are
+also copied, once per pass and again only when their digest changed (a forward that
+renormalises its weights). On a device the copies are tensors, and the comparison's answer
+is queued on the batch's one device read (syncs.Reads), which the comparison of gradients
+takes: a GPU then waits once per batch, not once more for the guard."""
 
 from __future__ import annotations
 
