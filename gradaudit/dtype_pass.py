@@ -301,9 +301,9 @@ class DtypePass:
         guard = InPlaceGuard(batch, self.guard_copies)
         try:
             forward, reference = self.reference(self.model, batch, names)
-            # Copied while the forward's tensors are still in the CPU's cache (the truth
-            # below touches none of them): the copy took 1% less of a batch than later.
-            guard.manual_starts(self.model, forward, batch)
+            # Hashed while the forward's tensors are still in the CPU's cache (the truth
+            # below touches none of them).
+            guard.manual_starts(self.model, forward)
             if self.lends:
                 self.lent = Lent(batch.index, list(reference), buffers(self.model))
             truth: list[torch.Tensor] | None = None

@@ -49,7 +49,7 @@ class InPlaceGuard:
         forward left it alone, that is also what the manual gradient must leave."""
         self.forward_answer = self.before.answer(batch.tensors, reads)
 
-    def manual_starts(self, model: torch.nn.Module, forward: Forward, batch: Batch) -> None:
+    def manual_starts(self, model: torch.nn.Module, forward: Forward) -> None:
         """Fingerprint what a manual gradient must only read besides the batch: parameters,
         buffers and the forward's tensors."""
         self.state = _fingerprint(watched(model, forward), self.kept, "state")

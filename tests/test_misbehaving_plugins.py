@@ -547,7 +547,7 @@ def guarded_batch(
         guard, reads = InPlaceGuard(batch, kept), Reads()
         forward_change()
         guard.forward_done(batch, reads)
-        guard.manual_starts(model, forward, batch)
+        guard.manual_starts(model, forward)
         with torch.no_grad():
             manual()
         guard.queue(model, forward, batch, reads, ran=True)

@@ -274,8 +274,9 @@ class _Case:
     ) -> None:
         """Keep this batch's replicated gradients (a copy: a plugin may reuse its buffers)
         until REPLICA_BATCHES batches or REPLICA_BYTES are held, then exchange them all."""
-        self.replica_shapes = [ref[n].shape for n in self.replicated]
-        sizes = [ref[n].numel() for n in self.replicated]
+        if not self.replica_shapes:  # the same every batch
+            self.replica_shapes = [ref[n].shape for n in self.replicated]
+        sizes = [math.prod(shape) for shape in self.replica_shapes]
         row = torch.zeros(sum(sizes) + len(sizes), dtype=getattr(torch, self.dtype), device=self.on)
         values = row[: sum(sizes)].split_with_sizes(sizes)
         for i, name in enumerate(self.replicated):
@@ -283,7 +284,7 @@ class _Case:
                 values[i].copy_(usable[name].reshape(-1))
                 row[sum(sizes) + i] = 1  # a flag per tensor: this rank has a usable gradient
         self.held.append((index, seed, row))
-        held_bytes = sum(r.numel() * r.element_size() for _, _, r in self.held)
+        held_bytes = len(self.held) * row.numel() * row.element_size()  # rows alike
         if len(self.held) >= REPLICA_BATCHES or held_bytes >= REPLICA_BYTES:
             self._exchange_replicas()
 
