@@ -16,6 +16,7 @@ import pytest
 import yaml
 from junitparser import Error, Failure, JUnitXml
 
+from gradaudit.distributed.events import read_progress
 from gradaudit.errors import GradauditError
 from tests.conftest import REPO, cli_env
 
@@ -159,12 +160,12 @@ def test_replicated_drift_within_tolerance_is_caught_only_by_the_replica_check(
 
 
 def test_replicas_held_across_exchanges_keep_their_batches(tmp_path: Path) -> None:
-    """Ranks exchange replicated gradients once per REPLICA_BATCHES batches (and at the
-    end): a drift on one batch of the first exchange and one of the second fails exactly
+    """Ranks settle and exchange replicated gradients once per CHUNK_BATCHES batches (and at
+    the end): a drift on one batch of the first exchange and one of the second fails exactly
     those batches, and every batch still gets its replica verdict."""
-    from gradaudit.distributed.worker import REPLICA_BATCHES
+    from gradaudit.distributed.case import CHUNK_BATCHES
 
-    count, drifted = REPLICA_BATCHES + 4, [1, REPLICA_BATCHES + 2]
+    count, drifted = CHUNK_BATCHES + 4, [1, CHUNK_BATCHES + 2]
     spec = tp_spec(
         tmp_path,
         batches={"count": count, "size": 4, "seed": 1},
@@ -314,7 +315,9 @@ def test_sigterm_to_gradaudit_stops_every_rank_and_writes_the_reports(tmp_path: 
         text=True,
     )
     deadline = time.monotonic() + 60
-    while not any('"batch": 1' in p.read_text() for p in tmp_path.glob("gradaudit-*/rank1.jsonl")):
+    while not any(
+        (read_progress(p) or (0, 0))[1] >= 1 for p in tmp_path.glob("gradaudit-*/rank1.progress")
+    ):
         assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never reached batch 1"
         time.sleep(0.1)
     proc.terminate()

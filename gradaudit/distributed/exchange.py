@@ -1,0 +1,59 @@
+"""What ranks share so that each computes less: one full model, and autograd's references.
+
+Every rank needs its piece of autograd's gradients on the unsharded model for every batch.
+Computing them is a second forward and backward that training does not run, as costly as the
+shard's own: so each rank computes them for its share of a chunk's batches (batch k of the
+chunk on rank k mod world) and the ranks swap them in one all-gather. That only gives each
+rank its own reference if every rank holds the same full model, which `same_full_model`
+makes sure of.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def same_full_model(model: torch.nn.Module, world: int) -> None:
+    """Give every rank rank 0's parameters and buffers (a model factory that draws from an
+    unseeded source would otherwise build a different reference on each rank)."""
+    if world == 1:
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def share_rows(
+    count: int,
+    width: int,
+    compute: Callable[[int, torch.Tensor], None],
+    rank: int,
+    world: int,
+    like: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Row k of `count` rows of `width`: `compute(k, row)` fills it on rank k mod world, and
+    every rank gets all of them (one all-gather; the ranks' shares are padded to one size)."""
+    share = math.ceil(count / world)
+    mine = like.new_zeros(share, width)
+    for slot, k in enumerate(range(rank, count, world)):
+        compute(k, mine[slot])
+    if world == 1:
+        return list(mine[:count])
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    return [gathered[k % world][k // world] for k in range(count)]
+
+
+def unflatten(
+    row: torch.Tensor, names: Sequence[str], shapes: Sequence[tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """A row of flattened tensors, end to end, as views of their shapes."""
+    sizes = [math.prod(shape) for shape in shapes]
+    return {
+        name: flat.view(shape)
+        for name, flat, shape in zip(names, row.split_with_sizes(sizes), shapes, strict=True)
+    }
