@@ -78,9 +78,38 @@ def build_untiled(rank: int | None = None, world_size: int = 1, **options: int) 
     return UntiledMLP(rank, world_size, **options)
 
 
+def build_unseeded(rank: int | None = None, world_size: int = 1, **options: int) -> TPMLP:
+    """tp-mlp whose weights also draw from an unseeded source: each process builds a
+    different full model (gradaudit gives every rank rank 0's)."""
+    model = build_tp_mlp(rank, world_size, **options)
+    noise = torch.Generator().manual_seed(os.getpid())
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=noise) * 0.1)
+    return model
+
+
+class RaggedMLP(TPMLP):
+    """The full model's `h` loses a row when the batch's first input is below -0.5 (batch 1
+    of seed 1, not batch 0): shapes that vary from batch to batch."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
+        result = super().forward(x, y)
+        if self.rank is None and float(x[0, 0]) < -0.5:
+            result.intermediates["h"] = result.intermediates["h"][1:]
+        return result
+
+
+def build_ragged(rank: int | None = None, world_size: int = 1, **options: int) -> TPMLP:
+    build_tp_mlp(rank, world_size, **options)  # the same option checks
+    return RaggedMLP(rank, world_size, **options)
+
+
 @hookimpl
 def register_models(register: Callable[[str, Any], None]) -> None:
     register("tp-test-untiled", build_untiled)
+    register("tp-test-unseeded", build_unseeded)
+    register("tp-test-ragged", build_ragged)
 
 
 @hookimpl

@@ -212,7 +212,16 @@ def test_a_rank_killed_mid_run_gives_a_red_complete_report_and_no_process_left(
     tmp_path: Path,
 ) -> None:
     result = run_dist(tmp_path, tp_spec(tmp_path, gradients={"plugin": "tp-test-die"}))
-    _assert_stopped_red(tmp_path, result, "rank 1 died (killed by SIGKILL)")
+    _assert_stopped_red(
+        tmp_path, result, "rank 1 died (killed by SIGKILL) during cpu/float64 batch 1"
+    )
+
+
+def _batch0_kept(tmp_path: Path, groups: set[str]) -> None:
+    """The batch a rank ran before the error was settled and reported, by that rank alone."""
+    cases = json.loads((tmp_path / "report.json").read_text())["cases"]
+    kept = {(c["check"], c["status"]) for c in cases if c["batch"] == 0 and c["dtype"] == "float64"}
+    assert kept == {(group, "pass") for group in groups}
 
 
 @pytest.mark.slow
@@ -221,6 +230,7 @@ def test_a_rank_that_raises_names_itself_and_stops_the_run(tmp_path: Path) -> No
     _assert_stopped_red(
         tmp_path, result, "rank 1: gradients 'tp-test-raise' raised ValueError: boom"
     )
+    _batch0_kept(tmp_path, {"rank0", "rank1"})
 
 
 @pytest.mark.slow
@@ -229,7 +239,28 @@ def test_a_hung_rank_times_out_red_with_complete_reports(tmp_path: Path) -> None
     spec = tp_spec(tmp_path, gradients={"plugin": "tp-test-hang"})
     result = run_dist(tmp_path, spec, "--timeout", "3")
     assert time.monotonic() - start < 60
-    _assert_stopped_red(tmp_path, result, "reported nothing for 3s (--timeout)")
+    _assert_stopped_red(
+        tmp_path, result, "reported nothing for 3s (--timeout) during cpu/float64 batch 1"
+    )
+
+
+def test_every_rank_gets_rank0s_full_model_so_shared_references_fit(tmp_path: Path) -> None:
+    """An unseeded factory builds a different full model in each process; each rank's
+    shard and the references it gets from other ranks must come from one of them."""
+    spec = tp_spec(tmp_path, model={"plugin": "tp-test-unseeded"}, dtypes=["float64"])
+    result = run_dist(tmp_path, spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(outcomes(tmp_path).values()) == {"pass"}
+
+
+@pytest.mark.slow
+def test_a_full_model_whose_shapes_change_between_batches_is_stopped_red(
+    tmp_path: Path,
+) -> None:
+    spec = tp_spec(tmp_path, model={"plugin": "tp-test-ragged"}, dtypes=["float64"])
+    result = run_dist(tmp_path, spec)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the full model's 'h' has shape (7, 32), (8, 32) on batch 0" in result.stdout
 
 
 # Bad input: one line, exit 2, and no rank started (the launcher is never called).
