@@ -96,7 +96,9 @@ class RaggedMLP(TPMLP):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
         result = super().forward(x, y)
         if self.rank is None and float(x[0, 0]) < -0.5:
-            result.intermediates["h"] = result.intermediates["h"][1:]
+            return Forward(
+                result.loss, {**result.intermediates, "h": result.intermediates["h"][1:]}
+            )
         return result
 
 

@@ -294,40 +294,40 @@ class Case:
         self.rows.append((index, seed, row))
 
     def _exchange_replicas(self) -> None:
-        """Rank 0 broadcasts its held replicated gradients in one collective (one a batch
-        cost as much as the batch's own forward and backward on gloo); every other rank
-        compares its own with them, batch by batch, and sends each batch's results."""
+        """Every rank's held replicated gradients, in one all-gather (one collective a batch
+        cost as much as the batch's own forward and backward on gloo). The checks of each
+        rank r >= 1 against rank 0 are shared out like the references: batch k of the chunk
+        on rank k mod world (one rank doing them all kept the others waiting)."""
         if not self.rows:
             return
         held, self.rows = self.rows, []
         mine = torch.stack([row for _, _, row in held])  # (batches, values + flags)
-        theirs = mine if self.rank == 0 else torch.empty_like(mine)
-        dist.broadcast(theirs, src=0)
-        if self.rank == 0:
-            return
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine)
         shapes, count = self.replica_shapes, len(self.replicated)
         sizes = [math.prod(shape) for shape in shapes]
-        flags = torch.stack([theirs[:, -count:], mine[:, -count:]]).tolist()  # one read
-        kind = f"{self.kind}.replicas"
+        flags = torch.stack([rows[:, -count:] for rows in every]).tolist()  # one read
         for k, (index, seed, _) in enumerate(held):
-            pieces = zip(
-                theirs[k, :-count].split_with_sizes(sizes),
-                mine[k, :-count].split_with_sizes(sizes),
-                strict=True,
-            )
-            ready: dict[str, Comparison] = {}
-            problems: dict[str, str] = {}
-            for i, (name, (rank0, own)) in enumerate(zip(self.replicated, pieces, strict=True)):
-                if not flags[0][k][i]:
-                    problems[name] = "rank 0 has no usable gradient"
-                elif not flags[1][k][i]:
-                    problems[name] = "no usable gradient on this rank"
-                else:
-                    tol = self.replica_tols[name]
-                    ready[name] = Comparison(own.view(shapes[i]), rank0.view(shapes[i]), tol)
-            results = dict(zip(ready, self._check(kind, ready), strict=True))  # one call
-            for name in self.replicated:
-                self._record(kind, name, index, seed, results.get(name), problems.get(name))
+            if k % self.world != self.rank:
+                continue
+            rank0 = every[0][k, :-count].split_with_sizes(sizes)
+            for r in range(1, self.world):
+                own = every[r][k, :-count].split_with_sizes(sizes)
+                ready: dict[str, Comparison] = {}
+                problems: dict[str, str] = {}
+                for i, name in enumerate(self.replicated):
+                    if not flags[0][k][i]:
+                        problems[name] = "rank 0 has no usable gradient"
+                    elif not flags[r][k][i]:
+                        problems[name] = f"rank {r} has no usable gradient"
+                    else:
+                        shape, tol = shapes[i], self.replica_tols[name]
+                        ready[name] = Comparison(own[i].view(shape), rank0[i].view(shape), tol)
+                kind = f"rank{r}.replicas"
+                results = dict(zip(ready, self._check(kind, ready), strict=True))  # one call
+                for name in self.replicated:
+                    check, problem = results.get(name), problems.get(name)
+                    self._record(kind, name, index, seed, check, problem, r)
             self._flush(index, seed)
 
     def _check(self, kind: str, ready: Mapping[str, Comparison], scale: float = 0.0) -> list[Check]:
@@ -353,12 +353,19 @@ class Case:
         return None
 
     def _record(
-        self, kind: str, name: str, index: int, seed: int, check: Check | None, error: str | None
+        self,
+        kind: str,
+        name: str,
+        index: int,
+        seed: int,
+        check: Check | None,
+        error: str | None,
+        rank: int | None = None,
     ) -> None:
-        """Queue one result; `_flush` writes a batch's results as one line (a line per tensor
-        cost more than the comparisons: dataclasses.asdict and a flush each)."""
+        """Queue one result (of `rank`'s piece, this rank's by default); `_flush` writes a
+        batch's results as one line (a line per tensor cost more than the comparisons)."""
         if error is not None:
-            where = f"rank {self.rank}, batch {index} (seed {seed})"
+            where = f"rank {self.rank if rank is None else rank}, batch {index} (seed {seed})"
             self.pending.append([kind, name, f"{where}: {error}"])
         else:
             assert check is not None
