@@ -29,6 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = 1.5
+ROUNDS = 9
 
 
 def _spec(folder: Path, batches: int) -> Path:
@@ -77,22 +78,26 @@ def _by_hand(spec: Path, mode: str) -> tuple[float, float]:
 
 def rows(quick: bool) -> list[tuple[str, float, float, str]]:
     """(what, audit seconds, baseline seconds, ratio and target) per row: the median of
-    the per-round ratios, each round running all four one after the other (gloo's
-    collectives on 2 busy cores spread a run's time by up to 2x from minute to minute, so
-    only ratios taken in the same round mean anything)."""
-    batches, rounds = (5, 1) if quick else (200, 5)
+    the per-round ratios. Each round runs the audit and the plain loop back to back (which
+    goes first alternates, so that a drift in the machine's speed favours neither), then
+    the other two: gloo's collectives on 2 busy cores spread a run's time by up to 2x from
+    one minute to the next, so only ratios taken side by side mean anything."""
+    batches, rounds = (5, 1) if quick else (200, ROUNDS)
     with tempfile.TemporaryDirectory() as folder:
         spec = _spec(Path(folder), batches)
         audit, hand, arith, plain, audit_wall, hand_wall = [], [], [], [], [], []
-        for _ in range(rounds):
+        for index in range(rounds):
+            if index % 2:
+                plain.append(_by_hand(spec, "plain")[0])
             seconds, wall = _audit(spec)
             audit.append(seconds)
             audit_wall.append(wall)
+            if not index % 2:
+                plain.append(_by_hand(spec, "plain")[0])
             seconds, wall = _by_hand(spec, "check")
             hand.append(seconds)
             hand_wall.append(wall)
             arith.append(_by_hand(spec, "arithmetic")[0])
-            plain.append(_by_hand(spec, "plain")[0])
     what = f"tp-mlp, 2 gloo ranks, float64, {batches} batches of 32"
     med = statistics.median
 

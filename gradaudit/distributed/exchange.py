@@ -17,14 +17,17 @@ import torch
 import torch.distributed as dist
 
 
-def same_full_model(model: torch.nn.Module, world: int) -> None:
+def same_full_model(model: torch.nn.Module, world: int, via: str = "cpu") -> None:
     """Give every rank rank 0's parameters and buffers (a model factory that draws from an
-    unseeded source would otherwise build a different reference on each rank)."""
+    unseeded source would otherwise build a different reference on each rank). `via`: the
+    device the backend sends from (NCCL: the rank's GPU)."""
     if world == 1:
         return
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+            sent = tensor.data.to(via)
+            dist.broadcast(sent, src=0)
+            tensor.data.copy_(sent)
 
 
 def share_rows(

@@ -67,7 +67,7 @@ def _run(job: dict[str, Any], rank: int, world: int, local: int, events: Events)
     if loaded.sha256 != job["sha256"]:
         raise RuntimeError(f"{loaded.path} changed on disk after the launch")
     setup = DistSetup.load(loaded, world)
-    same_full_model(setup.full, world)
+    same_full_model(setup.full, world, f"cuda:{local}" if job["backend"] == "nccl" else "cpu")
     shard = build(loaded, setup.factory, rank, world)
     load_slices(shard, setup.full, setup.layout, rank, world)
     for device in job["devices"]:
