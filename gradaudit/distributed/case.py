@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -14,11 +14,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gradaudit.compare import Check, Comparison, Scratch, Tol, check_all, mismatch, tolerance_for
+from gradaudit.compare import Check, Comparison, Scratch, Tol, mismatch, tolerance_for
 from gradaudit.distributed.events import Events, PluginRaised, why
-from gradaudit.distributed.exchange import share_rows, unflatten
-from gradaudit.distributed.layout import Replicated, piece
+from gradaudit.distributed.exchange import share_rows
+from gradaudit.distributed.layout import Replicated, piece, piece_rows
 from gradaudit.distributed.setup import DistSetup, draw_inputs, input_shapes, make_batch
+from gradaudit.rows import check_rows
 from gradaudit.types import Forward
 
 CHECK_FIELDS = [f.name for f in fields(Check)]  # the order of a result's values in an event
@@ -39,7 +40,6 @@ class _Held:
     index: int
     seed: int
     inputs: dict[str, torch.Tensor]  # as drawn: the shard got a copy it may change
-    manual: dict[str, torch.Tensor] = field(default_factory=dict)  # copies: buffers get reused
     problems: dict[str, str] = field(default_factory=dict)  # why a gradient cannot be compared
     unknown: list[str] = field(default_factory=list)  # names returned that the model lacks
 
@@ -80,11 +80,27 @@ class Case:
         self.scratch = Scratch()
         self.pending: list[list[Any]] = []
         self.held: list[_Held] = []  # batches run, not yet settled
-        # Replicated gradients held for the chunk's exchange: (batch, seed, values and flags).
-        self.rows: list[tuple[int, int, torch.Tensor]] = []
-        self.replica_shapes: list[torch.Size] = []
         self.chunk = self._chunk_batches(torch.empty((), dtype=cast).element_size())
         self.shapes = [setup.shapes[n] for n in setup.audited]
+        # This rank's piece of each audited tensor, as an empty tensor to check gradients
+        # against, and a row per batch of the chunk to copy them into (a plugin may reuse
+        # its buffers; check_rows compares a chunk's rows at once).
+        self.expected = {
+            n: torch.empty(
+                piece(
+                    torch.empty(setup.shapes[n], device="meta"), setup.layout[n], rank, self.world
+                ).shape,
+                dtype=cast,
+                device=self.on,
+            )
+            for n in setup.audited
+        }
+        self.manual = {
+            n: torch.empty((self.chunk, *t.shape), dtype=cast, device=self.on)
+            for n, t in self.expected.items()
+        }
+        # The chunk's replicated gradients and a flag each (usable), for the exchange.
+        self.replica_rows: tuple[list[_Held], torch.Tensor] | None = None
         # Each piece's worst budget on this rank so far: a passing batch under it need not
         # be described in full (gradaudit.screen). The parent's worst over the ranks is some
         # rank's worst, which that rank described.
@@ -194,13 +210,14 @@ class Case:
             )
             if not isinstance(manual, Mapping):
                 raise PluginRaised(f"gradients returned {type(manual).__name__}, not a mapping")
-            held = _Held(index, seed, inputs)
+            held, slot = _Held(index, seed, inputs), len(self.held)
             for name in self.setup.audited:
-                problem = self._unusable(manual.get(name))
-                if problem:
-                    held.problems[name] = problem
+                got = manual.get(name)
+                problem = self._unusable(got, self.expected[name])
+                if problem or not isinstance(got, torch.Tensor):
+                    held.problems[name] = problem or "not a tensor"
                 else:
-                    held.manual[name] = manual[name].clone()
+                    self.manual[name][slot].copy_(got)
         held.unknown = [str(n) for n in manual if n not in self.setup.names]
         self.held.append(held)
 
@@ -213,22 +230,29 @@ class Case:
             return
         cast = getattr(torch, self.dtype)
         references = self._references(held, self.full, cast, alone)
-        truths = self._references(held, self.truth, torch.float64, alone) if self.truth else []
-        for k, batch in enumerate(held):
-            self._at(batch.index)
-            truth, scale = None, 0.0
-            if truths:
-                truth, scale = truths[k][1], float(truths[k][0].abs().max())
-            usable = self._compare(batch, references[k][1], truth, scale)
+        truths = self._references(held, self.truth, torch.float64, alone) if self.truth else None
+        scales = [0.0] * len(held)
+        if truths is not None:
+            scales = truths.abs().amax(dim=1).tolist()
+        items = self._items(held, references, truths)
+        checks = self._check_rows(self.kind, items, scales, [h.problems for h in held])
+        for b, batch in enumerate(held):
+            for name in self.setup.audited:
+                problem = batch.problems.get(name)
+                check = None if problem else checks[name][b]
+                self._record(self.kind, name, batch.index, batch.seed, check, problem)
+            for name in batch.unknown:
+                message = f"gradients returned '{name}', which the model does not have"
+                self._record(self.kind, name, batch.index, batch.seed, None, message)
             self._flush(batch.index, batch.seed)
-            if self.world > 1 and self.replicated and not alone:
-                self._hold_replicas(batch.index, batch.seed, usable, references[k][1])
+        if self.world > 1 and self.replicated and not alone:
+            self._hold_replicas(held)
 
     def _references(
         self, held: list[_Held], model: torch.nn.Module, dtype: torch.dtype, alone: bool
-    ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """Per held batch, autograd's gradients end to end in one row, and as tensors; each
-        rank computes its share of the batches (gradaudit.distributed.exchange)."""
+    ) -> torch.Tensor:
+        """(batches, every audited tensor end to end): autograd's gradients; each rank
+        computes its share of the batches (gradaudit.distributed.exchange)."""
         model_name = f"model '{self.spec.model.plugin}'"
 
         def compute(k: int, row: torch.Tensor) -> None:
@@ -243,104 +267,115 @@ class Case:
         width = sum(math.prod(shape) for shape in self.shapes)
         like = torch.empty(0, dtype=dtype, device=self.on)
         rank, world = (0, 1) if alone else (self.rank, self.world)
-        rows = share_rows(len(held), width, compute, rank, world, like)
-        return [(row, unflatten(row, self.setup.audited, self.shapes)) for row in rows]
+        return share_rows(len(held), width, compute, rank, world, like)
 
-    def _compare(
-        self,
-        held: _Held,
-        reference: dict[str, torch.Tensor],
-        truth: dict[str, torch.Tensor] | None,
-        scale: float,
-    ) -> dict[str, torch.Tensor]:
-        """This rank's piece of every audited tensor against the same piece of autograd's."""
-        layout, rank, world = self.setup.layout, self.rank, self.world
-        ready: dict[str, Comparison] = {}
-        problems: dict[str, str] = {}
-        index, seed = held.index, held.seed
-        for name in self.setup.audited:
-            expected = piece(reference[name], layout[name], rank, world)
-            problem = held.problems.get(name)
-            if problem is None:
-                mismatched = mismatch(held.manual[name], expected)
-                problem = f"gradient has {mismatched} (this rank's piece)" if mismatched else None
-            if problem:
-                problems[name] = problem
-                continue
-            true = piece(truth[name], layout[name], rank, world) if truth else None
-            ready[name] = Comparison(held.manual[name], expected, self.tols[name], true)
-        checks = self._check(self.kind, ready, scale)
-        results = dict(zip(ready, checks, strict=True))
-        for name in self.setup.audited:
-            self._record(self.kind, name, index, seed, results.get(name), problems.get(name))
-        for name in held.unknown:
-            message = f"gradients returned '{name}', which the model does not have"
-            self._record(self.kind, name, index, seed, None, message)
-        return {n: c.manual for n, c in ready.items()}
+    def _items(
+        self, held: list[_Held], references: torch.Tensor, truths: torch.Tensor | None
+    ) -> dict[str, Comparison]:
+        """Per audited tensor, the chunk's manual pieces against autograd's, a row a batch.
+        A batch whose gradient cannot be compared gets autograd's in its row (its row's
+        verdict is replaced by the problem)."""
+        layout, rank, world, rows = self.setup.layout, self.rank, self.world, len(held)
+        items, start = {}, 0
+        for name, shape in zip(self.setup.audited, self.shapes, strict=True):
+            size = math.prod(shape)
+            full = references[:, start : start + size].view(rows, *shape)
+            expected = piece_rows(full, layout[name], rank, world)
+            true = None
+            if truths is not None:
+                true_full = truths[:, start : start + size].view(rows, *shape)
+                true = piece_rows(true_full, layout[name], rank, world)
+            manual = self.manual[name][:rows]
+            for b, batch in enumerate(held):
+                if name in batch.problems:
+                    manual[b].copy_(expected[b])
+            items[name] = Comparison(manual, expected, self.tols[name], true)
+            start += size
+        return items
 
-    def _hold_replicas(
-        self, index: int, seed: int, usable: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]
-    ) -> None:
-        """Keep this batch's replicated gradients, with a flag per tensor, for the exchange."""
-        if not self.replica_shapes:  # the same every batch
-            self.replica_shapes = [ref[n].shape for n in self.replicated]
-        sizes = [math.prod(shape) for shape in self.replica_shapes]
-        row = torch.zeros(sum(sizes) + len(sizes), dtype=getattr(torch, self.dtype), device=self.on)
-        values = row[: sum(sizes)].split_with_sizes(sizes)
-        for i, name in enumerate(self.replicated):
-            if name in usable:
-                values[i].copy_(usable[name].reshape(-1))
-                row[sum(sizes) + i] = 1  # a flag per tensor: this rank has a usable gradient
-        self.rows.append((index, seed, row))
+    def _hold_replicas(self, held: list[_Held]) -> None:
+        """The chunk's replicated gradients end to end, a row a batch, and a flag per tensor
+        (1: this rank's is usable), for the exchange."""
+        rows = len(held)
+        values = [self.manual[n][:rows].reshape(rows, -1) for n in self.replicated]
+        flags = [[0.0 if n in h.problems else 1.0 for n in self.replicated] for h in held]
+        cast = getattr(torch, self.dtype)
+        values.append(torch.tensor(flags, dtype=cast, device=self.on))
+        self.replica_rows = (held, torch.cat(values, dim=1))
 
     def _exchange_replicas(self) -> None:
-        """Every rank's held replicated gradients, in one all-gather (one collective a batch
-        cost as much as the batch's own forward and backward on gloo). The checks of each
-        rank r >= 1 against rank 0 are shared out like the references: batch k of the chunk
-        on rank k mod world (one rank doing them all kept the others waiting)."""
-        if not self.rows:
+        """Every rank's replicated gradients for the chunk, in one all-gather (one collective
+        a batch cost as much as the batch's own forward and backward on gloo). The checks of
+        each rank r >= 1 against rank 0 are shared out like the references: batch k of the
+        chunk on rank k mod world (one rank doing them all kept the others waiting)."""
+        if self.replica_rows is None:
             return
-        held, self.rows = self.rows, []
-        mine = torch.stack([row for _, _, row in held])  # (batches, values + flags)
+        held, mine = self.replica_rows
+        self.replica_rows = None
         every = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(every, mine)
-        shapes, count = self.replica_shapes, len(self.replicated)
-        sizes = [math.prod(shape) for shape in shapes]
-        flags = torch.stack([rows[:, -count:] for rows in every]).tolist()  # one read
-        for k, (index, seed, _) in enumerate(held):
-            if k % self.world != self.rank:
-                continue
-            rank0 = every[0][k, :-count].split_with_sizes(sizes)
-            for r in range(1, self.world):
-                own = every[r][k, :-count].split_with_sizes(sizes)
-                ready: dict[str, Comparison] = {}
-                problems: dict[str, str] = {}
-                for i, name in enumerate(self.replicated):
-                    if not flags[0][k][i]:
-                        problems[name] = "rank 0 has no usable gradient"
-                    elif not flags[r][k][i]:
-                        problems[name] = f"rank {r} has no usable gradient"
-                    else:
-                        shape, tol = shapes[i], self.replica_tols[name]
-                        ready[name] = Comparison(own[i].view(shape), rank0[i].view(shape), tol)
-                kind = f"rank{r}.replicas"
-                results = dict(zip(ready, self._check(kind, ready), strict=True))  # one call
+        ours = held[self.rank :: self.world]
+        if not ours:
+            return
+        count = len(self.replicated)
+        flags = torch.stack([rows[self.rank :: self.world, -count:] for rows in every]).tolist()
+        shapes = [self.expected[n].shape for n in self.replicated]
+        scales = [0.0] * len(ours)
+        found: list[tuple[int, str, list[dict[str, str]], dict[str, list[Check]]]] = []
+        for r in range(1, self.world):
+            items, start = {}, 0
+            for name, shape in zip(self.replicated, shapes, strict=True):
+                size = math.prod(shape)
+                own, first = (
+                    rows[self.rank :: self.world, start : start + size].view(len(ours), *shape)
+                    for rows in (every[r], every[0])
+                )
+                items[name] = Comparison(own, first, self.replica_tols[name])
+                start += size
+            problems = [
+                self._replica_problems(flags[0][k], flags[r][k], r) for k in range(len(ours))
+            ]
+            kind = f"rank{r}.replicas"
+            found.append((r, kind, problems, self._check_rows(kind, items, scales, problems)))
+        for k, batch in enumerate(ours):
+            for r, kind, problems, checks in found:
                 for name in self.replicated:
-                    check, problem = results.get(name), problems.get(name)
-                    self._record(kind, name, index, seed, check, problem, r)
-            self._flush(index, seed)
+                    problem = problems[k].get(name)
+                    check = None if problem else checks[name][k]
+                    self._record(kind, name, batch.index, batch.seed, check, problem, r)
+            self._flush(batch.index, batch.seed)
 
-    def _check(self, kind: str, ready: Mapping[str, Comparison], scale: float = 0.0) -> list[Check]:
-        """check_all, describing in full only the pieces that beat their worst so far."""
-        beat = [self.worst.get((kind, name)) for name in ready]
-        checks = check_all(list(ready.values()), scale, self.scratch, beat)
-        for name, found in zip(ready, checks, strict=True):
-            if found.budget > self.worst.get((kind, name), -math.inf):
-                self.worst[(kind, name)] = found.budget
+    def _replica_problems(self, first: list[float], own: list[float], r: int) -> dict[str, str]:
+        """Replicated tensors that rank 0 or rank r has no usable gradient for."""
+        problems = {}
+        for name, ok0, ok in zip(self.replicated, first, own, strict=True):
+            if not ok0:
+                problems[name] = "rank 0 has no usable gradient"
+            elif not ok:
+                problems[name] = f"rank {r} has no usable gradient"
+        return problems
+
+    def _check_rows(
+        self,
+        kind: str,
+        items: dict[str, Comparison],
+        scales: list[float],
+        problems: Sequence[Container[str]],
+    ) -> dict[str, list[Check]]:
+        """check_rows, describing in full only the rows that beat their worst so far; a row
+        whose name is in `problems[row]` has no verdict of its own (the problem is reported)."""
+        beat = [self.worst.get((kind, name)) for name in items]
+        skip = [{b for b, gone in enumerate(problems) if name in gone} for name in items]
+        found = check_rows(list(items.values()), scales, self.scratch, beat, skip)
+        checks = dict(zip(items, found, strict=True))
+        for name, rows in checks.items():
+            budgets = [c.budget for c, gone in zip(rows, problems, strict=True) if name not in gone]
+            if budgets and max(budgets) > self.worst.get((kind, name), -math.inf):
+                self.worst[(kind, name)] = max(budgets)
         return checks
 
-    def _unusable(self, got: object) -> str | None:
-        """Why a returned gradient cannot be compared, as far as the shard alone tells."""
+    def _unusable(self, got: object, expected: torch.Tensor) -> str | None:
+        """Why a returned gradient cannot be compared with this rank's piece of autograd's."""
         if got is None:
             return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
         if not isinstance(got, torch.Tensor):
@@ -350,7 +385,8 @@ class Case:
         alias = self.params.get(got.untyped_storage().data_ptr())
         if alias:
             return f"gradient shares memory with parameter {alias}: return a new tensor"
-        return None
+        problem = mismatch(got, expected)
+        return f"gradient has {problem} (this rank's piece)" if problem else None
 
     def _record(
         self,

@@ -11,7 +11,7 @@ makes sure of.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -37,26 +37,16 @@ def share_rows(
     rank: int,
     world: int,
     like: torch.Tensor,
-) -> list[torch.Tensor]:
-    """Row k of `count` rows of `width`: `compute(k, row)` fills it on rank k mod world, and
-    every rank gets all of them (one all-gather; the ranks' shares are padded to one size)."""
+) -> torch.Tensor:
+    """(count, width): row k is filled by `compute(k, row)` on rank k mod world, and every
+    rank gets all of them (one all-gather; the ranks' shares are padded to one size)."""
     share = math.ceil(count / world)
     mine = like.new_zeros(share, width)
     for slot, k in enumerate(range(rank, count, world)):
         compute(k, mine[slot])
     if world == 1:
-        return list(mine[:count])
+        return mine[:count]
     gathered = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(gathered, mine)
-    return [gathered[k % world][k // world] for k in range(count)]
-
-
-def unflatten(
-    row: torch.Tensor, names: Sequence[str], shapes: Sequence[tuple[int, ...]]
-) -> dict[str, torch.Tensor]:
-    """A row of flattened tensors, end to end, as views of their shapes."""
-    sizes = [math.prod(shape) for shape in shapes]
-    return {
-        name: flat.view(shape)
-        for name, flat, shape in zip(names, row.split_with_sizes(sizes), shapes, strict=True)
-    }
+    # row k is gathered[k % world][k // world]: interleave the shares
+    return torch.stack(gathered, dim=1).reshape(share * world, width)[:count]

@@ -99,3 +99,14 @@ def piece(tensor: torch.Tensor, placement: Placement, rank: int, world_size: int
         return tensor
     start, length = placement.extents(tuple(tensor.shape), world_size)[rank]
     return tensor.narrow(placement.dim, start, length)
+
+
+def piece_rows(
+    rows: torch.Tensor, placement: Placement, rank: int, world_size: int
+) -> torch.Tensor:
+    """`piece` of each row of a (batches, *full shape) tensor (a view)."""
+    if isinstance(placement, Replicated):
+        return rows
+    start, length = placement.extents(tuple(rows.shape[1:]), world_size)[rank]
+    dim = placement.dim + 1 if placement.dim >= 0 else placement.dim
+    return rows.narrow(dim, start, length)
