@@ -105,3 +105,14 @@ def test_quiet_on_correct_gradients_and_loud_on_one_wrong_row() -> None:
 def test_modes_are_covered() -> None:
     assert {c[0].mode for c in CASES} >= {F32.mode, BASELINE.mode, ULPS.mode, EXACT.mode}
     assert BF16 in [c[0] for c in CASES] and BF16_BASELINE in [c[0] for c in CASES]
+
+
+def test_a_tensor_without_entries_passes_as_check_all_says() -> None:
+    items = _stacked((F32, torch.float32, 0.0), None)
+    none = torch.zeros(ROWS, 0)
+    items.insert(1, Comparison(none, none.clone(), F32))
+    got = check_rows(items, [0.0] * ROWS, Scratch(), [None] * len(items))
+    for b in range(ROWS):
+        want = check_all([_row(i, b) for i in items], 0.0, Scratch())
+        assert got[1][b] == want[1] and got[1][b].passed
+        assert [c.passed for c in (got[0][b], got[2][b])] == [True, True]
