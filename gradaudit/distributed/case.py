@@ -129,6 +129,7 @@ class Case:
             try:
                 self._run_shard(index)
             except Exception:
+                self.events.leaving = True  # SIGTERM from now on waits for this
                 with suppress(Exception):  # keep what was run; the first error is the one
                     self._settle(alone=True)
                 self._at(index)

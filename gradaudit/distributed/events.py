@@ -29,6 +29,7 @@ class Events:
         with open(progress, "r+b") as handle:
             self.progress = mmap.mmap(handle.fileno(), PROGRESS.size)
         self.cases = 0
+        self.leaving = False  # on the way out after an error: keep what was run, then stop
 
     def emit(self, event: str, flush: bool = True, **fields: Any) -> None:
         """Append one line; flushed unless the caller flushes a run of them (`flush()`), so

@@ -29,6 +29,24 @@ from gradaudit.spec import load_spec
 PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
 
+class Stopped(Exception):
+    """torchrun asked this rank to stop (SIGTERM): a peer failed, or the run was stopped."""
+
+
+def _settle_before_stopping(events: Events) -> None:
+    """SIGTERM raises Stopped, so that the rank settles the batches it holds on its way out
+    (a peer's failure is followed by torchrun's SIGTERM, often before this rank's collective
+    fails); once the rank is on its way out, SIGTERM waits for it. The handler runs between
+    bytecodes: an event line is written whole or not."""
+
+    def stop(signum: int, frame: object) -> None:
+        if not events.leaving:
+            events.leaving = True
+            raise Stopped("stopped by SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _die_with_launcher() -> None:
     """Linux: SIGKILL this rank when torchrun dies, so that no rank outlives a killed run."""
     if sys.platform.startswith("linux"):
@@ -44,6 +62,7 @@ def main() -> None:
     local = int(os.environ.get("LOCAL_RANK", rank))
     _die_with_launcher()
     events = Events(run_dir / f"rank{rank}.jsonl")
+    _settle_before_stopping(events)
     events.emit("ready", pid=os.getpid())
     try:
         job = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
@@ -52,6 +71,7 @@ def main() -> None:
         message = str(exc) if isinstance(exc, PluginRaised) else why(exc)
         cause = exc.__context__ if isinstance(exc, PluginRaised) else exc
         peer = any(sign in str(cause) for sign in PEER_LOST) or isinstance(cause, dist.DistError)
+        peer = peer or isinstance(exc, Stopped)
         events.emit("abort", message=f"rank {rank}: {message}", peer=peer, **events.where)
         events.handle.close()
         os._exit(1)
