@@ -55,6 +55,17 @@ def check(
     return check_all([Comparison(manual, reference, tol, truth)], batch_scale)[0]
 
 
+def comparable(items: list[Comparison]) -> None:
+    """GradientMismatch where a pair cannot be compared elementwise; ValueError where
+    baseline mode lacks its truth."""
+    for item in items:
+        problem = mismatch(item.manual, item.reference)
+        if problem:
+            raise GradientMismatch(problem)
+        if item.tol.mode == "baseline" and item.truth is None:
+            raise ValueError("baseline mode needs the float64 truth")
+
+
 def check_all(
     items: list[Comparison],
     batch_scale: float | torch.Tensor | None = 0.0,
@@ -77,12 +88,7 @@ def check_all(
     Check is located (described by the screen, or measured in full). `reads` may hold
     other device values: they are read with the screen's results.
     """
-    for item in items:
-        problem = mismatch(item.manual, item.reference)
-        if problem:
-            raise GradientMismatch(problem)
-        if item.tol.mode == "baseline" and item.truth is None:
-            raise ValueError("baseline mode needs the float64 truth")
+    comparable(items)
     devices = {item.manual.device for item in items}
     if len(devices) > 1:  # the flat layout needs one device; keep the order
         return [

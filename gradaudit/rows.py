@@ -16,7 +16,7 @@ import math
 from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING
 
-from gradaudit.compare import GradientMismatch, mismatch
+from gradaudit.compare import comparable
 from gradaudit.measure import Comparison, Scratch, measure, second, working_dtype
 from gradaudit.screen import _describe, _Layout, _ratio, _settle
 from gradaudit.summary import Check
@@ -46,13 +46,9 @@ def check_rows(
     a row must exceed to be described in full, and which each row's budget then raises.
     `skip[i]` holds item i's rows that need no verdict (their caller has a problem to report
     for them): they are neither described nor counted in the worst."""
-    for item in items:
-        problem = mismatch(item.manual, item.reference)
-        if problem:
-            raise GradientMismatch(problem)
-        if item.tol.mode == "baseline" and item.truth is None:
-            raise ValueError("baseline mode needs the float64 truth")
     import torch
+
+    comparable(items)
 
     rows = items[0].manual.shape[0]
     sized = [i for i, item in enumerate(items) if math.prod(item.manual.shape[1:])]

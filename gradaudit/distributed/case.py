@@ -14,11 +14,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gradaudit.compare import Check, Comparison, Scratch, Tol, mismatch, tolerance_for
+from gradaudit.compare import Check, Comparison, Scratch, Tol, tolerance_for
 from gradaudit.distributed.events import Events, PluginRaised, why
 from gradaudit.distributed.exchange import share_rows
 from gradaudit.distributed.layout import Replicated, piece, piece_rows
 from gradaudit.distributed.setup import DistSetup, draw_inputs, input_shapes, make_batch
+from gradaudit.pass_parts import unusable
 from gradaudit.rows import check_rows
 from gradaudit.types import Forward
 
@@ -76,7 +77,10 @@ class Case:
             n: Tol("exact") if replicas == "exact" else Tol("allclose", t.rtol, t.atol)
             for n, t in self.tols.items()
         }
-        self.params = {p.untyped_storage().data_ptr(): n for n, p in self.shard.named_parameters()}
+        self.params = {
+            p.untyped_storage().data_ptr(): f"parameter {n}"
+            for n, p in self.shard.named_parameters()
+        }
         self.scratch = Scratch()
         self.pending: list[list[Any]] = []
         self.held: list[_Held] = []  # batches run, not yet settled
@@ -377,17 +381,10 @@ class Case:
 
     def _unusable(self, got: object, expected: torch.Tensor) -> str | None:
         """Why a returned gradient cannot be compared with this rank's piece of autograd's."""
-        if got is None:
-            return f"gradients '{self.spec.gradients.plugin}' gave no gradient"
-        if not isinstance(got, torch.Tensor):
-            return f"gradient is a {type(got).__name__}, not a tensor"
-        if got.requires_grad:
-            return "gradient requires grad: return plain tensors"
-        alias = self.params.get(got.untyped_storage().data_ptr())
-        if alias:
-            return f"gradient shares memory with parameter {alias}: return a new tensor"
-        problem = mismatch(got, expected)
-        return f"gradient has {problem} (this rank's piece)" if problem else None
+        problem = unusable(got, expected, self.spec.gradients.plugin, self.params)
+        if problem and problem.startswith("gradient has "):
+            problem += " (this rank's piece)"
+        return problem
 
     def _record(
         self,
