@@ -18,7 +18,13 @@ from gradaudit.compare import Check, Comparison, Scratch, Tol, tolerance_for
 from gradaudit.distributed.events import Events, PluginRaised, why
 from gradaudit.distributed.exchange import share_rows
 from gradaudit.distributed.layout import Replicated, piece, piece_rows
-from gradaudit.distributed.setup import DistSetup, draw_inputs, input_shapes, make_batch
+from gradaudit.distributed.setup import (
+    DistSetup,
+    draw_inputs,
+    full_gradients,
+    input_shapes,
+    make_batch,
+)
 from gradaudit.pass_parts import unusable
 from gradaudit.rows import check_rows
 from gradaudit.types import Forward
@@ -150,41 +156,6 @@ class Case:
         self.events.where = {"device": self.device, "dtype": self.dtype, "batch": index}
         self.events.at(index)
 
-    def _reference(
-        self,
-        model: torch.nn.Module,
-        inputs: Mapping[str, torch.Tensor],
-        seed: int,
-        wanted: torch.dtype,
-    ) -> dict[str, torch.Tensor]:
-        """Autograd's gradient of the full model's loss for every audited tensor."""
-        torch.default_generator.manual_seed(seed)
-        forward = model(**inputs)
-        if not isinstance(forward, Forward):
-            raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
-        odd = [
-            n
-            for n, t in {"loss": forward.loss, **forward.intermediates}.items()
-            if t.dtype != wanted
-        ]
-        if odd:  # never a silent run in another dtype than the case's
-            raise TypeError(
-                f"the full model computed {', '.join(odd)} in another dtype than {wanted}"
-            )
-        available = {**forward.intermediates, **dict(model.named_parameters())}
-        targets = [available[n] for n in self.setup.audited]
-        for name, target, shape in zip(self.setup.audited, targets, self.shapes, strict=True):
-            if tuple(target.shape) != shape:
-                raise ValueError(
-                    f"the full model's '{name}' has shape {tuple(target.shape)}, {shape} on "
-                    "batch 0: a distributed audit needs the same shapes on every batch"
-                )
-        grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
-        return {
-            n: torch.zeros_like(t) if g is None else g
-            for n, t, g in zip(self.setup.audited, targets, grads, strict=True)
-        }
-
     def _plugin(self, what: str, call: Any) -> Any:
         try:
             return call()
@@ -265,7 +236,10 @@ class Case:
             self._at(batch.index)
             inputs = {n: t.to(dtype) for n, t in batch.inputs.items()}
             grads = self._plugin(
-                model_name, lambda: self._reference(model, inputs, batch.seed, dtype)
+                model_name,
+                lambda: full_gradients(
+                    model, inputs, batch.seed, dtype, self.setup.audited, self.shapes
+                ),
             )
             torch.cat([grads[n].reshape(-1) for n in self.setup.audited], out=row)
 

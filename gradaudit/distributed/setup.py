@@ -213,3 +213,41 @@ def _select(loaded: LoadedSpec, names: list[str]) -> list[str]:
 
 def sharded_names(setup: DistSetup) -> list[str]:
     return [n for n in setup.audited if isinstance(setup.layout[n], Shard)]
+
+
+def full_gradients(
+    model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    seed: int,
+    wanted: torch.dtype,
+    audited: list[str],
+    shapes: list[tuple[int, ...]],
+) -> dict[str, torch.Tensor]:
+    """Autograd's gradient of the full model's loss for every audited tensor, checked to be
+    in the case's dtype and in the shapes of batch 0 (TypeError, ValueError)."""
+    import torch
+
+    from gradaudit.types import Forward
+
+    torch.default_generator.manual_seed(seed)
+    forward = model(**inputs)
+    if not isinstance(forward, Forward):
+        raise TypeError(f"forward returned {type(forward).__name__}, not gradaudit.Forward")
+    odd = [
+        n for n, t in {"loss": forward.loss, **forward.intermediates}.items() if t.dtype != wanted
+    ]
+    if odd:  # never a silent run in another dtype than the case's
+        raise TypeError(f"the full model computed {', '.join(odd)} in another dtype than {wanted}")
+    available = {**forward.intermediates, **dict(model.named_parameters())}
+    targets = [available[n] for n in audited]
+    for name, target, shape in zip(audited, targets, shapes, strict=True):
+        if tuple(target.shape) != shape:
+            raise ValueError(
+                f"the full model's '{name}' has shape {tuple(target.shape)}, {shape} on "
+                "batch 0: a distributed audit needs the same shapes on every batch"
+            )
+    grads = torch.autograd.grad(forward.loss, targets, allow_unused=True)
+    return {
+        n: torch.zeros_like(t) if g is None else g
+        for n, t, g in zip(audited, targets, grads, strict=True)
+    }
