@@ -4,12 +4,13 @@ Both sides run the tensor-parallel MLP (plugins/gradaudit_tp) on 2 gloo ranks, f
 the same batches, and are timed inside the ranks (the case's loop, not torchrun's start-up):
 
 - audit: `specs/tp-mlp.yaml`'s audit (shard forward and manual backward with their
-  collectives, autograd on the full model, the comparisons, the replica broadcast);
+  collectives, autograd on the full model shared out between the ranks, the comparisons,
+  the replica exchange; gradaudit/distributed/case.py);
 - by hand: what a careful hand-written torchrun test does per batch (Megatron-style):
   the same forward, manual backward and full-model autograd, then `torch.allclose` of each
   shard against its slice and of each replicated gradient against rank 0's;
 - arithmetic: the forward, manual backward and full-model autograd alone, compared with
-  nothing (the work no audit can skip);
+  nothing (every rank computing every reference, as the hand-written test does);
 - plain: the shard's forward and manual backward alone (what training runs; for scale).
 
     python benchmarks/bench_dist.py [--quick]     # prints the rows; bench.py imports rows()

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from gradaudit.compare import Check, Comparison, Scratch, Tol, tolerance_for
 from gradaudit.distributed.events import Events, PluginRaised, why
-from gradaudit.distributed.exchange import share_rows
+from gradaudit.distributed.exchange import columns, share_rows
 from gradaudit.distributed.layout import Replicated, piece, piece_rows
 from gradaudit.distributed.setup import (
     DistSetup,
@@ -72,7 +72,7 @@ class Case:
         if self.on.type == "cuda":
             torch.cuda.set_device(self.on)
         self.kind = f"rank{rank}"
-        cast = getattr(torch, dtype)
+        self.cast = cast = getattr(torch, dtype)
         self.full = copy.deepcopy(setup.full).to(self.on, cast)
         self.shard = copy.deepcopy(shard).to(self.on, cast)
         self.tols = {n: tolerance_for(self.spec.tolerance, n, device, dtype) for n in setup.audited}
@@ -167,8 +167,7 @@ class Case:
         """The shard's forward and manual backward, with their collectives, and nothing else:
         the batch is held until the chunk settles."""
         tensors, seed = draw_inputs(self.setup.loaded, index)
-        cast = getattr(torch, self.dtype)
-        inputs = {n: t.to(self.on, cast) for n, t in tensors.items()}
+        inputs = {n: t.to(self.on, self.cast) for n, t in tensors.items()}
         batch = make_batch({n: t.clone() for n, t in inputs.items()}, index, seed)
         torch.default_generator.manual_seed(seed)
         model_name = f"model '{self.spec.model.plugin}'"
@@ -190,9 +189,10 @@ class Case:
             for name in self.setup.audited:
                 got = manual.get(name)
                 problem = self._unusable(got, self.expected[name])
-                if problem or not isinstance(got, torch.Tensor):
-                    held.problems[name] = problem or "not a tensor"
+                if problem:
+                    held.problems[name] = problem
                 else:
+                    assert isinstance(got, torch.Tensor)  # what _unusable lets through
                     self.manual[name][slot].copy_(got)
         held.unknown = [str(n) for n in manual if n not in self.setup.names]
         self.held.append(held)
@@ -204,8 +204,7 @@ class Case:
         held, self.held = self.held, []
         if not held:
             return
-        cast = getattr(torch, self.dtype)
-        references = self._references(held, self.full, cast, alone)
+        references = self._references(held, self.full, self.cast, alone)
         truths = self._references(held, self.truth, torch.float64, alone) if self.truth else None
         scales = [0.0] * len(held)
         if truths is not None:
@@ -254,22 +253,18 @@ class Case:
         """Per audited tensor, the chunk's manual pieces against autograd's, a row a batch.
         A batch whose gradient cannot be compared gets autograd's in its row (its row's
         verdict is replaced by the problem)."""
-        layout, rank, world, rows = self.setup.layout, self.rank, self.world, len(held)
-        items, start = {}, 0
-        for name, shape in zip(self.setup.audited, self.shapes, strict=True):
-            size = math.prod(shape)
-            full = references[:, start : start + size].view(rows, *shape)
-            expected = piece_rows(full, layout[name], rank, world)
-            true = None
-            if truths is not None:
-                true_full = truths[:, start : start + size].view(rows, *shape)
-                true = piece_rows(true_full, layout[name], rank, world)
-            manual = self.manual[name][:rows]
+        layout, rank, world = self.setup.layout, self.rank, self.world
+        full = columns(references, self.shapes)
+        true = columns(truths, self.shapes) if truths is not None else [None] * len(full)
+        items = {}
+        for name, reference, truth in zip(self.setup.audited, full, true, strict=True):
+            expected = piece_rows(reference, layout[name], rank, world)
+            manual = self.manual[name][: len(held)]
             for b, batch in enumerate(held):
                 if name in batch.problems:
                     manual[b].copy_(expected[b])
-            items[name] = Comparison(manual, expected, self.tols[name], true)
-            start += size
+            wide = None if truth is None else piece_rows(truth, layout[name], rank, world)
+            items[name] = Comparison(manual, expected, self.tols[name], wide)
         return items
 
     def _hold_replicas(self, held: list[_Held]) -> None:
@@ -278,8 +273,7 @@ class Case:
         rows = len(held)
         values = [self.manual[n][:rows].reshape(rows, -1) for n in self.replicated]
         flags = [[0.0 if n in h.problems else 1.0 for n in self.replicated] for h in held]
-        cast = getattr(torch, self.dtype)
-        values.append(torch.tensor(flags, dtype=cast, device=self.on))
+        values.append(torch.tensor(flags, dtype=self.cast, device=self.on))
         self.replica_rows = (held, torch.cat(values, dim=1))
 
     def _exchange_replicas(self) -> None:
@@ -298,19 +292,16 @@ class Case:
             return
         count = len(self.replicated)
         flags = torch.stack([rows[self.rank :: self.world, -count:] for rows in every]).tolist()
-        shapes = [self.expected[n].shape for n in self.replicated]
+        shapes = [tuple(self.expected[n].shape) for n in self.replicated]
         scales = [0.0] * len(ours)
         found: list[tuple[int, str, list[dict[str, str]], dict[str, list[Check]]]] = []
+        first = columns(every[0][self.rank :: self.world, :-count], shapes)
         for r in range(1, self.world):
-            items, start = {}, 0
-            for name, shape in zip(self.replicated, shapes, strict=True):
-                size = math.prod(shape)
-                own, first = (
-                    rows[self.rank :: self.world, start : start + size].view(len(ours), *shape)
-                    for rows in (every[r], every[0])
-                )
-                items[name] = Comparison(own, first, self.replica_tols[name])
-                start += size
+            own = columns(every[r][self.rank :: self.world, :-count], shapes)
+            items = {
+                name: Comparison(mine_r, rank0, self.replica_tols[name])
+                for name, mine_r, rank0 in zip(self.replicated, own, first, strict=True)
+            }
             problems = [
                 self._replica_problems(flags[0][k], flags[r][k], r) for k in range(len(ours))
             ]

@@ -11,7 +11,7 @@ makes sure of.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -50,3 +50,14 @@ def share_rows(
     dist.all_gather(gathered, mine)
     # row k is gathered[k % world][k // world]: interleave the shares
     return torch.stack(gathered, dim=1).reshape(share * world, width)[:count]
+
+
+def columns(rows: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Views of (batches, width) rows of tensors laid end to end: one (batches, *shape) per
+    tensor, in order."""
+    found, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        found.append(rows[:, start : start + size].view(rows.shape[0], *shape))
+        start += size
+    return found
