@@ -290,16 +290,22 @@ class DistributedRun:
         own = [message for _, message, peer in aborts if not peer]
         if own:  # a plugin raised on that rank; the others' collectives failed after it
             return own[0]
-        for rank, exit_code in failures(self.log_tail):
-            state = self.ranks.get(rank, _Rank())
-            if state.abort is None and exit_code != -signal.SIGTERM:  # not torchrun's stop
-                how = f"exit code {exit_code}"
-                if exit_code < 0:
-                    how = f"killed by {signal.Signals(-exit_code).name}"
-                where = (
-                    f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
-                )
-                return f"rank {rank} died ({how}){where}"
+        # A rank that died without a word is the cause: a peer stopped by its death says so
+        # (the rank checks that a peer is gone before it blames itself).
+        failed = dict(failures(self.log_tail))
+        for rank, state in sorted(self.ranks.items()):
+            exit_code = failed.get(rank, 0)
+            if state.abort is not None or state.finished or exit_code == -signal.SIGTERM:
+                continue
+            if state.pid is None and rank not in failed:
+                continue  # never started: the launcher's message says why
+            how = f"exit code {exit_code}"
+            if exit_code < 0:
+                how = f"killed by {signal.Signals(-exit_code).name}"
+            elif exit_code == 0:
+                how = "exit code 0 before it finished: plugin code ended the process"
+            where = f" during {'/'.join(state.where)} batch {state.batch}" if state.where else ""
+            return f"rank {rank} died ({how}){where}"
         if aborts:
             return aborts[0][1]
         last = _one_line(self.log_tail.strip().splitlines()[-1]) if self.log_tail.strip() else ""

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from gradaudit.distributed.exchange import same_full_model
 from gradaudit.distributed.setup import DistSetup, build, load_slices
 from gradaudit.spec import load_spec
 
-# A collective that fails because another rank is gone: a consequence, not the cause.
-PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
+# A collective fails within milliseconds of a peer's death; a genuine error waits this long.
+PEER_WAIT = 1.0
 
 
 class Stopped(Exception):
@@ -56,6 +57,47 @@ def _die_with_launcher() -> None:
             os._exit(1)
 
 
+def _peer_gone(run_dir: Path, rank: int, world: int, wait: float = PEER_WAIT) -> bool:
+    """Whether another rank died before finishing: then this rank's error (a collective
+    that failed, whatever its text) is a consequence, not the cause. A peer's sockets close
+    as it exits, a moment before its process shows as dead, so the check waits a little."""
+    deadline = time.monotonic() + wait
+    while True:
+        for peer in range(world):
+            if peer != rank and _dead(run_dir / f"rank{peer}.jsonl"):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _dead(events: Path) -> bool:
+    """A rank that said it was ready and is gone (or a zombie) without having finished."""
+    try:
+        lines = events.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    said = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
+    if any(e["event"] in ("finished", "abort") for e in said):
+        return False
+    pids = [int(e["pid"]) for e in said if e["event"] == "ready"]
+    if not pids:
+        return False
+    if not sys.platform.startswith("linux"):
+        try:
+            os.kill(pids[0], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    try:
+        state = Path(f"/proc/{pids[0]}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def main() -> None:
     run_dir = Path(sys.argv[1])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -70,8 +112,8 @@ def main() -> None:
     except BaseException as exc:
         message = str(exc) if isinstance(exc, PluginRaised) else why(exc)
         cause = exc.__context__ if isinstance(exc, PluginRaised) else exc
-        peer = any(sign in str(cause) for sign in PEER_LOST) or isinstance(cause, dist.DistError)
-        peer = peer or isinstance(exc, Stopped)
+        peer = isinstance(exc, Stopped) or isinstance(cause, Stopped)
+        peer = peer or _peer_gone(run_dir, rank, world)
         events.emit("abort", message=f"rank {rank}: {message}", peer=peer, **events.where)
         events.handle.close()
         os._exit(1)
