@@ -104,7 +104,7 @@ class Audit:
                 f"{loaded.where('model', 'options')}: model.options {', '.join(clash)}: "
                 f"given by the data plugin '{spec.data.plugin}' already; remove it here"
             )
-        torch.manual_seed(spec.batches.seed)  # the same initial weights for every case
+        torch.manual_seed(spec.model_seed)  # the same initial weights for every case
         try:
             model = self.model_factory(**model_args, **spec.model.options)
         except Exception as exc:

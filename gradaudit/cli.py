@@ -23,6 +23,14 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) ->
 
 
 SET_HELP = "Change one spec key, validated like the file (repeatable): --set batches.count=2"
+BATCHES = click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    type=click.IntRange(min=0),
+    metavar="K",
+    help="Only batch K of the spec's batches (repeatable): what a failure's reproduce line uses.",
+)
 # Options several commands share, defined once.
 DEVICES = click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
 DTYPES = click.option("--dtype", "dtypes", multiple=True, help="Only this dtype (repeatable).")
@@ -72,6 +80,7 @@ def cli(ctx: click.Context) -> None:
     metavar="K/N",
     help="Run shard K of N: batches (an op spec's cases) k with k % N == K-1.",
 )
+@BATCHES
 @click.option(
     "--timeout",
     type=float,
@@ -92,6 +101,7 @@ def run_command(
     dtypes: tuple[str, ...],
     require_devices: tuple[str, ...],
     shard: str | None,
+    batches: tuple[int, ...],
     timeout: float | None,
     sets: tuple[str, ...],
     threads: int | None,
@@ -112,6 +122,7 @@ def run_command(
         dtypes=dtypes,
         require_devices=require_devices,
         shard=shard,
+        batches=batches,
         timeout=timeout,
         color=tty if color is None else color,
         progress=sys.stderr.isatty(),
@@ -127,6 +138,7 @@ def run_command(
 @DEVICES
 @DTYPES
 @click.option("--shard", metavar="K/N", help="Plan shard K of N.")
+@BATCHES
 @SETS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def plan_command(
@@ -134,13 +146,16 @@ def plan_command(
     devices: tuple[str, ...],
     dtypes: tuple[str, ...],
     shard: str | None,
+    batches: tuple[int, ...],
     sets: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Print every check `run` would make, with tolerances and skip reasons; runs no batch."""
     from gradaudit import commands
 
-    options = commands.RunOptions(devices=devices, dtypes=dtypes, shard=shard, sets=sets)
+    options = commands.RunOptions(
+        devices=devices, dtypes=dtypes, shard=shard, batches=batches, sets=sets
+    )
     sys.exit(commands.plan(spec, options, as_json))
 
 

@@ -19,7 +19,7 @@ import click
 
 from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, GradauditError, Interrupted, UsageError
 from gradaudit.spec import LoadedSpec, load_spec
-from gradaudit.write import check_writable
+from gradaudit.write import check_writable, refuse_overwriting
 
 if TYPE_CHECKING:
     from gradaudit.audit import Audit
@@ -41,6 +41,7 @@ class RunOptions:
     dtypes: tuple[str, ...] = ()
     require_devices: tuple[str, ...] = ()
     shard: str | None = None
+    batches: tuple[int, ...] = ()  # --batch: only these batch indices
     timeout: float | None = None
     color: bool = False
     progress: bool = False
@@ -74,17 +75,10 @@ def _report_paths(spec_path: str, options: RunOptions, loaded: LoadedSpec | None
     """Refuse, before any work, a report path that would overwrite the spec, a plugin
     file or another report, or that cannot be written."""
     paths = {"--junit-xml": options.junit_xml, "--json": options.json_path}
-    given = {k: Path(v).resolve() for k, v in paths.items() if v}
-    inputs = [Path(spec_path).resolve()]
+    inputs: list[str | Path] = [spec_path]
     if loaded is not None:
-        inputs += [
-            (loaded.base_dir / p).resolve() for p in loaded.spec.plugins if p.endswith(".py")
-        ]
-    for option, path in given.items():
-        if path in inputs:
-            raise UsageError(f"{option} {paths[option]}: is an input of this run (spec or plugin)")
-    if len(set(given.values())) < len(given):
-        raise UsageError("--junit-xml and --json name the same file: give each its own path")
+        inputs += [loaded.base_dir / p for p in loaded.spec.plugins if p.endswith(".py")]
+    refuse_overwriting(paths, inputs)
     for written in paths.values():
         if written:
             check_writable(written)
@@ -122,7 +116,7 @@ def prepare(
     audit = Audit(loaded)
     audit.check_memory(dtypes)
     checks = {name: kind() for name, kind in audit.registry.objects("check").items()}
-    return audit, make_plan(audit, devices, dtypes, shard, checks), checks
+    return audit, make_plan(audit, devices, dtypes, shard, checks, options.batches), checks
 
 
 def plan(spec_path: str, options: RunOptions, as_json: bool) -> int:
@@ -174,7 +168,11 @@ def run(spec_path: str, options: RunOptions) -> int:
 
 def _run_distributed(spec_path: str, options: RunOptions) -> int:
     """A spec with `distributed:`: ranks launched by torchrun (docs/distributed.md)."""
-    for option, given in (("--shard", options.shard), ("--set", options.sets)):
+    for option, given in (
+        ("--shard", options.shard),
+        ("--set", options.sets),
+        ("--batch", options.batches),
+    ):
         if given:
             raise UsageError(f"{option} does not apply to a distributed spec yet")
     from gradaudit.distributed.command import run_spec
@@ -239,6 +237,8 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
     live: list[GroupResult] = []  # cases started and not yet done
 
     def finish() -> None:
+        if not summary.stopped:
+            _all_zero_is_red(summary)
         if summary.stopped:
             for group in live:  # cut short: the batches they finished still count
                 if not group.done:
@@ -290,18 +290,21 @@ def _run(spec_path: str, options: RunOptions, interrupts: _Interrupts) -> int:
     if summary.ok and summary.passed == 0:
         _echo("gradaudit: no tensor was compared (every case skipped): nothing was proven")
         return EXIT_NOTHING_COMPARED
-    if summary.ok and _all_zero(summary):
-        _echo("gradaudit: every tensor's autograd gradient was zero on every batch: red")
-        return EXIT_CHECK_FAILED
     return EXIT_OK if summary.ok else EXIT_CHECK_FAILED
 
 
-def _all_zero(summary: RunSummary) -> bool:
-    """A run whose every compared gradient had a zero reference compared nothing real."""
+ALL_ZERO = "every tensor's autograd gradient was zero on every batch: nothing was proven"
+
+
+def _all_zero_is_red(summary: RunSummary) -> None:
+    """A run whose every compared gradient had a zero reference compared nothing real: each
+    of those tensors becomes an error, so every report is as red as the exit code."""
     compared = [
         (g, s) for g in summary.groups if g.check == "gradients" for s in g.tensors if s.batches
     ]
-    return bool(compared) and all(s.tensor in g.zero_reference for g, s in compared)
+    if compared and all(s.tensor in g.zero_reference for g, s in compared):
+        for _, s in compared:
+            summary.add_error(s, ALL_ZERO)
 
 
 class _Interrupts:

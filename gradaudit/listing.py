@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK
+from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
 from gradaudit.spec import load_spec
-from gradaudit.write import check_writable
+from gradaudit.write import check_writable, refuse_overwriting, same_file
 
 if TYPE_CHECKING:
     from gradaudit.results import RunSummary
@@ -82,6 +82,10 @@ def merge(out: str, inputs: list[str]) -> int:
     from gradaudit import merge as merging
     from gradaudit.report.console import closing_line
 
+    refuse_overwriting({"OUT": out}, list(inputs))
+    for i, path in enumerate(inputs):
+        if any(same_file(path, other) for other in inputs[:i]):
+            raise UsageError(f"{path}: given twice: each shard's report once")
     check_writable(out)
     as_json = out.endswith(".json")
     summary: RunSummary = (merging.merge_json if as_json else merging.merge_junit)(out, inputs)

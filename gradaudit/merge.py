@@ -121,11 +121,19 @@ class _Groups:
         self.tensors: dict[Key, dict[str, TensorSummary]] = {}
         self.stopped: list[str] = []
 
-    def add(self, key: Key, device_name: str, complete: bool, tensors: list[TensorSummary]) -> None:
+    def add(
+        self,
+        key: Key,
+        device_name: str,
+        complete: bool,
+        tensors: list[TensorSummary],
+        rerun: str = "",
+    ) -> None:
         group = self.groups.get(key)
         if group is None:
+            whole = re.sub(r" --shard \S+", "", rerun)  # the merge is every shard's
             group = GroupResult(
-                key[0], key[1], [], device_name=device_name, done=True, check=key[2]
+                key[0], key[1], [], device_name=device_name, done=True, check=key[2], rerun=whole
             )
             self.groups[key] = group
             self.tensors[key] = {}
@@ -186,9 +194,10 @@ def merge_junit(out: str, inputs: list[str]) -> RunSummary:
                 suite.properties.get("device_name", ""),
                 complete,
                 suite.tensors,
+                suite.properties.get("rerun", ""),
             )
     summary = merged.summary()
-    drop = {"device", "device_name", "dtype", "check", "incomplete", "shard"}
+    drop = {"device", "device_name", "dtype", "check", "incomplete", "shard", "rerun"}
     facts = {k: v for k, v in metadata.items() if k not in drop}
     facts["merged_from"] = ", ".join(f"{r.shard} ({r.path})" for r in reports)
     write_atomic(out, run_document(metadata.get("spec_name", ""), summary, facts))
@@ -221,7 +230,13 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
         for group in data["groups"]:
             tensors = [TensorSummary.from_dict(unfinite(t)) for t in group["tensors"]]
             key = (group["device"], group["dtype"], group.get("check", "gradients"))
-            merged.add(key, group.get("device_name", ""), group.get("complete", True), tensors)
+            merged.add(
+                key,
+                group.get("device_name", ""),
+                group.get("complete", True),
+                tensors,
+                str(group.get("rerun", "")),
+            )
     summary = merged.summary()
     order = {key: i for i, key in enumerate(merged.groups)}
     devices = {key[0]: i for i, key in reversed(list(enumerate(merged.groups)))}

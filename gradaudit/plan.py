@@ -9,6 +9,8 @@ Torch-free apart from `make_plan`, which asks torch which devices exist.
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ class PlannedCase:
     skip: str | None = None
     group_dtype: str = ""
     batches: tuple[int, ...] | None = None  # None: the data decides (val without a count)
+    rerun: str = ""  # the command that runs this case again alone (see rerun_command)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -97,11 +100,34 @@ def device_unavailable(device: str) -> str | None:
     return None
 
 
-def shard_batches(count: int | None, shard: Shard | None) -> tuple[int, ...] | None:
-    """The batch indices this run takes: all of `count`, or those of the shard."""
+def shard_batches(
+    count: int | None, shard: Shard | None, only: Sequence[int] = ()
+) -> tuple[int, ...] | None:
+    """The batch indices this run takes: all of `count`, or those of the shard, and of
+    those the ones `only` names (--batch). None: the data decides (val without a count)."""
+    if only and count is not None:
+        beyond = [k for k in only if k >= count]
+        if beyond:
+            from gradaudit.errors import UsageError
+
+            raise UsageError(f"--batch {beyond[0]}: the spec has batches 0 to {count - 1}")
     if count is None:
-        return None
-    return tuple(k for k in range(count) if shard is None or shard.takes(k))
+        return tuple(sorted(set(only))) if only and shard is None else None
+    return tuple(
+        k for k in range(count) if (shard is None or shard.takes(k)) and (not only or k in only)
+    )
+
+
+def rerun_command(
+    spec_path: str, sets: Sequence[str], device: str, dtype: str, shard: Shard | None
+) -> str:
+    """A command a user can paste to run one device and dtype of this run again: the same
+    spec, --set options, model and batches (add `--batch K` for one batch)."""
+    words = ["gradaudit", "run", spec_path, *(w for s in sets for w in ("--set", s))]
+    words += ["--device", device, "--dtype", dtype]
+    if shard is not None:
+        words += ["--shard", str(shard)]
+    return shlex.join(words)
 
 
 def make_plan(
@@ -110,24 +136,31 @@ def make_plan(
     dtypes: Sequence[str],
     shard: Shard | None = None,
     checks: dict[str, CheckKind] | None = None,
+    only: Sequence[int] = (),
 ) -> Plan:
     """The cases of a run: per device and dtype the gradient comparison, then what each
-    registered check kind adds for the spec (repeat, finite differences ...)."""
+    registered check kind adds for the spec (repeat, finite differences ...). `only`: the
+    batch indices to keep (--batch)."""
     loaded = audit.loaded
     spec = loaded.spec
     names = tuple(audit.tensor_names)
-    batches = shard_batches(spec.batches.count, shard)
+    batches = shard_batches(spec.batches.count, shard, only)
     cases: list[PlannedCase] = []
     for device in devices:
         absent = device_unavailable(device)
         for dtype in dtypes:
-            skip = absent or (f"shard {shard} has no batches" if batches == () else None)
+            empty = f"shard {shard} has no batches" + (" that --batch chose" if only else "")
+            skip = absent or (empty if batches == () else None)
+            rerun = rerun_command(str(loaded.path), loaded.sets, device, dtype, shard)
             tensors = tuple(
                 PlannedTensor(n, tolerance_for(spec.tolerance, n, device, dtype)) for n in names
             )
-            cases.append(PlannedCase(device, dtype, "gradients", tensors, skip, dtype, batches))
+            cases.append(
+                PlannedCase(device, dtype, "gradients", tensors, skip, dtype, batches, rerun)
+            )
             for kind in (checks or {}).values():
                 for case in kind.plan_cases(spec, device, dtype, list(dtypes), names, batches):
+                    case = dataclasses.replace(case, rerun=rerun)
                     cases.append(case if case.skip or not skip else _skipped(case, skip))
     warnings = tuple(audit_warnings(audit))
     return Plan(
@@ -144,9 +177,7 @@ def make_plan(
 
 
 def _skipped(case: PlannedCase, reason: str) -> PlannedCase:
-    return PlannedCase(
-        case.device, case.dtype, case.check, case.tensors, reason, case.group_dtype, case.batches
-    )
+    return dataclasses.replace(case, skip=reason)
 
 
 def audit_warnings(audit: Audit) -> list[str]:

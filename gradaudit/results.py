@@ -32,6 +32,7 @@ class GroupResult:
     check: str = "gradients"  # gradients | repeat | finite_difference
     # Tensors whose autograd gradient was zero on every batch: their check proves nothing.
     zero_reference: list[str] = field(default_factory=list)
+    rerun: str = ""  # the command that runs this case again (PlannedCase.rerun)
 
     @property
     def warnings(self) -> list[str]:
@@ -41,7 +42,7 @@ class GroupResult:
     def planned(cls, case: PlannedCase) -> GroupResult:
         """The empty result of a planned case; a skipped case is complete as it is."""
         tensors = [TensorSummary(t.name, t.tol, skipped=case.skip) for t in case.tensors]
-        return cls(case.device, case.dtype, tensors, case.skip, check=case.check)
+        return cls(case.device, case.dtype, tensors, case.skip, check=case.check, rerun=case.rerun)
 
 
 @dataclass(slots=True)
@@ -105,19 +106,28 @@ class RunSummary:
             self.add(group)
 
     def add(self, group: GroupResult) -> None:
-        """Count each tensor's outcomes: one that failed on some batches and errored on
-        others counts as a failure and as an error (`TensorSummary.outcomes`)."""
+        """Count each tensor once, by its status: one that failed on some batches and errored
+        on others is a failure whose message names the errors too (one JUnit element per
+        testcase, as Jenkins' schema requires)."""
         self.groups.append(group)
         for tensor in group.tensors:
-            for outcome in tensor.outcomes:
-                if outcome == "pass":
-                    self.passed += 1
-                elif outcome == "fail":
-                    self.failed += 1
-                elif outcome == "error":
-                    self.errors += 1
-                else:
-                    self.skipped += 1
+            if tensor.status == "pass":
+                self.passed += 1
+            elif tensor.status == "fail":
+                self.failed += 1
+            elif tensor.status == "error":
+                self.errors += 1
+            else:
+                self.skipped += 1
+
+    def add_error(self, tensor: TensorSummary, message: str) -> None:
+        """An error found once the run is over (every reference was zero): the tensor's
+        status changes, and so do the counts."""
+        before = tensor.status
+        tensor.add_error(message)
+        for status, delta in ((before, -1), (tensor.status, 1)):
+            name = {"pass": "passed", "fail": "failed", "error": "errors"}.get(status, "skipped")
+            setattr(self, name, getattr(self, name) + delta)
 
     def totals(self) -> dict[str, int]:
         """What every report prints: a run that stopped early has one more error, the

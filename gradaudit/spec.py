@@ -53,6 +53,13 @@ class PluginRef(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModelRef(PluginRef):
+    """The model plugin, its options, and the seed its weights are drawn with (default:
+    `batches.seed`, as before model.seed existed, so existing reports keep their numbers)."""
+
+    seed: int | None = None
+
+
 class Batches(_Strict):
     """How batches are drawn; batch k is seeded with `seed + k`.
 
@@ -98,6 +105,7 @@ class ToleranceOverride(_Strict):
     atol: NonNegativeFloat | None = None
     k: NonNegativeFloat | None = None
     floor_ulps: NonNegativeFloat | None = None
+    systematic: bool | None = None
 
 
 class Tolerance(_Strict):
@@ -108,8 +116,9 @@ class Tolerance(_Strict):
     k * max|autograd - truth| + floor_ulps * eps(dtype) * max|truth| (see tolerance.floor_scale),
     truth = autograd in float64. ulps: |manual - autograd| within a few ULPs of the tensor's
     and the batch's scale (float64, which has no higher-precision truth). auto: ulps for
-    float64, baseline for lower precisions, plus the systematic-error check in every dtype
-    (docs/specs.md).
+    float64, baseline for lower precisions. `systematic` (on unless false) adds the
+    systematic-error check wherever a truth exists: baseline, ulps, and any mode but exact
+    in float64 (docs/specs.md).
     """
 
     mode: Mode = "auto"
@@ -117,6 +126,7 @@ class Tolerance(_Strict):
     atol: NonNegativeFloat | None = None
     k: NonNegativeFloat | None = None
     floor_ulps: NonNegativeFloat | None = None
+    systematic: bool = True
     overrides: list[ToleranceOverride] = Field(default_factory=list)
 
 
@@ -186,7 +196,7 @@ class Spec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
     plugins: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    model: PluginRef
+    model: ModelRef
     gradients: PluginRef
     data: PluginRef = Field(default_factory=lambda: PluginRef(plugin="text"))
     batches: Batches = Field(default_factory=Batches)
@@ -208,6 +218,11 @@ class Spec(_Strict):
         if repeated:
             raise ValueError(f"listed more than once: {', '.join(repeated)}")
         return values
+
+    @property
+    def model_seed(self) -> int:
+        """The seed of the model's initial weights."""
+        return self.batches.seed if self.model.seed is None else self.model.seed
 
 
 @dataclass(frozen=True)

@@ -231,11 +231,3 @@ class TensorSummary:
         if self.skipped or not self.batches:
             return "skipped"
         return "pass"
-
-    @property
-    def outcomes(self) -> tuple[str, ...]:
-        """Every verdict that holds, for counts: ("fail", "error") when a tensor mismatched on
-        some batches and errored on others, so that neither hides the other."""
-        if self.status == "fail" and self.error_count:
-            return ("fail", "error")
-        return (self.status,)

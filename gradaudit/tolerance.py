@@ -7,8 +7,9 @@ Modes: exact (bitwise); allclose (|manual - autograd| <= atol + rtol |autograd|,
 torch.testing.assert_close); baseline (|manual - truth| <= k * max|autograd - truth| + a floor
 of `floor_ulps` ULPs of the truth's scale, truth = autograd in float64); ulps (float64's own
 precision: |manual - autograd| <= floor_ulps ULPs of the tensor's largest entry + batch_ulps
-ULPs of the batch's largest gradient). auto: ulps for float64, baseline for lower precisions,
-both with the systematic-error check across batches (gradaudit.systematic).
+ULPs of the batch's largest gradient). auto: ulps for float64, baseline for lower precisions.
+The systematic-error check across batches (gradaudit.systematic) runs wherever there is a
+truth to pair with (`has_truth`), unless a spec says `systematic: false`.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
         "atol": spec.atol,
         "k": spec.k,
         "floor_ulps": spec.floor_ulps,
+        "systematic": spec.systematic,
     }
     for rule in spec.overrides:
         if not any(fnmatch.fnmatchcase(tensor, glob) for glob in rule.tensors):
@@ -185,9 +187,8 @@ def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
             value = getattr(rule, key)
             if value is not None:
                 settings[key] = value
-    auto = settings["mode"] == "auto"
     mode = str(settings["mode"])
-    if auto:
+    if mode == "auto":
         mode = "ulps" if dtype == "float64" else "baseline"
     rtol, atol = DEFAULT_TOLERANCES[dtype]
     return Tol(
@@ -200,5 +201,12 @@ def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
         ),
         eps=EPS[dtype],
         batch_ulps=DEFAULT_BATCH_ULPS if mode == "ulps" else 0.0,
-        systematic=auto,
+        systematic=bool(settings["systematic"]) and has_truth(mode, dtype),
     )
+
+
+def has_truth(mode: str, dtype: str) -> bool:
+    """Whether a tensor's comparison has a truth to measure a systematic error against:
+    baseline's float64 run, or autograd itself in float64. `allclose` below float64 compares
+    with autograd in the same dtype only, and `exact` needs no statistic."""
+    return mode in ("baseline", "ulps") or (mode == "allclose" and dtype == "float64")

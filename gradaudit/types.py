@@ -20,9 +20,8 @@ class Batch:
     """One batch: named tensors of any dtype and shape (token ids, float features, images,
     masks), plus where it came from.
 
-    `index` and `seed` say where the batch came from, so that a failing batch can be
-    reproduced on its own (`batches: {seed: <seed>, count: 1}`). The model's forward is
-    called as `model(**batch.tensors)`.
+    `index` and `seed` say where the batch came from (`gradaudit run SPEC --batch <index>`
+    audits it alone). The model's forward is called as `model(**batch.tensors)`.
     """
 
     tensors: Mapping[str, torch.Tensor]

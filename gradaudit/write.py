@@ -6,7 +6,30 @@ import os
 import tempfile
 from pathlib import Path
 
-from gradaudit.errors import OutputError
+from gradaudit.errors import OutputError, UsageError
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same path, a symbolic link or a hard link."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where they would be
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_overwriting(outputs: dict[str, str | None], inputs: list[str | Path]) -> None:
+    """Exit 2 before anything is written when a report path names an input of the run (by
+    any path, link or hard link) or another report path."""
+    given = {option: path for option, path in outputs.items() if path}
+    for option, path in given.items():
+        for source in inputs:
+            if same_file(path, source):
+                raise UsageError(f"{option} {path}: is an input of this run ({source})")
+    names = list(given.items())
+    for i, (option, path) in enumerate(names):
+        for other, again in names[i + 1 :]:
+            if same_file(path, again):
+                raise UsageError(f"{option} and {other} name the same file: give each its own")
 
 
 def check_writable(path: str | Path) -> None:

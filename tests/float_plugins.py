@@ -82,6 +82,21 @@ class BesselRegression(Regression):
         return forward
 
 
+class DeadRegression(Regression):
+    """A loss that no tensor moves: every autograd gradient is zero, so nothing is proven."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
+        forward = super().forward(x, y)
+        return Forward(forward.loss * 0.0, dict(forward.intermediates))
+
+
+def zero_backward(
+    model: nn.Module, batch: Batch, forward: Forward, **options: Any
+) -> dict[str, torch.Tensor]:
+    grads = regression_backward(model, batch, forward)
+    return {name: torch.zeros_like(g) for name, g in grads.items()}
+
+
 def regression_backward(
     model: nn.Module, batch: Batch, forward: Forward, **options: Any
 ) -> dict[str, torch.Tensor]:
@@ -129,11 +144,13 @@ def register_models(register: Callable[[str, Any], None]) -> None:
     register("regression-plain-tensor", PlainTensorRegression)
     register("regression-custom-function", CustomFunctionRegression)
     register("regression-bessel", BesselRegression)
+    register("regression-dead", DeadRegression)
 
 
 @hookimpl
 def register_gradients(register: Callable[[str, Any], None]) -> None:
     register("regression-manual", regression_backward)
     register("regression-clipped", clipped_backward)
+    register("regression-zeros", zero_backward)
     for how in ("sys.exit", "skip", "sigterm", "swallow-timeout"):
         register(f"regression-{how}", _exits(how))

@@ -73,6 +73,28 @@ def test_a_wrong_backward_on_float_inputs_fails(tmp_path: Path, run_cli: CliRunn
     assert result.stdout.count("FAIL") >= 4
 
 
+def test_a_run_whose_every_reference_is_zero_is_red_in_every_report(
+    tmp_path: Path, run_cli: CliRunner
+) -> None:
+    """Nothing moved the loss, so nothing was proven: exit 1, and every report says so with
+    an error per tensor (not a green table beside a red exit code)."""
+    spec = regression_spec(
+        tmp_path,
+        model={"plugin": "regression-dead"},
+        gradients={"plugin": "regression-zeros"},
+        dtypes=["float64"],
+    )
+    xml, data = tmp_path / "r.xml", tmp_path / "r.json"
+    result = run_cli("run", spec, "--junit-xml", xml, "--json", data)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 passed, 0 failed, 5 errors" in result.stdout
+    assert "was zero on every batch" in result.stdout
+    root = ET.parse(xml).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("5", "0", "5")
+    report = json.loads(data.read_text())
+    assert report["totals"] == {"passed": 0, "failed": 0, "errors": 5, "skipped": 0}
+
+
 def test_plain_float32_tensor_is_an_error_naming_it(tmp_path: Path, run_cli: CliRunner) -> None:
     spec = regression_spec(tmp_path, model={"plugin": "regression-plain-tensor"})
     result = run_cli("run", spec, "--dtype", "bfloat16")

@@ -95,6 +95,11 @@ def test_report_paths_that_would_overwrite_inputs_are_refused(
     same = tmp_path / "r.out"
     result = run_cli("run", spec, "--junit-xml", same, "--json", same)
     assert result.returncode == 2 and "name the same file" in one_line(result)
+    linked = tmp_path / "linked.xml"
+    linked.hardlink_to(spec)  # another name for the spec's own bytes
+    result = run_cli("run", spec, "--junit-xml", linked)
+    assert result.returncode == 2 and "is an input of this run" in one_line(result)
+    assert spec.read_text(encoding="utf-8") == before
 
 
 def test_unwritable_step_summary_is_refused_before_work(

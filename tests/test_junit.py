@@ -369,7 +369,9 @@ def test_failures_have_a_one_line_message_and_a_reproducing_body(runs: dict[str,
         batch, seed = summary["worst_batch"], summary["worst_seed"]
         assert seed == 3 + batch  # batch k is seeded with seed + k
         assert f"worst element: [{index}] in batch {batch} (seed {seed})" in body
-        assert f"reproduce: batches: {{seed: {seed}, count: 1}}" in body
+        dtype = seen["suite"].split(",")[1].rstrip("]")
+        reproduce = f"--device cpu --dtype {dtype} --batch {batch}"
+        assert "reproduce: gradaudit run " in body and reproduce in body
 
 
 # --- hostile plugin messages ---------------------------------------------------------------------

@@ -151,6 +151,8 @@ def sharded(
         },
     )
     shards = [tmp / f"s{k}" for k in (1, 2, 3)]
+    (tmp / "s1-link.json").hardlink_to(tmp / "s1.json")
+    before = (tmp / "s2.json").read_bytes()
     merges = run_many(
         run_cli,
         {
@@ -168,8 +170,15 @@ def sharded(
             "bad": ["merge", tmp / "bad-merged.xml", tmp / "bad-s1.xml", tmp / "bad-s2.xml"],
             "mixed": ["merge", tmp / "mixed.xml", tmp / "s1.xml", tmp / "bad-s2.xml"],
             "duplicate": ["merge", tmp / "duplicate.json", tmp / "s1.json", tmp / "s1.json"],
+            "linked-twice": ["merge", tmp / "linked.json", tmp / "s1.json", tmp / "s1-link.json"],
+            "onto-an-input": [
+                "merge",
+                tmp / "s2.json",
+                *(f"{s}.json" for s in shards),
+            ],
         },
     )
+    assert (tmp / "s2.json").read_bytes() == before, "a merge overwrote one of its inputs"
     return {"tmp": tmp, "runs": runs, "merges": merges, "good": good}
 
 
@@ -181,6 +190,7 @@ def test_every_run_and_merge_exits_as_documented(sharded: dict[str, Any]) -> Non
         assert proc.returncode == code, f"{name}: {proc.stdout}{proc.stderr}"
         assert "Traceback" not in proc.stdout + proc.stderr
     expected_merges = {"xml": 0, "json": 0, "bad": 1, "mixed": 2, "duplicate": 2}
+    expected_merges |= {"linked-twice": 2, "onto-an-input": 2}
     expected_merges |= {"missing": 2, "full-plus-shard": 2, "other-split": 2}
     assert set(sharded["merges"]) == set(expected_merges)
     for name, code in expected_merges.items():
@@ -297,7 +307,9 @@ def one_line_error(proc: Proc) -> str:
 @pytest.mark.parametrize(
     ("merge", "output", "words"),
     [
-        ("duplicate", "duplicate.json", ["s1.json", "1/3", "already given"]),
+        ("duplicate", "duplicate.json", ["s1.json", "given twice"]),
+        ("linked-twice", "linked.json", ["s1-link.json", "given twice"]),
+        ("onto-an-input", "", ["OUT", "s2.json", "is an input of this run"]),
         ("missing", "missing.xml", ["2/3 missing"]),
         ("full-plus-shard", "fps.json", ["full.json", "unsharded"]),
         ("other-split", "other.xml", ["s7of7.xml", "7/7", "1/3"]),
@@ -309,7 +321,7 @@ def test_an_incomplete_or_overlapping_shard_set_is_refused(
     line = one_line_error(sharded["merges"][merge])
     for word in words:
         assert word in line, line
-    assert not (sharded["tmp"] / output).exists()
+    assert not output or not (sharded["tmp"] / output).exists()
 
 
 def test_shard_and_merged_reports_are_valid_against_the_xunit_schema(

@@ -242,3 +242,46 @@ def test_no_nan_in_reports() -> None:
     facts = s.systematic
     assert facts["bound"] is None and facts["verdict"] == "inconclusive"
     assert not math.isnan(s.bias)
+
+
+# -- an explicit tolerance keeps the systematic check --------------------------------------
+
+SCALED_BPTT = '''
+from gradaudit import hookimpl
+from gradaudit_charrnn.bptt import charrnn_bptt
+
+
+def scaled(model, batch, forward, **options):
+    """The correct BPTT, 1% too large everywhere: under one rounding step of bfloat16."""
+    return {name: 1.01 * g for name, g in charrnn_bptt(model, batch, forward).items()}
+
+
+@hookimpl
+def register_gradients(register):
+    register("charrnn-bptt-scaled", scaled)
+'''
+
+
+@pytest.mark.parametrize("mode", ["baseline", "auto"])
+def test_an_explicit_tolerance_keeps_the_systematic_check(tmp_path, mode: str) -> None:
+    """A 1% bias passes every elementwise rule in bfloat16; the systematic check catches it
+    whether the spec writes its tolerance mode or not, and `systematic: false` turns it off."""
+    from tests.conftest import run_gradaudit
+
+    (tmp_path / "scaled.py").write_text(SCALED_BPTT, encoding="utf-8")
+    spec = tmp_path / "spec.yaml"
+    text = (REPO / "specs" / "charrnn.yaml").read_text(encoding="utf-8")
+    spec.write_text(text + f"plugins: [{tmp_path / 'scaled.py'}]\n", encoding="utf-8")
+    sets = ["--set", f"tolerance.mode={mode}", "--set", "gradients.plugin=charrnn-bptt-scaled"]
+    plan = run_gradaudit("plan", spec, "--dtype", "bfloat16", *sets)
+    assert plan.returncode == 0, plan.stderr
+    rows = [line for line in plan.stdout.splitlines() if line.startswith("cpu ")]
+    assert rows and all(line.endswith("+ bias") for line in rows)
+    red = run_gradaudit("run", spec, "--device", "cpu", "--dtype", "bfloat16", *sets)
+    assert red.returncode == 1, red.stdout + red.stderr
+    assert "systematic error" in red.stdout
+    off = [*sets, "--set", "tolerance.systematic=false"]
+    plan = run_gradaudit("plan", spec, "--dtype", "bfloat16", *off)
+    assert not any(line.endswith("+ bias") for line in plan.stdout.splitlines())
+    green = run_gradaudit("run", spec, "--device", "cpu", "--dtype", "bfloat16", *off)
+    assert green.returncode == 0, green.stdout + green.stderr

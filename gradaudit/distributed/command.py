@@ -16,7 +16,7 @@ import warnings
 
 from gradaudit.errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, GradauditError, UsageError
 from gradaudit.spec import LoadedSpec, load_spec
-from gradaudit.write import check_writable
+from gradaudit.write import check_writable, refuse_overwriting
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
@@ -40,6 +40,7 @@ def run_spec(
 ) -> int:
     """Check everything (exit 2) before any rank starts; reports are written in every case."""
     loaded = load_spec(spec_path)
+    refuse_overwriting({"--junit-xml": junit_xml, "--json": json_path}, [spec_path])
     for path in (junit_xml, json_path):
         if path:
             check_writable(path)

@@ -153,11 +153,12 @@ class DistSetup:
 def build(
     loaded: LoadedSpec, factory: Callable[..., Any], rank: int | None, world_size: int
 ) -> torch.nn.Module:
-    """The full model (rank None) or rank's shard, seeded with `batches.seed`."""
+    """The full model (rank None) or rank's shard, seeded with `model.seed` (by default
+    `batches.seed`)."""
     import torch
 
     spec = loaded.spec
-    torch.manual_seed(spec.batches.seed)
+    torch.manual_seed(spec.model_seed)
     what = "the full model" if rank is None else f"rank {rank}'s shard"
     try:
         model = factory(rank=rank, world_size=world_size, **spec.model.options)

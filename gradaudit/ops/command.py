@@ -42,12 +42,13 @@ def run(spec_path: str, options: Any) -> int:
     from gradaudit.report.jsonfile import SCHEMA, SCHEMA_VERSION, dumps, group_record
     from gradaudit.report.junit import run_document
     from gradaudit.results import RunSummary
-    from gradaudit.write import check_writable, write_atomic
+    from gradaudit.write import check_writable, refuse_overwriting, write_atomic
 
     unsupported = {
         "--set": options.sets,
         "--timeout": options.timeout,
         "--require-device": options.require_devices,
+        "--batch": options.batches,
     }
     for option, given in unsupported.items():
         if given:  # ignoring it would run (and report) something else than was asked
@@ -56,12 +57,9 @@ def run(spec_path: str, options: Any) -> int:
             raise UsageError(f"{option} does not apply to an op spec yet")
     shard = _shard(options)
     loaded = load_op_spec(spec_path)
+    refuse_overwriting({"--junit-xml": options.junit_xml, "--json": options.json_path}, [spec_path])
     for path in (options.junit_xml, options.json_path):
         if path:
-            if Path(path).resolve() == Path(spec_path).resolve():
-                from gradaudit.errors import UsageError
-
-                raise UsageError(f"{path}: is the spec of this run")
             check_writable(path)
     facts = metadata(loaded, shard)
     summary = RunSummary()

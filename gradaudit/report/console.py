@@ -99,9 +99,9 @@ def failure_blocks(summary: RunSummary) -> list[tuple[str, str]]:
         if group.check != "gradients":
             where += f" [{group.check.replace('_', ' ')}]"
         for s in group.tensors:
-            if s.failed_batches or (s.status == "error" and s.worst is not None):
+            if s.status == "fail" or (s.status == "error" and s.worst is not None):
                 title = f"--- {s.status.upper()} {where} {s.tensor}"
-                blocks.append((f"{title}\n{detail(s)}", RESULTS[s.status]))
+                blocks.append((f"{title}\n{detail(s, group.rerun)}", RESULTS[s.status]))
             elif s.status == "error":
                 unique = dict.fromkeys(_without_batch(e) for e in s.errors)
                 key = (where, str(s.error_count), *unique)

@@ -40,8 +40,18 @@ def verdict_line(s: TensorSummary) -> str:
     return f"all {s.numel} elements within {tol}; max abs diff {fmt(s.max_abs)}"
 
 
-def detail(s: TensorSummary) -> str:
-    """The multi-line body: enough to reproduce and debug the worst case."""
+def reproduce(s: TensorSummary, rerun: str) -> str:
+    """The command that reproduces this tensor's verdict: its worst batch alone where a
+    batch failed, every batch of the case where only the systematic check (which needs
+    several) failed."""
+    if s.status == "fail" and not s.failed_batches:
+        return f"{rerun}  (all {s.bias_batches} batches: the systematic check needs them)"
+    return f"{rerun} --batch {s.worst_batch}"
+
+
+def detail(s: TensorSummary, rerun: str = "") -> str:
+    """The multi-line body: enough to reproduce and debug the worst case. `rerun`: the
+    command that runs the tensor's case again (GroupResult.rerun)."""
     lines = [f"tensor: {s.tensor}", f"result: {s.status}", verdict_line(s)]
     if s.errors:
         lines += ["errors:", *(f"  {e}" for e in s.errors)]
@@ -64,8 +74,9 @@ def detail(s: TensorSummary) -> str:
             *_systematic(s),
             f"worst element: [{index}] in batch {s.worst_batch} (seed {s.worst_seed}): "
             f"manual {w.manual_value:.9g}, {_compared_with(s)} {w.reference_value:.9g}",
-            f"reproduce: batches: {{seed: {s.worst_seed}, count: 1}}",
         ]
+        if rerun:
+            lines.append(f"reproduce: {reproduce(s, rerun)}")
     return "\n".join(lines)
 
 

@@ -83,9 +83,9 @@ class GitHubReporter(EndOfRunReporter):
         for group in summary.groups:
             for s in group.tensors:
                 place = f"{group.device}/{group.dtype} {s.tensor}"
-                if "fail" in s.outcomes:
+                if s.status == "fail":
                     notes.append((f"gradaudit {place}: fail", verdict_line(s)))
-                if "error" in s.outcomes:
+                elif s.status == "error":
                     first = s.errors[0] if s.errors else "error"
                     errors.setdefault(first, []).append(place)
         for text, places in errors.items():
@@ -126,7 +126,7 @@ class GitHubReporter(EndOfRunReporter):
                 lines.append(f"| {group.device} | {group.dtype} | (all) | skipped | | |")
                 continue
             for s in group.tensors:
-                result = " + ".join(s.outcomes)
+                result = s.status
                 lines.append(
                     f"| {group.device} | {group.dtype} | `{_cell(s.tensor)}` | {result} | "
                     f"{fmt(s.max_abs)} | {budget(s.budget)} |"

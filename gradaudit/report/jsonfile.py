@@ -124,6 +124,7 @@ def group_record(group: GroupResult) -> dict[str, Any]:
         "skipped": group.skipped,
         "complete": group.done,
         "warnings": [clean(w) for w in group.warnings],
+        "rerun": clean(group.rerun),
         "seconds": round(max(group.seconds, sum(seconds)), 6),
         "tensors": [
             {**s.to_dict(), "seconds": t} for s, t in zip(group.tensors, seconds, strict=True)

@@ -74,7 +74,10 @@ def testcase(
     skipped: Outcome | None = None,
     stdout: str | None = None,
 ) -> ET.Element:
-    """A <testcase>; a tensor that failed on some batches and errored on others has both."""
+    """A <testcase> with at most one outcome element (Jenkins' junit schema allows one)."""
+    given = [o for o in (failure, error, skipped) if o is not None]
+    if len(given) > 1:
+        raise ValueError("a testcase has one outcome: failure, error or skipped")
     case = element("testcase", {"name": name, "classname": classname, "time": _seconds(seconds)})
     for tag, outcome in zip(OUTCOMES, (failure, error, skipped), strict=True):
         if outcome is not None:
@@ -90,7 +93,7 @@ def testsuite(
     properties: Mapping[str, str],
     seconds: float | None = None,
 ) -> ET.Element:
-    """A <testsuite> whose counts are read off its cases (a case may count twice: see above)."""
+    """A <testsuite> whose counts are read off its cases."""
     counts = {tag: sum(c.find(tag) is not None for c in cases) for tag in OUTCOMES}
     total = sum(float(c.get("time", 0)) for c in cases) if seconds is None else seconds
     suite = element(
@@ -124,21 +127,19 @@ def classname(spec_name: str, device: str, dtype: str, check: str = "gradients")
     return f"gradaudit.{spec_name}.{device}.{dtype}{extra}"
 
 
-def _tensor_case(cls: str, s: TensorSummary, seconds: float) -> ET.Element:
-    outcomes = s.outcomes
+def _tensor_case(cls: str, s: TensorSummary, seconds: float, rerun: str = "") -> ET.Element:
+    """One testcase with at most one outcome element: a tensor that failed on some batches
+    and errored on others is a failure whose message and body name the errors too."""
     line = f"{s.tensor}: {verdict_line(s)}"
-    body = detail(s)
-    failure = (line, body) if "fail" in outcomes else None
-    error = None
-    if "error" in outcomes:
-        # Beside a failure the error gets its own title, so that both are visible.
-        title = f"{s.tensor}: {s.errors[0]}" if failure and s.errors else line
-        error = (title, body)
-    skipped = None
-    if "skipped" in outcomes:
+    body = detail(s, rerun)
+    if s.status == "fail":
+        return testcase(s.tensor, cls, seconds, failure=(line, body))
+    if s.status == "error":
+        return testcase(s.tensor, cls, seconds, error=(line, body))
+    if s.status == "skipped":
         reason = s.skipped or "not run"
-        skipped = (reason, reason)
-    return testcase(s.tensor, cls, seconds, failure=failure, error=error, skipped=skipped)
+        return testcase(s.tensor, cls, seconds, skipped=(reason, reason))
+    return testcase(s.tensor, cls, seconds)
 
 
 def group_suite(spec_name: str, group: GroupResult, metadata: Mapping[str, str]) -> ET.Element:
@@ -150,13 +151,16 @@ def group_suite(spec_name: str, group: GroupResult, metadata: Mapping[str, str])
         "device_name": group.device_name or group.device,
         "dtype": group.dtype,
         "check": group.check,
+        "rerun": group.rerun,
     }
     if not group.done:
         properties["incomplete"] = "the run stopped while this group was running"
     seconds = tensor_seconds(group)
     for s in group.tensors:
         properties[SUMMARY_PREFIX + clean(s.tensor, None)] = dumps(summary_record(s))
-    cases = [_tensor_case(cls, s, t) for s, t in zip(group.tensors, seconds, strict=True)]
+    cases = [
+        _tensor_case(cls, s, t, group.rerun) for s, t in zip(group.tensors, seconds, strict=True)
+    ]
     name = suite_name(spec_name, group.device, group.dtype, group.check)
     return testsuite(name, cases, properties, max(group.seconds, sum(seconds)))
 
