@@ -28,6 +28,7 @@ from gradaudit.compare import (
 from gradaudit.guards import (
     OURS,
     CaseTimeout,
+    Deadline,
     deadline,
     plain_tensors,
 )
@@ -287,8 +288,9 @@ class DtypePass:
     def _batch(self, batch: Batch) -> None:
         """One batch under the per-case time limit; a timeout is an error for that case even
         when plugin code caught the exception."""
+        limit = Deadline()
         try:
-            with deadline(self.timeout) as limit:
+            with deadline(self.timeout, limit):
                 self._gradients(batch)
         except CaseTimeout:
             pass

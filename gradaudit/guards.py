@@ -15,7 +15,7 @@ from gradaudit.errors import CaseTimeout, Interrupted
 from gradaudit.syncs import same_bits_all
 from gradaudit.types import Forward
 
-__all__ = ["OURS", "CaseTimeout", "Interrupted", "deadline"]
+__all__ = ["OURS", "CaseTimeout", "Deadline", "Interrupted", "deadline"]
 
 # gradaudit's own signals and time limits pass through plugin guards; everything else a
 # plugin raises (SystemExit, pytest's Skipped, GeneratorExit ...) is an error of its case.
@@ -30,12 +30,13 @@ class Deadline:
 
 
 @contextmanager
-def deadline(seconds: float | None) -> Iterator[Deadline]:
+def deadline(seconds: float | None, state: Deadline) -> Iterator[Deadline]:
     """SIGALRM-based limit (Unix, main thread); a no-op elsewhere or when unset.
 
     A plugin that catches BaseException swallows CaseTimeout, so the runner reads
-    `expired` afterwards: a timed-out case is an error whatever happened next."""
-    state = Deadline()
+    `state.expired` afterwards: a timed-out case is an error whatever happened next. The
+    state is the caller's, so that a limit shorter than entering this block (1e-9 s) still
+    sets it; the handler and timer are put back whatever fires when."""
     usable = (
         seconds
         and hasattr(signal, "setitimer")
@@ -50,8 +51,8 @@ def deadline(seconds: float | None) -> Iterator[Deadline]:
         raise CaseTimeout()
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
     try:
+        signal.setitimer(signal.ITIMER_REAL, float(seconds or 0))
         yield state
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

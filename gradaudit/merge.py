@@ -209,7 +209,8 @@ def _key(props: dict[str, str]) -> Key:
 
 
 def merge_json(out: str, inputs: list[str]) -> RunSummary:
-    from gradaudit.report.jsonfile import SCHEMA, dumps, group_record, totals, unfinite
+    from gradaudit.report.jsonfile import group_record, totals
+    from gradaudit.report.jsonvalues import SCHEMA, dumps, unfinite
     from gradaudit.write import write_atomic
 
     read: dict[str, dict[str, Any]] = {}
@@ -263,7 +264,7 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
 
 
 def _json_report(path: str) -> tuple[dict[str, Any], Report]:
-    from gradaudit.report.jsonfile import SCHEMA
+    from gradaudit.report.jsonvalues import SCHEMA
 
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from gradaudit.compare import TensorSummary
 from gradaudit.report.console import closing_line, group_rows, header
 from gradaudit.report.describe import detail, verdict_line
-from gradaudit.report.junit import document, group_suite
+from gradaudit.report.elements import document
+from gradaudit.report.junit import group_suite
 from gradaudit.results import RunSummary
 from gradaudit.write import write_atomic
 

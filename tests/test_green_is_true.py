@@ -80,6 +80,21 @@ def test_bad_timeouts_are_usage_errors(
     assert "--timeout" in one_line(result)
 
 
+@pytest.mark.parametrize("value", ["1e-9", "1e-5"])
+def test_a_tiny_timeout_times_every_batch_out(
+    tmp_path: Path, write_spec: SpecWriter, run_cli: CliRunner, value: str
+) -> None:
+    """Any value the option accepts behaves: a limit shorter than arming it is a timeout of
+    the batch (exit 1, a valid report), never an internal error."""
+    report = tmp_path / "r.json"
+    result = run_cli("run", write_spec(), "--timeout", value, "--json", report)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["totals"]["passed"] == 0 and data["totals"]["errors"] > 0
+    assert all("timed out" in c["error"] for c in data["cases"])
+
+
 def test_infinite_timeout_means_no_limit(write_spec: SpecWriter, run_cli: CliRunner) -> None:
     assert run_cli("run", write_spec(), "--timeout", "inf", "-q").returncode == 0
 

@@ -249,3 +249,54 @@ def test_json_keeps_the_cases_done_so_far(interrupted: dict[str, Interrupted], n
         assert sorted({c["batch"] for c in mine}) == list(range(max(per_tensor.values())))
     # The stop is one error, as in the JUnit report (its `slow[run]` error case).
     assert data["totals"] == {"passed": 24, "failed": 0, "errors": 1, "skipped": 0}
+
+
+KILL_AT_FIRST_HEAVY_IMPORT = textwrap.dedent(
+    """
+    import os, signal, sys
+
+    class KillOnPydantic:
+        # The first module a run imports after its arguments that is not the CLI's own:
+        # a SIGTERM this early finds no handler and kills the process outright.
+        def find_spec(self, name, path=None, target=None):
+            if name == "pydantic":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return None
+
+    sys.meta_path.insert(0, KillOnPydantic())
+    sys.argv = ["gradaudit", *sys.argv[1:]]
+    from gradaudit.cli import main
+    main()
+    """
+)
+
+
+def test_a_run_killed_while_starting_leaves_no_old_green(tmp_path: Path) -> None:
+    """The previous run's green reports are replaced by "did not finish" reports before the
+    run imports anything slow: a job cancelled in its first moments cannot pass."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((REPO / "specs" / "charrnn.yaml").read_text(encoding="utf-8"))
+    xml, data = tmp_path / "r.xml", tmp_path / "r.json"
+    green = subprocess.run(
+        [str(GRADAUDIT), "run", str(spec), "--dtype", "float32", "-q"]
+        + ["--junit-xml", str(xml), "--json", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert green.returncode == 0 and json.loads(data.read_text())["totals"]["failed"] == 0
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FIRST_HEAVY_IMPORT, "run", str(spec)]
+        + ["--junit-xml", str(xml), "--json", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGTERM, killed.stdout + killed.stderr
+    report = json.loads(data.read_text())
+    assert report["totals"]["errors"] == 1 and "did not finish" in report["stopped"]
+    root = ET.parse(xml).getroot()
+    assert (root.get("tests"), root.get("errors")) == ("1", "1")
+    assert "did not finish" in ET.tostring(root, encoding="unicode")

@@ -335,8 +335,9 @@ def test_the_guard_finds_custom_functions() -> None:
 
 def test_the_existing_reporters_print_op_groups(tmp_path: Path) -> None:
     from gradaudit.report.console import group_rows
+    from gradaudit.report.elements import document
     from gradaudit.report.jsonfile import group_record
-    from gradaudit.report.junit import document, group_suite
+    from gradaudit.report.junit import group_suite
 
     spec = REPO / "specs" / "op-rmsnorm.yaml"
     loaded = load_op_spec(spec)

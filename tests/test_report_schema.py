@@ -135,7 +135,7 @@ def test_json_counts_a_failure_beside_an_error_once(tmp_path: Path) -> None:
 
 
 def test_a_testcase_never_holds_two_outcomes() -> None:
-    from gradaudit.report.junit import testcase
+    from gradaudit.report.elements import testcase
 
     with pytest.raises(ValueError, match="one outcome"):
         testcase("t", "c", 0.0, failure=("f", "f"), error=("e", "e"))

@@ -39,7 +39,8 @@ def run(spec_path: str, options: Any) -> int:
     from gradaudit.ops.spec import load_op_spec
     from gradaudit.report.console import closing_line, group_rows, header
     from gradaudit.report.describe import detail
-    from gradaudit.report.jsonfile import SCHEMA, SCHEMA_VERSION, dumps, group_record
+    from gradaudit.report.jsonfile import group_record
+    from gradaudit.report.jsonvalues import SCHEMA, SCHEMA_VERSION, dumps
     from gradaudit.report.junit import run_document
     from gradaudit.results import RunSummary
     from gradaudit.write import check_writable, refuse_overwriting, write_atomic

@@ -7,7 +7,6 @@ the end, also when the run stops early.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,44 +16,10 @@ from typing import IO, Any
 
 from gradaudit.compare import TensorSummary
 from gradaudit.report.base import RunInfo
+from gradaudit.report.jsonvalues import SCHEMA, SCHEMA_VERSION, dumps
 from gradaudit.results import CaseResult, GroupResult, RunSummary
 from gradaudit.text import clean
 from gradaudit.write import temp_beside, write_atomic
-
-SCHEMA = "gradaudit-run"
-SCHEMA_VERSION = 1
-
-
-def finite(value: Any) -> Any:
-    """JSON has no inf or NaN: they are written as the strings "inf", "-inf", "nan".
-
-    Every string (keys too) goes through `gradaudit.text.clean`, like the JUnit report's, so
-    that a tensor has the same name in both and no lone surrogate reaches a strict parser.
-    """
-    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
-        return str(value)
-    if isinstance(value, str):
-        return clean(value)
-    if isinstance(value, dict):
-        return {clean(str(k)): finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-def unfinite(value: Any) -> Any:
-    """The inverse of `finite`, for reading reports back."""
-    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: unfinite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unfinite(v) for v in value]
-    return value
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(finite(value), allow_nan=False, sort_keys=False)
 
 
 def case_record(result: CaseResult) -> dict[str, Any]:

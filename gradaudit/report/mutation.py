@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from gradaudit.mutate import Gate, MutantResult, MutationReport
-from gradaudit.report.junit import document, testcase, testsuite
+from gradaudit.report.elements import document, testcase, testsuite
 from gradaudit.results import RunSummary
 from gradaudit.spec import LoadedSpec
 from gradaudit.tolerance import Tol
