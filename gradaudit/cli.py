@@ -234,14 +234,20 @@ def validate_command(specs: tuple[str, ...], sets: tuple[str, ...]) -> None:
     "--spec",
     "spec_path",
     type=click.Path(dir_okay=False),
-    help="Also load the plugins this spec names.",
+    help="Also list the plugins this spec names: where each would be imported from, "
+    "without importing it.",
+)
+@click.option(
+    "--load",
+    is_flag=True,
+    help="Import the spec's own plugins too (runs their code) and list what they register.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plugins_command(spec_path: str | None, as_json: bool) -> None:
+def plugins_command(spec_path: str | None, load: bool, as_json: bool) -> None:
     """List the loaded plugins and what each registers."""
     from gradaudit import listing
 
-    sys.exit(listing.list_plugins(spec_path, as_json))
+    sys.exit(listing.list_plugins(spec_path, as_json, load))
 
 
 @cli.command("schema")

@@ -65,7 +65,7 @@ Snapshot = dict[str, torch.Tensor]
 def watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]:
     """What a manual gradient must only read, by label: the model's parameters and buffers
     (as named_parameters and named_buffers name them, in one walk of the modules instead
-    of two: the guard asks twice a batch) and the forward's intermediates."""
+    of two: the guard asks twice a batch), the forward's intermediates and saved tensors."""
     params: dict[str, torch.Tensor] = {}
     buffers: dict[str, torch.Tensor] = {}
     seen_params: set[int] = set()
@@ -81,7 +81,8 @@ def watched(model: torch.nn.Module, forward: Forward) -> dict[str, torch.Tensor]
                 seen_buffers.add(id(buffer))
                 buffers[f"buffer {dot}{name}"] = buffer
     intermediates = {f"intermediate {n}": t for n, t in forward.intermediates.items()}
-    return params | buffers | intermediates
+    saved = {f"saved {n}": t for n, t in forward.saved.items() if isinstance(t, torch.Tensor)}
+    return params | buffers | intermediates | saved
 
 
 def changed_between(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -38,25 +38,33 @@ def validate(spec_paths: tuple[str, ...], sets: tuple[str, ...] = ()) -> int:
     return EXIT_OK
 
 
-def list_plugins(spec_path: str | None, as_json: bool = False) -> int:
-    """Print what every loaded plugin registers: name, kind, plugin, version, where from."""
+def list_plugins(spec_path: str | None, as_json: bool = False, load: bool = False) -> int:
+    """Print what every loaded plugin registers: name, kind, plugin, version, where from.
+
+    Installed plugins (entry points) are loaded, as every run loads them. A spec's own
+    `plugins:` (files and modules that came with the spec) are only located, not imported,
+    unless `load`: inspecting a spec runs none of its code unless asked to."""
     import json
 
     from gradaudit.ops import command as ops
-    from gradaudit.plugins import plugin_manager
+    from gradaudit.plugins import locate, plugin_manager
 
+    at: Any = None  # the loaded spec, op or model, whose lines errors point at
+    refs: list[str] = []
+    base_dir = Path.cwd()
     if spec_path and ops.is_op_spec(spec_path):
         from gradaudit.ops.spec import load_op_spec
 
-        op_spec = load_op_spec(spec_path)
-        registry = plugin_manager(op_spec.spec.plugins, op_spec.base_dir, op_spec)
-    else:
-        loaded = load_spec(spec_path) if spec_path else None
-        registry = plugin_manager(
-            loaded.spec.plugins if loaded else (), loaded.base_dir if loaded else Path.cwd(), loaded
-        )
+        at = load_op_spec(spec_path)
+        refs, base_dir = list(at.spec.plugins), at.base_dir
+    elif spec_path:
+        at = load_spec(spec_path)
+        refs, base_dir = list(at.spec.plugins), at.base_dir
+    registry = plugin_manager(refs if load else (), base_dir, at)
     keys = ("name", "kind", "plugin", "version", "source")
     rows = [(r.name, r.kind, r.plugin, r.version, r.source) for r in registry.all(builtin=True)]
+    if not load:  # what the spec would import, found without importing it
+        rows += [("?", "not loaded", ref, "-", locate(ref, base_dir)) for ref in refs]
     rows.sort(key=lambda row: (row[1], row[0]))
     if as_json:
         _echo(json.dumps([dict(zip(keys, row, strict=True)) for row in rows], indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -107,9 +108,33 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _is_file_ref(ref: str) -> bool:
+    return ref.endswith(".py") or "/" in ref or os.sep in ref
+
+
+def locate(ref: str, base_dir: Path) -> str:
+    """Where a spec's `plugins:` entry would be imported from, found without importing it
+    (nor its parent packages): a file's resolved path, a module's file, or why not found."""
+    if _is_file_ref(ref):
+        path = (base_dir / Path(ref).expanduser()).resolve()
+        return f"file {path}" if path.is_file() else f"file {path} (not found)"
+    parts = ref.split(".")
+    search: list[str] | None = None
+    found = None
+    for i in range(len(parts)):
+        found = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        if found is None:
+            return f"module {ref} (not found)"
+        search = list(found.submodule_search_locations or [])
+        if i < len(parts) - 1 and not search:
+            return f"module {ref} (not found)"
+    assert found is not None
+    return f"module {ref} ({found.origin})"
+
+
 def _load_named(ref: str, base_dir: Path) -> tuple[ModuleType, str]:
     """Import a spec's `plugins:` entry: a `.py` path (relative to the spec) or a dotted module."""
-    if ref.endswith(".py") or "/" in ref or os.sep in ref:
+    if _is_file_ref(ref):
         path = (base_dir / Path(ref).expanduser()).resolve()
         if not path.is_file():
             raise PluginError(f"plugin file not found: {path}")

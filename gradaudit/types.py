@@ -64,18 +64,25 @@ class Batch:
 
 @dataclass(frozen=True)
 class Forward:
-    """What a model's forward returns: the scalar loss and its named intermediates.
+    """What a model's forward returns: the scalar loss, its named intermediates, and what
+    the manual gradient needs of the forward besides them.
 
-    Every intermediate must be part of the loss's graph: gradaudit asks
-    autograd for dLoss/dTensor of each one.
+    Every intermediate must be part of the loss's graph: gradaudit asks autograd for
+    dLoss/dTensor of each one, and audits it. `saved` holds the rest a hand-written backward
+    reads (gates, normalised inputs, masks, statistics): computed by the same forward in the
+    case's dtype, handed to the manual gradient detached, never audited, and watched by the
+    in-place guard ("saved <name>"), like the intermediates.
     """
 
     loss: torch.Tensor
     intermediates: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    saved: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def detached(self) -> Forward:
         return Forward(
-            self.loss.detach(), {name: t.detach() for name, t in self.intermediates.items()}
+            self.loss.detach(),
+            {name: t.detach() for name, t in self.intermediates.items()},
+            {name: t.detach() for name, t in self.saved.items()},
         )
 
 

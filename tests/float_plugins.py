@@ -90,6 +90,31 @@ class DeadRegression(Regression):
         return Forward(forward.loss * 0.0, dict(forward.intermediates))
 
 
+class SavingRegression(Regression):
+    """Hands the pre-activation to its backward through `saved`: needed, not audited."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
+        pre = x @ self.W1 + self.b1
+        h = torch.tanh(pre)
+        out = h @ self.W2
+        loss = F.mse_loss(out.squeeze(1), y)
+        return Forward(loss, {"out": out}, saved={"pre": pre, "tanh": h})
+
+
+def saved_backward(
+    model: nn.Module, batch: Batch, forward: Forward, **options: Any
+) -> dict[str, torch.Tensor]:
+    x, y = batch["x"], batch["y"]
+    out, pre, h = forward.intermediates["out"], forward.saved["pre"], forward.saved["tanh"]
+    assert not pre.requires_grad and pre.dtype == x.dtype
+    dout = (2.0 / y.numel()) * (out.squeeze(1) - y).unsqueeze(1)
+    dpre = (dout @ model.get_parameter("W2").T) * (1 - torch.tanh(pre) ** 2)
+    grads = {"out": dout, "W2": h.T @ dout, "W1": x.T @ dpre, "b1": dpre.sum(0)}
+    if options.get("scribble"):
+        pre.mul_(0.5)  # a backward that reuses a saved buffer as scratch space
+    return grads
+
+
 def zero_backward(
     model: nn.Module, batch: Batch, forward: Forward, **options: Any
 ) -> dict[str, torch.Tensor]:
@@ -145,6 +170,7 @@ def register_models(register: Callable[[str, Any], None]) -> None:
     register("regression-custom-function", CustomFunctionRegression)
     register("regression-bessel", BesselRegression)
     register("regression-dead", DeadRegression)
+    register("regression-saving", SavingRegression)
 
 
 @hookimpl
@@ -152,5 +178,6 @@ def register_gradients(register: Callable[[str, Any], None]) -> None:
     register("regression-manual", regression_backward)
     register("regression-clipped", clipped_backward)
     register("regression-zeros", zero_backward)
+    register("regression-saved", saved_backward)
     for how in ("sys.exit", "skip", "sigterm", "swallow-timeout"):
         register(f"regression-{how}", _exits(how))

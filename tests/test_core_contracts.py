@@ -95,6 +95,25 @@ def test_a_run_whose_every_reference_is_zero_is_red_in_every_report(
     assert report["totals"] == {"passed": 0, "failed": 0, "errors": 5, "skipped": 0}
 
 
+def test_saved_activations_reach_the_backward_unaudited_and_guarded(
+    tmp_path: Path, run_cli: CliRunner
+) -> None:
+    """`Forward(..., saved=...)`: the backward reads what it needs of the forward, in the
+    case's dtype, detached; it is not audited; changing it in place is an error naming it."""
+    spec = regression_spec(
+        tmp_path, model={"plugin": "regression-saving"}, gradients={"plugin": "regression-saved"}
+    )
+    out = tmp_path / "r.json"
+    result = run_cli("run", spec, "--json", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(out.read_text())["run"]["tensors"] == ["out", "W1", "b1", "W2"]
+    result = run_cli(
+        "run", spec, "--set", "gradients.options={scribble: true}", "--dtype", "float32"
+    )
+    assert result.returncode == 1
+    assert "gradients 'regression-saved' modified saved pre in place" in result.stdout
+
+
 def test_plain_float32_tensor_is_an_error_naming_it(tmp_path: Path, run_cli: CliRunner) -> None:
     spec = regression_spec(tmp_path, model={"plugin": "regression-plain-tensor"})
     result = run_cli("run", spec, "--dtype", "bfloat16")

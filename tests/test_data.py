@@ -231,6 +231,22 @@ def test_url_with_wrong_sha256_is_rejected(tmp_path: Path, cache_dir: Path) -> N
     assert list((cache_dir / "data").iterdir()) == []
 
 
+def test_a_url_larger_than_the_cap_is_refused_unread(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec's url is fetched; what is read is capped, so a spec cannot fill the disk."""
+    source = tmp_path / "remote.txt"
+    source.write_text("x" * 1000, encoding="utf-8")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    options = {"url": source.as_uri(), "sha256": digest}
+    monkeypatch.setattr(gradaudit_text, "MAX_DOWNLOAD_BYTES", 999)
+    with pytest.raises(ValueError, match="larger than"):
+        gradaudit_text.load_text(options, tmp_path)
+    assert not (cache_dir / "data" / digest).exists()
+    monkeypatch.setattr(gradaudit_text, "MAX_DOWNLOAD_BYTES", 1000)  # exactly the cap: read
+    assert gradaudit_text.load_text(options, tmp_path).tokens.numel() == 1000
+
+
 def test_tinyshakespeare_from_data_dir(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,7 @@ RANK_GROUPS = ("rank0", "rank1", "rank1.replicas")
 def tp_spec(tmp_path: Path, **overrides: Any) -> Path:
     spec: dict[str, Any] = yaml.safe_load((REPO / "specs" / "tp-mlp.yaml").read_text())
     spec["batches"] = {"count": 3, "size": 8, "seed": 1}
-    spec["plugins"] = [PLUGINS]
+    spec["plugins"] = [PLUGINS, "gradaudit_tp.gallery"]
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):
             spec[key] = {**spec[key], **value}

@@ -115,8 +115,9 @@ def test_entry_points_register_the_shipped_plugins() -> None:
         ("reporter", "github"),
     }
     tp = [(r.kind, r.name) for r in registry.all() if r.plugin == "tp"]  # docs/distributed.md
-    assert tp[:2] == [("model", "tp-mlp"), ("gradients", "tp-mlp-manual")]
-    assert {name for _, name in tp[2:]} == {
+    assert tp == [("model", "tp-mlp"), ("gradients", "tp-mlp-manual")]  # the gallery on request
+    gallery = plugin_manager(["gradaudit_tp.gallery"])
+    assert {r.name for r in gallery.all() if r.plugin == "gradaudit_tp.gallery"} == {
         f"tp-mlp-bug-{s}"
         for s in ("no-allreduce", "rank1-only", "world-size-twice", "bias-unsynced")
     }

@@ -85,13 +85,25 @@ def test_a_misspelt_name_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_gradaudit_plugins_lists_the_spec_s_ops(tmp_path: Path) -> None:
+    """Inspecting a spec imports none of its own plugins unless --load says so."""
     spec = write(tmp_path)
+    marker = tmp_path / "imported"
+    with open(tmp_path / "my_ops.py", "a", encoding="utf-8") as handle:
+        handle.write(f"\nopen({str(marker)!r}, 'w').close()\n")
     result = run_gradaudit("plugins", "--spec", spec, "--json")
     assert result.returncode == 0, result.stderr
-    rows = {(r["name"], r["kind"], r["plugin"]) for r in json.loads(result.stdout)}
-    assert ("my-square", "op", "my_ops.py") in rows
-    assert ("my-square-reference", "op", "my_ops.py") in rows
-    assert ("rmsnorm", "op", "ops") in rows  # the shipped plugin, through the same hook
+    assert not marker.exists(), "inspecting the spec ran its plugin's code"
+    rows = {(r["name"], r["kind"], r["plugin"], r["source"]) for r in json.loads(result.stdout)}
+    where = f"file {(tmp_path / 'my_ops.py').resolve()}"
+    assert ("?", "not loaded", "my_ops.py", where) in rows
+    assert ("rmsnorm", "op", "ops") in {row[:3] for row in rows}  # installed: loaded as ever
+    result = run_gradaudit("plugins", "--spec", spec, "--load", "--json")
+    assert result.returncode == 0, result.stderr
+    assert marker.exists()
+    loaded = {(r["name"], r["kind"], r["plugin"]) for r in json.loads(result.stdout)}
+    assert ("my-square", "op", "my_ops.py") in loaded
+    assert ("my-square-reference", "op", "my_ops.py") in loaded
+    assert ("rmsnorm", "op", "ops") in loaded  # the shipped plugin, through the same hook
 
 
 def test_an_op_registered_twice_is_an_error_naming_both(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ _TINYSHAKESPEARE_URL = (
 _TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 _TINYSHAKESPEARE_NAMES = ("tinyshakespeare.txt", "input.txt")
 _DOWNLOAD_TIMEOUT_S = 30
+# A spec's `url` makes gradaudit fetch it: read at most this much (Tiny Shakespeare is 1 MiB).
+MAX_DOWNLOAD_BYTES = 64 * 2**20
 
 
 @hookimpl
@@ -170,7 +172,12 @@ def _download(url: str, sha256: str) -> bytes:
     target = _cache_path(sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-        data: bytes = response.read()
+        data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ValueError(
+            f"{url} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB: not a corpus to download "
+            "for an audit (give a `path` to a local copy)"
+        )
     _verify(data, sha256, url)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{sha256}.", suffix=".part")
     try:

@@ -22,8 +22,7 @@ def register_models(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def register_gradients(register: Callable[[str, Any], None]) -> None:
     from gradaudit_tp.backward import tp_mlp_backward
-    from gradaudit_tp.gallery import BUGS
 
     register("tp-mlp-manual", tp_mlp_backward)
-    for slug, fn in BUGS.items():
-        register(f"tp-mlp-bug-{slug}", fn)
+    # The gallery of deliberately wrong backwards registers only when a spec asks for it:
+    # `plugins: [gradaudit_tp.gallery]`.
