@@ -189,7 +189,7 @@ def bench_memory(small: int, large: int) -> None:
 def bench_finite_difference(full_gradcheck: bool) -> None:
     """gradaudit's finite-difference check vs torch.autograd.gradcheck, notebook-sized, float64."""
     from gradaudit.api import run_groups
-    from gradaudit.audit import Audit
+    from gradaudit.targets.model.load import Audit
     from gradaudit.spec import LoadedSpec, parse_spec
 
     text = """
@@ -278,7 +278,7 @@ def bench_threads(batches: int) -> None:
 
 def overhead_audit(batches: int, dtypes: list[str], mode: str) -> Any:
     """An in-process Audit of the CharRNN (32x8, hidden 200) on the CPU."""
-    from gradaudit.audit import Audit
+    from gradaudit.targets.model.load import Audit
     from gradaudit.spec import LoadedSpec, parse_spec
 
     text = f"""
@@ -298,8 +298,8 @@ def bench_syncs(batches: int) -> None:
     the batch, and one more on a batch that is some tensor's worst so far (fewer as the
     run goes on)."""
     from gradaudit.api import plan_for
-    from gradaudit.runner import run
-    from gradaudit.syncs import count_syncs
+    from gradaudit.targets.model.sharing import run
+    from gradaudit.compare.syncs import count_syncs
 
     for mode in ("allclose", "auto"):
         audit = overhead_audit(batches, ["float32"], mode)

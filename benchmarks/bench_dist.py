@@ -46,7 +46,7 @@ def _spec(folder: Path, batches: int) -> Path:
 
 def _audit(spec: Path) -> tuple[float, float]:
     """(slowest rank's case seconds, wall seconds including torchrun's start-up)."""
-    from gradaudit.distributed.launch import DistributedRun
+    from gradaudit.run.torchrun import DistributedRun
     from gradaudit.spec import load_spec
 
     start = time.perf_counter()
@@ -142,8 +142,8 @@ def _rank_loop(spec_path: str, mode: str) -> None:
     from gradaudit_tp.backward import tp_mlp_backward
     from gradaudit_tp.model import build_tp_mlp
 
-    from gradaudit.distributed.layout import Replicated, piece
-    from gradaudit.distributed.setup import DistBatch, draw_inputs, load_slices
+    from gradaudit.targets.sharded.layout import Replicated, piece
+    from gradaudit.targets.sharded.setup import DistBatch, draw_inputs, load_slices
     from gradaudit.spec import load_spec
 
     dist.init_process_group("gloo")

@@ -88,7 +88,7 @@ def run_steps(audit: Any, dtypes: list[str]) -> Iterator[float]:
     every dtype's pass through a batch, then hands out its events)."""
     from gradaudit.api import plan_for
     from gradaudit.results import CaseResult
-    from gradaudit.runner import run
+    from gradaudit.targets.model.sharing import run
 
     plan = plan_for(audit, ["cpu"], dtypes)
     checks = {name: kind() for name, kind in audit.registry.objects("check").items()}

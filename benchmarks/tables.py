@@ -32,9 +32,9 @@ SOAK_END = "<!-- end soak -->"
 def mutation(spec_path: str) -> list[MutationReport]:
     """Every dtype's MutationReport for one spec, as `gradaudit mutate` computes them."""
     from gradaudit.api import plan_for
-    from gradaudit.audit import Audit
+    from gradaudit.targets.model.load import Audit
     from gradaudit.mutate import MutationReport, generic_mutants
-    from gradaudit.runner import run
+    from gradaudit.targets.model.sharing import run
     from gradaudit.spec import load_spec
 
     loaded = load_spec(str(REPO / spec_path))

@@ -24,7 +24,7 @@ from typing import Any
 
 from gradaudit import systematic
 from gradaudit.api import plan_for
-from gradaudit.audit import Audit
+from gradaudit.targets.model.load import Audit
 from gradaudit.results import CaseResult, GroupResult
 from gradaudit.spec import load_spec
 
@@ -58,7 +58,7 @@ def soak(spec_path: str, dtype: str, batches: int, window: int = 8) -> dict[str,
         "window_share": 0.0,
         "window_failures": 0,
     }
-    from gradaudit.runner import run
+    from gradaudit.targets.model.sharing import run
 
     windows: dict[tuple[str, int], list[float]] = {}
     groups = []

@@ -1,8 +1,11 @@
 """gradaudit: prove hand-written gradients match torch autograd, in CI.
 
-This module is the whole public API for plugin authors: the hook marker,
-the batch / forward types and the protocols a plugin implements, plus
-`TokenCorpus`, a ready-made `Dataset` for token streams.
+This module is the public API: for plugin authors the hook marker, the batch / forward types
+and the protocols a plugin implements, `Split` and `Replicated` (a sharded model's placements)
+and `TokenCorpus`, a ready-made `Dataset` for token streams; for test suites and notebooks
+`check_op` (an op against its reference) and `check` (values a notebook computed). The rest
+loads on first use, so that `import gradaudit` (and the CLI's start) imports no torch.
+Modules inside gradaudit never import this one.
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gradaudit.hookspecs import hookimpl
+from gradaudit.targets.sharded.layout import Placement, Replicated, Split
 from gradaudit.types import Batch, DataLoader, Dataset, Forward, ManualGradient, ModelFactory
+from gradaudit.version import __version__
 
 if TYPE_CHECKING:
     from gradaudit.corpus import TokenCorpus
-    from gradaudit.notebook import check
-    from gradaudit.ops.api import check_op
-
-__version__ = "0.1.0"
+    from gradaudit.targets.op.api import check_op
+    from gradaudit.targets.values.check import check
 
 __all__ = [
     "Batch",
@@ -26,6 +29,9 @@ __all__ = [
     "Forward",
     "ManualGradient",
     "ModelFactory",
+    "Placement",
+    "Replicated",
+    "Split",
     "TokenCorpus",
     "__version__",
     "check",
@@ -35,18 +41,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # TokenCorpus needs torch at import time; load it only when asked for,
-    # so that the CLI's start-up stays torch-free.
+    # TokenCorpus, check and check_op need torch: loaded when asked for.
     if name == "TokenCorpus":
         from gradaudit.corpus import TokenCorpus
 
         return TokenCorpus
     if name == "check":
-        from gradaudit.notebook import check
+        from gradaudit.targets.values.check import check
 
         return check
     if name == "check_op":
-        from gradaudit.ops.api import check_op
+        from gradaudit.targets.op.api import check_op
 
         return check_op
     raise AttributeError(f"module 'gradaudit' has no attribute {name!r}")

@@ -6,11 +6,12 @@ import os
 import sys
 import traceback
 import warnings
+from typing import Any
 
 import click
 
-from gradaudit import __version__
-from gradaudit.errors import EXIT_INTERNAL, GradauditError
+from gradaudit.errors import ExitCode, GradauditError, UsageError
+from gradaudit.version import __version__
 
 
 def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -22,6 +23,18 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) ->
     return value
 
 
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """K/N with 1 <= K <= N (exit 2 before anything is written)."""
+    if value is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise UsageError(f"--shard {value!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+    return value.strip()
+
+
 SET_HELP = "Change one spec key, validated like the file (repeatable): --set batches.count=2"
 BATCHES = click.option(
     "--batch",
@@ -30,6 +43,13 @@ BATCHES = click.option(
     type=click.IntRange(min=0),
     metavar="K",
     help="Only batch K of the spec's batches (repeatable): what a failure's reproduce line uses.",
+)
+VARIANTS = click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="NAME",
+    help="Only this input variant of an op spec (repeatable), as `gradaudit plan` names them.",
 )
 # Options several commands share, defined once.
 DEVICES = click.option("--device", "devices", multiple=True, help="Only this device (repeatable).")
@@ -78,9 +98,11 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--shard",
     metavar="K/N",
-    help="Run shard K of N: batches (an op spec's cases) k with k % N == K-1.",
+    callback=_shard,
+    help="Run shard K of N: the batches (an op spec's variants) k with k % N == K-1.",
 )
 @BATCHES
+@VARIANTS
 @click.option(
     "--timeout",
     type=float,
@@ -102,6 +124,7 @@ def run_command(
     require_devices: tuple[str, ...],
     shard: str | None,
     batches: tuple[int, ...],
+    variants: tuple[str, ...],
     timeout: float | None,
     sets: tuple[str, ...],
     threads: int | None,
@@ -110,38 +133,46 @@ def run_command(
     color: bool | None,
 ) -> None:
     """Audit the manual gradients named by SPEC against autograd."""
-    from gradaudit.report.placeholder import write_first
-
-    write_first(spec, junit_xml, json_path)  # before anything slow: no old green survives
-    from gradaudit import commands
-
     if quiet and verbose:
         raise click.UsageError("-q and -v cannot be used together")
+    from gradaudit.errors import Interrupted, stop_on_sigterm
+    from gradaudit.report.placeholder import interrupted, write_first
+
+    stop_on_sigterm()  # a cancelled job, from now on, still writes what it has
+    try:
+        write_first(spec, junit_xml, json_path)  # before anything slow: no old green survives
+        sys.exit(_run(spec, junit_xml, json_path, dict(
+            devices=devices, dtypes=dtypes, require_devices=require_devices, shard=shard,
+            batches=batches, variants=variants, timeout=timeout, color=color, quiet=quiet,
+            verbose=verbose, sets=sets, threads=threads,
+        )))  # fmt: skip
+    except (Interrupted, KeyboardInterrupt) as exc:
+        sys.exit(interrupted(spec, junit_xml, json_path, isinstance(exc, Interrupted)))
+
+
+def _run(spec: str, junit_xml: str | None, json_path: str | None, given: dict[str, Any]) -> int:
+    from gradaudit import commands
+
+    quiet, verbose, color = given.pop("quiet"), given.pop("verbose"), given.pop("color")
     tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     options = commands.RunOptions(
         junit_xml=junit_xml,
         json_path=json_path,
-        devices=devices,
-        dtypes=dtypes,
-        require_devices=require_devices,
-        shard=shard,
-        batches=batches,
-        timeout=timeout,
         color=tty if color is None else color,
         progress=sys.stderr.isatty(),
         verbosity=-1 if quiet else 1 if verbose else 0,
-        sets=sets,
-        threads=threads,
+        **given,
     )
-    sys.exit(commands.run(spec, options))
+    return commands.run(spec, options)
 
 
 @cli.command("plan")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @DEVICES
 @DTYPES
-@click.option("--shard", metavar="K/N", help="Plan shard K of N.")
+@click.option("--shard", metavar="K/N", callback=_shard, help="Plan shard K of N.")
 @BATCHES
+@VARIANTS
 @SETS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def plan_command(
@@ -150,6 +181,7 @@ def plan_command(
     dtypes: tuple[str, ...],
     shard: str | None,
     batches: tuple[int, ...],
+    variants: tuple[str, ...],
     sets: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -157,7 +189,7 @@ def plan_command(
     from gradaudit import commands
 
     options = commands.RunOptions(
-        devices=devices, dtypes=dtypes, shard=shard, batches=batches, sets=sets
+        devices=devices, dtypes=dtypes, shard=shard, batches=batches, variants=variants, sets=sets
     )
     sys.exit(commands.plan(spec, options, as_json))
 
@@ -301,4 +333,4 @@ def main() -> None:
             "(set GRADAUDIT_DEBUG=1 for the traceback)",
             err=True,
         )
-        sys.exit(EXIT_INTERNAL)
+        sys.exit(ExitCode.INTERNAL)

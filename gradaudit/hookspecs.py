@@ -60,6 +60,17 @@ def register_reporters(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
+def register_targets(register: Callable[[str, Any], None]) -> None:
+    """Register target kinds: `register(name, build)`.
+
+    A spec with `target: {kind: NAME, ...}` is audited by `build(loaded_spec)`, which returns
+    a `gradaudit.targets.Target` (see that module: its head, its cases, its samples, and a
+    pass per device and dtype). The engine plans, runs, supervises and reports it like the
+    built-in kinds.
+    """
+
+
+@hookspec
 def register_ops(register: Callable[[str, Any], None]) -> None:
     """Register op-audit candidates and references: `register(name, obj)`.
 

@@ -21,18 +21,14 @@ def _echo(text: str) -> None:
 
 def validate(spec_paths: tuple[str, ...], sets: tuple[str, ...] = ()) -> int:
     """Validate specs without importing torch or any plugin, and say what that leaves out."""
-    from gradaudit.ops import command as ops
-
     for path in spec_paths:
-        if ops.is_op_spec(path):
-            from gradaudit.ops.spec import load_op_spec
-
-            load_op_spec(path)
+        loaded = load_spec(path, sets)
+        if loaded.kind == "op":
             _echo(f"{path}: ok (op spec schema); `gradaudit plan {path}` lists its cases")
             continue
-        load_spec(path, sets)
+        what = "the target's own section, " if loaded.kind not in ("model", "sharded") else ""
         _echo(
-            f"{path}: ok (schema). Not checked without loading plugins: plugin names, "
+            f"{path}: ok (schema). Not checked without loading plugins: {what}plugin names, "
             f"tensor globs, plugin options; `gradaudit plan {path}` checks those"
         )
     return EXIT_OK
@@ -46,18 +42,12 @@ def list_plugins(spec_path: str | None, as_json: bool = False, load: bool = Fals
     unless `load`: inspecting a spec runs none of its code unless asked to."""
     import json
 
-    from gradaudit.ops import command as ops
     from gradaudit.plugins import locate, plugin_manager
 
-    at: Any = None  # the loaded spec, op or model, whose lines errors point at
+    at: Any = None  # the loaded spec, whose lines errors point at
     refs: list[str] = []
     base_dir = Path.cwd()
-    if spec_path and ops.is_op_spec(spec_path):
-        from gradaudit.ops.spec import load_op_spec
-
-        at = load_op_spec(spec_path)
-        refs, base_dir = list(at.spec.plugins), at.base_dir
-    elif spec_path:
+    if spec_path:
         at = load_spec(spec_path)
         refs, base_dir = list(at.spec.plugins), at.base_dir
     registry = plugin_manager(refs if load else (), base_dir, at)
@@ -87,7 +77,7 @@ def schema() -> int:
 
 def merge(out: str, inputs: list[str]) -> int:
     """Merge shard reports; print the merged totals; exit code as for `run`."""
-    from gradaudit import merge as merging
+    from gradaudit.report import merge as merging
     from gradaudit.report.console import closing_line
 
     refuse_overwriting({"OUT": out}, list(inputs))

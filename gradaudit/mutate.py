@@ -25,7 +25,7 @@ from gradaudit.tolerance import Tol, is_noise
 if TYPE_CHECKING:
     import torch
 
-    from gradaudit.runner import Step
+    from gradaudit.targets.model.parts import Step
     from gradaudit.types import Batch
 
 Grads = Mapping[str, "torch.Tensor"]

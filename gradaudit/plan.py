@@ -1,26 +1,27 @@
-"""The plan: every case a run will check, decided before any batch runs.
+"""The plan: every case a run will check, decided before any sample runs. Torch-free.
 
-A case is (device, dtype, check kind) with its tensors and each tensor's resolved
-tolerance, or the reason it will not run. Filters (--device, --dtype) and --shard are
-applied here, so `gradaudit plan` prints exactly what `gradaudit run` will do, and every
-report starts from the plan: a planned case that never ran is an error, never nothing.
-Torch-free apart from `make_plan`, which asks torch which devices exist.
+A case is (device, dtype, check) with its tensors, each tensor's resolved tolerance (resolved
+here, once), the samples it runs (batch indices of a model, variant indices of an op) or the
+reason it will not run. A target proposes its cases as `Skeleton`s; `make_plan` applies the
+selection (--shard, --batch, --variant) to their samples and resolves the tolerances, so
+`gradaudit plan` prints exactly what `gradaudit run` will do, and the verdict is read against
+it: a planned sample that never arrived is an error, never nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from gradaudit.errors import UsageError
 from gradaudit.results import Shard
+from gradaudit.spec.common import Tolerance
 from gradaudit.tolerance import Tol, tolerance_for
 
-if TYPE_CHECKING:
-    from gradaudit.audit import Audit
-    from gradaudit.checks import CheckKind
+RUN_BY = "run by shard"  # a case another shard runs (merge folds it into that shard's)
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,9 @@ class PlannedTensor:
 
 @dataclass(frozen=True)
 class PlannedCase:
-    """One (device, dtype, check) of a run. `dtype` is what it computes in; `group_dtype`
-    is the spec dtype whose pass runs it (finite differences compute in float64)."""
+    """One (device, dtype, check) of a run. `dtype` is what it computes in; `group_dtype` is
+    the spec dtype whose pass runs it (finite differences compute in float64). `samples`:
+    the batch or variant indices it runs (None: as many as the data has)."""
 
     device: str
     dtype: str
@@ -40,12 +42,17 @@ class PlannedCase:
     tensors: tuple[PlannedTensor, ...]
     skip: str | None = None
     group_dtype: str = ""
-    batches: tuple[int, ...] | None = None  # None: the data decides (val without a count)
-    rerun: str = ""  # the command that runs this case again alone (see rerun_command)
+    samples: tuple[int, ...] | None = None
+    rerun: str = ""  # the command that runs this case again alone
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.device, self.dtype, self.check)
+
+    @property
+    def pass_key(self) -> tuple[str, str]:
+        """(device, spec dtype): the cases one pass of a target runs together."""
+        return (self.device, self.group_dtype or self.dtype)
 
     @property
     def label(self) -> str:
@@ -54,18 +61,39 @@ class PlannedCase:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything a run will check, in order."""
+class Skeleton:
+    """A case as a target or check kind proposes it: tensor names without tolerances (the
+    plan resolves them from the spec), or with `tol` when the check fixes its own."""
 
+    device: str
+    dtype: str
+    check: str
+    tensors: tuple[str, ...]
+    samples: tuple[int, ...] | None
+    skip: str | None = None
+    group_dtype: str = ""
+    tol: Tol | Mapping[str, Tol] | None = None  # one for every tensor, or one each
+    rerun: tuple[str, ...] = ()  # what the rerun command adds (--variant NAME)
+    truth: bool = True  # False: the truth is no autograd run (finite differences)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will check, in order, and what reports say about the run."""
+
+    kind: str  # the target kind: model, op, sharded, or a plugin's
     spec_name: str
     spec_path: str
     spec_sha256: str
     cases: tuple[PlannedCase, ...]
     tensors: tuple[str, ...]
     shard: Shard | None = None
-    batches: tuple[int, ...] | None = None
-    warnings: tuple[str, ...] = field(default_factory=tuple)
+    samples: tuple[int, ...] | None = None  # the selection, when the target numbers them
+    sample_names: tuple[str, ...] = ()  # an op's variants, by index
+    warnings: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()  # each batch tensor with its shape, e.g. "inputs 32x8"
+    facts: dict[str, str] = field(default_factory=dict)  # the target's, for report headers
+    header: str = ""  # the console's first line after the spec's name
 
     @property
     def checks(self) -> int:
@@ -76,41 +104,60 @@ class Plan:
     def runnable(self) -> list[PlannedCase]:
         return [case for case in self.cases if case.skip is None]
 
+    def index(self) -> dict[tuple[str, str, str], int]:
+        return {case.key: i for i, case in enumerate(self.cases)}
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = dataclasses.asdict(self)
         data["shard"] = str(self.shard) if self.shard else None
         data["checks"] = self.checks
         return data
 
-
-def device_unavailable(device: str) -> str | None:
-    """Why this machine cannot run on `device`, or None when it can."""
-    import torch
-
-    kind, _, index = device.partition(":")
-    if kind == "cpu":
-        return None
-    backend: Any = getattr(torch, kind, None) if kind != "mps" else torch.backends.mps
-    if backend is None or not backend.is_available():
-        return f"{kind} is not available on this machine"
-    if index and kind != "mps" and int(index) >= backend.device_count():
-        return (
-            f"{device} is not available: this machine has {backend.device_count()} {kind} device(s)"
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        shard = None
+        if data.get("shard"):
+            index, total = str(data["shard"]).split("/")
+            shard = Shard(int(index), int(total))
+        cases = tuple(
+            PlannedCase(
+                **{
+                    **c,
+                    "tensors": tuple(
+                        PlannedTensor(t["name"], Tol(**t["tol"])) for t in c["tensors"]
+                    ),
+                    "samples": None if c["samples"] is None else tuple(c["samples"]),
+                }
+            )
+            for c in data["cases"]
         )
-    return None
+        fields = {f.name for f in dataclasses.fields(cls)}
+        plain = {k: v for k, v in data.items() if k in fields and k not in ("cases", "shard")}
+        for key in ("tensors", "sample_names", "warnings", "inputs"):
+            plain[key] = tuple(plain.get(key) or ())
+        if plain.get("samples") is not None:
+            plain["samples"] = tuple(plain["samples"])
+        return cls(cases=cases, shard=shard, **plain)
 
 
-def shard_batches(
-    count: int | None, shard: Shard | None, only: Sequence[int] = ()
+def subset(option: str, chosen: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """The entries of the spec's list that an option picks (all when not given), in the
+    spec's order; one the spec does not have is a usage error."""
+    unknown = [c for c in chosen if c not in allowed]
+    if unknown:
+        raise UsageError(f"{option} {unknown[0]}: not in the spec's list {list(allowed)}")
+    return [a for a in allowed if a in chosen] if chosen else list(allowed)
+
+
+def select_samples(
+    count: int | None, shard: Shard | None, only: Sequence[int] = (), option: str = "--batch"
 ) -> tuple[int, ...] | None:
-    """The batch indices this run takes: all of `count`, or those of the shard, and of
-    those the ones `only` names (--batch). None: the data decides (val without a count)."""
+    """The sample indices a run takes: all `count` of them, or the shard's, and of those the
+    ones `only` names. None: the data decides (a val split without a count)."""
     if only and count is not None:
         beyond = [k for k in only if k >= count]
         if beyond:
-            from gradaudit.errors import UsageError
-
-            raise UsageError(f"--batch {beyond[0]}: the spec has batches 0 to {count - 1}")
+            raise UsageError(f"{option} {beyond[0]}: the spec has {option[2:]}es 0 to {count - 1}")
     if count is None:
         return tuple(sorted(set(only))) if only and shard is None else None
     return tuple(
@@ -119,10 +166,10 @@ def shard_batches(
 
 
 def rerun_command(
-    spec_path: str, sets: Sequence[str], device: str, dtype: str, shard: Shard | None
+    spec_path: str, sets: Sequence[str], device: str, dtype: str, shard: Shard | None = None
 ) -> str:
     """A command a user can paste to run one device and dtype of this run again: the same
-    spec, --set options, model and batches (add `--batch K` for one batch)."""
+    spec, --set options, model and samples (add `--batch K` for one batch)."""
     words = ["gradaudit", "run", spec_path, *(w for s in sets for w in ("--set", s))]
     words += ["--device", device, "--dtype", dtype]
     if shard is not None:
@@ -130,82 +177,96 @@ def rerun_command(
     return shlex.join(words)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What the command line chose of a spec: devices, dtypes, shard, samples."""
+
+    devices: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
+    shard: Shard | None = None
+    only: tuple[int, ...] = ()  # --batch indices, or --variant names mapped to indices
+    sets: tuple[str, ...] = ()
+
+
 def make_plan(
-    audit: Audit,
-    devices: Sequence[str],
-    dtypes: Sequence[str],
-    shard: Shard | None = None,
-    checks: dict[str, CheckKind] | None = None,
-    only: Sequence[int] = (),
+    head: Plan,
+    skeletons: Sequence[Skeleton],
+    tolerance: Tolerance,
+    selection: Selection,
 ) -> Plan:
-    """The cases of a run: per device and dtype the gradient comparison, then what each
-    registered check kind adds for the spec (repeat, finite differences ...). `only`: the
-    batch indices to keep (--batch)."""
-    loaded = audit.loaded
-    spec = loaded.spec
-    names = tuple(audit.tensor_names)
-    batches = shard_batches(spec.batches.count, shard, only)
+    """`head` (the target's facts, no cases yet) with the cases of its skeletons: samples
+    cut to the selection, tolerances resolved, rerun commands made."""
     cases: list[PlannedCase] = []
-    for device in devices:
-        absent = device_unavailable(device)
-        for dtype in dtypes:
-            empty = f"shard {shard} has no batches" + (" that --batch chose" if only else "")
-            skip = absent or (empty if batches == () else None)
-            rerun = rerun_command(str(loaded.path), loaded.sets, device, dtype, shard)
-            tensors = tuple(
-                PlannedTensor(n, tolerance_for(spec.tolerance, n, device, dtype)) for n in names
+    shard = selection.shard
+    seen: set[tuple[str, str, str]] = set()
+    for s in skeletons:
+        key = (s.device, s.dtype, s.check)
+        if key in seen:
+            raise ValueError(f"two planned cases share {key}")
+        seen.add(key)
+        samples, skip = _samples(s, shard, selection.only)
+        rerun = rerun_command(head.spec_path, selection.sets, s.device, s.group_dtype or s.dtype)
+        if s.rerun:
+            rerun += " " + shlex.join(s.rerun)
+        elif shard is not None:
+            rerun += f" --shard {shard}"
+        tensors = tuple(PlannedTensor(n, _tol(s, n, tolerance)) for n in s.tensors)
+        cases.append(
+            PlannedCase(
+                s.device, s.dtype, s.check, tensors, s.skip or skip, s.group_dtype, samples, rerun
             )
-            cases.append(
-                PlannedCase(device, dtype, "gradients", tensors, skip, dtype, batches, rerun)
-            )
-            for kind in (checks or {}).values():
-                for case in kind.plan_cases(spec, device, dtype, list(dtypes), names, batches):
-                    case = dataclasses.replace(case, rerun=rerun)
-                    cases.append(case if case.skip or not skip else _skipped(case, skip))
-    warnings = tuple(audit_warnings(audit))
-    return Plan(
-        spec.name,
-        str(loaded.path),
-        loaded.sha256,
-        tuple(cases),
-        names,
-        shard,
-        batches,
-        warnings,
-        tuple(audit.inputs),
+        )
+    chosen = head.samples
+    if chosen is not None:
+        chosen = tuple(
+            k for k in chosen
+            if (shard is None or shard.takes(k)) and (not selection.only or k in selection.only)
+        )  # fmt: skip
+    return dataclasses.replace(head, cases=tuple(cases), shard=shard, samples=chosen)
+
+
+def _tol(s: Skeleton, name: str, tolerance: Tolerance) -> Tol:
+    """The tolerance a skeleton fixes for a tensor, or the spec's for it."""
+    if isinstance(s.tol, Tol):
+        return s.tol
+    fixed = s.tol.get(name) if s.tol is not None else None
+    found = fixed or tolerance_for(tolerance, name, s.device, s.dtype)
+    return found if s.truth else found.without_truth()
+
+
+def _samples(
+    s: Skeleton, shard: Shard | None, only: Sequence[int]
+) -> tuple[tuple[int, ...] | None, str | None]:
+    """A case's samples under the selection, and why it then does not run (or None)."""
+    if s.samples is None:
+        return None, None
+    if len(s.samples) == 1 and shard is not None and not shard.takes(s.samples[0]):
+        return (), f"{RUN_BY} {s.samples[0] % shard.total + 1}/{shard.total}"
+    kept = tuple(
+        k for k in s.samples if (shard is None or shard.takes(k)) and (not only or k in only)
     )
-
-
-def _skipped(case: PlannedCase, reason: str) -> PlannedCase:
-    return dataclasses.replace(case, skip=reason)
-
-
-def audit_warnings(audit: Audit) -> list[str]:
-    """What the plan can already say is weak about this audit."""
-    from gradaudit.audit import plugin_options_error
-
-    spec = audit.loaded.spec
-    problem = plugin_options_error(audit.gradient_fn, spec.gradients.options)
-    found = [f"gradients '{spec.gradients.plugin}' {problem}"] if problem else []
-    return [*audit.warnings, *found]
+    if kept or not s.samples:
+        return kept, None
+    if only:
+        return kept, "not among the samples chosen (--batch / --variant)"
+    return kept, f"shard {shard} has none of its samples"
 
 
 def plan_lines(plan: Plan) -> list[str]:
     """The plan as text: one line per tensor check, with its tolerance or skip reason."""
+    names = plan.sample_names
+    shown = [names[k] if k < len(names) else str(k) for k in plan.samples or ()]
+    chosen = "chosen by the data" if plan.samples is None else ", ".join(shown) or "none"
+    what = "variants" if plan.sample_names else "batches"
     lines = [
         f"plan: {plan.spec_name} ({plan.spec_path}): {len(plan.cases)} cases, "
-        f"{plan.checks} tensor checks, batches "
-        + (
-            "chosen by the data"
-            if plan.batches is None
-            else ", ".join(map(str, plan.batches)) or "none"
-        )
+        f"{plan.checks} tensor checks, {what} {chosen}"
         + (f" (shard {plan.shard})" if plan.shard else "")
     ]
     for case in plan.cases:
         where = f"{case.device:<8} {case.dtype:<9} {case.check:<18}"
         for tensor in case.tensors:
-            what = f"SKIP  {case.skip}" if case.skip else tensor.tol.describe()
-            lines.append(f"{where} {tensor.name:<20} {what}")
+            text = f"SKIP  {case.skip}" if case.skip else tensor.tol.describe()
+            lines.append(f"{where} {tensor.name:<20} {text}")
     lines += [f"warning: {w}" for w in plan.warnings]
     return lines

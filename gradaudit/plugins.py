@@ -22,14 +22,14 @@ from gradaudit import hookspecs
 from gradaudit.errors import PluginError
 
 if TYPE_CHECKING:
-    from gradaudit.ops.spec import LoadedOpSpec
     from gradaudit.spec import LoadedSpec
 
 ENTRY_POINT_GROUP = "gradaudit"
+REPORT_GROUP = "gradaudit.report"  # reporters and their options, loaded by the supervisor
 BUILTIN = "gradaudit.builtin"
 ALLOW_ENV = "GRADAUDIT_PLUGINS"  # comma-separated entry-point names; empty loads none
 TRACE_ENV = "GRADAUDIT_TRACE_HOOKS"
-KINDS = ("model", "gradients", "data", "check", "reporter", "op")
+KINDS = ("model", "gradients", "data", "check", "reporter", "op", "target")
 HOOKS = {
     "model": "register_models",
     "gradients": "register_gradients",
@@ -37,6 +37,7 @@ HOOKS = {
     "check": "register_checks",
     "reporter": "register_reporters",
     "op": "register_ops",
+    "target": "register_targets",
 }
 
 
@@ -145,11 +146,16 @@ def _load_named(ref: str, base_dir: Path) -> tuple[ModuleType, str]:
 def plugin_manager(
     spec_plugins: Iterable[str] = (),
     base_dir: Path | None = None,
-    loaded: LoadedSpec | LoadedOpSpec | None = None,
+    loaded: LoadedSpec | None = None,
+    group: str = ENTRY_POINT_GROUP,
 ) -> Registry:
-    """Load entry-point plugins (allow-list: $GRADAUDIT_PLUGINS) and the spec's own plugins.
+    """Load entry-point plugins of `group` (allow-list: $GRADAUDIT_PLUGINS) and the spec's
+    own plugins. The built-in check kinds and reporters register through the same hooks
+    (gradaudit.builtin).
 
-    The built-in check kinds and reporters register through the same hooks (gradaudit.builtin).
+    The process that runs plugin code loads the `gradaudit` group; the supervisor loads only
+    `gradaudit.report` (REPORT_GROUP): reporters and the command-line options they add, which
+    see results, never tensors.
     """
     pm = pluggy.PluginManager("gradaudit")
     pm.add_hookspecs(hookspecs)
@@ -159,13 +165,15 @@ def plugin_manager(
     _register(pm, builtin, BUILTIN)
     sources[BUILTIN] = ("built in (gradaudit.builtin)", _version())
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=group):
         if not _allowed(ep.name) or pm.has_plugin(ep.name):
             continue
         version = ep.dist.version if ep.dist else "?"
         try:
             module = ep.load()
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: a plugin ending the run is its error
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise PluginError(
                 f"plugin '{ep.name}' ({ep.value}) failed to import: {_why(exc)}"
             ) from None
@@ -180,7 +188,9 @@ def plugin_manager(
             module, source = _load_named(ref, base_dir or Path.cwd())
         except PluginError as exc:
             raise PluginError(f"{at}{exc}") from None
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise PluginError(f"{at}plugin '{ref}' failed to import: {_why(exc)}") from None
         if pm.is_registered(module):  # an installed plugin's own module, listed again: a no-op
             continue
@@ -233,9 +243,9 @@ def _collect(
 
     try:
         impl.function(register=register)
-    except PluginError:
+    except (PluginError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise PluginError(f"plugin '{impl.plugin_name}' failed to register: {_why(exc)}") from None
 
 
@@ -249,6 +259,17 @@ def _why(exc: BaseException) -> str:
 
 
 def _version() -> str:
-    from gradaudit import __version__
+    from gradaudit.version import __version__
 
     return __version__
+
+
+_REPORTS: list[Registry] = []
+
+
+def report_registry() -> Registry:
+    """The reporters the supervisor uses (built in, and the `gradaudit.report` entry points),
+    loaded once per process."""
+    if not _REPORTS:
+        _REPORTS.append(plugin_manager(group=REPORT_GROUP))
+    return _REPORTS[0]

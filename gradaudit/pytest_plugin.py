@@ -1,9 +1,13 @@
 """gradaudit's pytest plugin (the `pytest11` entry point): specs as test items, and fixtures.
 
-pytest collects a gradaudit spec given on its command line, or matching the `gradaudit_specs`
-ini globs, as one item per (device, dtype, check, tensor) of the spec's plan, named like
-`W.weight[cpu-float32]`, so -k, -x, markers, --junitxml and xdist's -n work on them. A
-(device, dtype) pass runs once per pytest process, when its first item runs.
+pytest collects a gradaudit spec of any kind given on its command line, or matching the
+`gradaudit_specs` ini globs, as one item per tensor check of the spec's plan, named like
+`W.weight[cpu-float32]` (an op's `grad.x[cpu-float32-variant:lead2]`), plus an item per
+gradients case for what the plan could not name (`gradients[cpu-float32]`: a gradient for a
+tensor the model lacks), so -k, -x,
+markers, --junitxml and xdist's -n work on them. A (device, dtype) pass runs once per pytest
+process, when its first item runs, supervised as `gradaudit run` runs it: the verdicts are
+the same, and plugin code that ends its process fails that pass, not pytest.
 
 Loading this module imports neither torch nor yaml: they are imported in the hooks, only
 when a gradaudit item is collected or a gradaudit fixture is used.
@@ -21,7 +25,7 @@ import pytest
 
 if TYPE_CHECKING:
     from gradaudit.plan import PlannedCase
-    from gradaudit.pytest_audits import AuditResult, Store
+    from gradaudit.pytest_items import AuditResult, Store
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 _STORE = pytest.StashKey["Store"]()
@@ -45,7 +49,7 @@ def store(config: pytest.Config) -> Store:
     """This session's loaded specs and finished passes (one per process: per xdist worker)."""
     found = config.stash.get(_STORE, None)
     if found is None:
-        from gradaudit.pytest_audits import Store
+        from gradaudit.pytest_items import Store
 
         found = config.stash[_STORE] = Store()
     return found
@@ -63,8 +67,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         # Given on the command line but not a gradaudit spec: another plugin may own it.
         # A file the ini globs match is the user's word that it is one: the loader says why not.
         return None
-    if kind == "op":
-        return OpSpecFile.from_parent(parent, path=file_path)
     return SpecFile.from_parent(parent, path=file_path)
 
 
@@ -81,8 +83,8 @@ def _matches(path: Path, patterns: list[str], root: Path) -> bool:
 
 
 def _spec_kind(path: Path) -> str | None:
-    """ "op", "model", "broken" (unreadable or not YAML: the loader reports it with its line)
-    or None (YAML that is not a gradaudit spec)."""
+    """The spec's kind, "broken" (unreadable or not YAML: the loader reports it with its
+    line) or None (YAML that is not a gradaudit spec)."""
     import yaml
 
     try:
@@ -91,9 +93,9 @@ def _spec_kind(path: Path) -> str | None:
         return "broken"
     if not isinstance(data, dict):
         return None
-    if "op" in data:
-        return "op"
-    return "model" if {"model", "gradients"} & set(data) else None
+    if {"op", "target"} & set(data) or {"model", "gradients"} & set(data):
+        return "spec"
+    return None
 
 
 def _shown(path: Path) -> Path:
@@ -119,7 +121,8 @@ def _skip(reason: str) -> None:
 
 
 class SpecFile(pytest.File):
-    """A model spec: its plan's tensor checks, one item each."""
+    """A spec of any kind: its plan's tensor checks, one item each, and an item per case for
+    what the plan could not name."""
 
     def collect(self) -> Iterator[pytest.Item]:
         from gradaudit.errors import GradauditError
@@ -131,12 +134,18 @@ class SpecFile(pytest.File):
         for warning in found.plan.warnings:  # what `gradaudit run` prints as "warning:"
             self.warn(GradauditWarning(f"{_shown(self.path)}: {warning}"))
         for case in found.plan.cases:
+            group = f"{self.path.name}-{case.device}-{case.pass_key[1]}"
             for tensor in case.tensors:
                 item = CheckItem.from_parent(
                     self, name=f"{tensor.name}[{case_id(case)}]", case=case, tensor=tensor.name
                 )
-                _marks(item, f"{self.path.name}-{case.device}-{case.group_dtype or case.dtype}")
+                _marks(item, group)
                 yield item
+            if case.skip is None and case.check == "gradients":
+                name = f"gradients[{case_id(case)}]"
+                extra = CaseItem.from_parent(self, name=name, case=case)
+                _marks(extra, group)
+                yield extra
 
 
 def case_id(case: PlannedCase) -> str:
@@ -155,16 +164,16 @@ class CheckItem(pytest.Item):
 
     def setup(self) -> None:
         from gradaudit.errors import GradauditError
-        from gradaudit.pytest_audits import verdict
+        from gradaudit.pytest_items import verdict
 
         if self.case.skip:
             _skip(self.case.skip)
         found = store(self.config).get(_shown(self.path))
         try:
-            summary = found.summary(self.case.key, found.pass_of(self.case), self.tensor)
+            summary = found.summary(self.case, self.tensor)
         except GradauditError as exc:
             pytest.fail(str(exc), pytrace=False)
-        self.outcome = verdict(summary)
+        self.outcome = verdict(summary, self.case.rerun)
         if self.outcome[0] == "error":
             pytest.fail(self.outcome[1], pytrace=False)
 
@@ -179,50 +188,35 @@ class CheckItem(pytest.Item):
         return self.path, 0, f"gradaudit {self.case.check}: {self.tensor} {case_id(self.case)}"
 
 
-class OpSpecFile(pytest.File):
-    """An op spec: one item per (device, dtype), every variant and check folded in (its
-    tensors are known only once it has run)."""
+class CaseItem(pytest.Item):
+    """What a case reported beyond its planned tensors (a gradient for a tensor the model
+    lacks is an error there, as in `gradaudit run`'s report); passes when there is none."""
 
-    def collect(self) -> Iterator[pytest.Item]:
-        from gradaudit.errors import GradauditError
-
-        try:
-            spec = store(self.config).op(_shown(self.path)).spec
-        except GradauditError as exc:
-            raise self.CollectError(str(exc)) from None
-        for device in spec.devices:
-            for dtype in spec.dtypes:
-                item = OpItem.from_parent(self, name=f"{spec.name}[{device}-{dtype}]")
-                item.key = (device, dtype)
-                _marks(item, f"{self.path.name}-{device}-{dtype}")
-                yield item
-
-
-class OpItem(pytest.Item):
-    key: tuple[str, str] = ("", "")
+    def __init__(self, *, case: PlannedCase, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
 
     def runtest(self) -> None:
         from gradaudit.errors import GradauditError
-        from gradaudit.pytest_audits import op_verdict
+        from gradaudit.pytest_items import verdict
 
+        found = store(self.config).get(_shown(self.path))
         try:
-            groups = store(self.config).op(_shown(self.path)).groups(self.key)
+            extra = found.unplanned(self.case)
         except GradauditError as exc:
             pytest.fail(str(exc), pytrace=False)
-        status, text = op_verdict(groups)
-        if status == "skip":
-            _skip(text)
-        if status != "pass":
-            pytest.fail(text, pytrace=False)
+        bad = [verdict(s)[1] for s in extra if s.status in ("fail", "error")]
+        if bad:
+            pytest.fail("\n".join(bad), pytrace=False)
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"gradaudit op: {self.name}"
+        return self.path, 0, f"gradaudit {self.case.check}: unplanned tensors {case_id(self.case)}"
 
 
 @pytest.fixture
 def gradaudit_check_op() -> Callable[..., Any]:
     """gradaudit.check_op: audit an op's backward against a reference (raises on failure)."""
-    from gradaudit.ops.api import check_op
+    from gradaudit.targets.op.api import check_op
 
     return check_op
 
@@ -240,7 +234,7 @@ def gradaudit_audit(request: pytest.FixtureRequest) -> Callable[..., AuditResult
         dtypes: list[str] | None = None,
         tensors: list[str] | None = None,
     ) -> AuditResult:
-        from gradaudit.pytest_audits import audit as run_audit
+        from gradaudit.pytest_items import audit as run_audit
 
         result = run_audit(store(config), spec, devices, dtypes, tensors)
         if not result.ok:

@@ -14,10 +14,11 @@ truth to pair with (`has_truth`), unless a spec says `systematic: false`.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass
 
-from gradaudit.spec import Tolerance
+from gradaudit.spec.common import Tolerance
 
 # torch.testing.assert_close's defaults, so `allclose` with no numbers means what torch means.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {  # dtype -> (rtol, atol)
@@ -157,6 +158,19 @@ class Tol:
             f"allowed at the worst element {allowed:.3g} = {self.atol:g} + {self.rtol:g} "
             "x |autograd|"
         )
+
+    def without_truth(self) -> Tol:
+        """This tolerance where the truth is no autograd run (finite differences): a rule
+        that takes a baseline or ULPs from autograd becomes allclose, without the
+        systematic check."""
+        if self.mode in ("baseline", "ulps"):
+            return dataclasses.replace(self, mode="allclose", systematic=False)
+        return self
+
+    @property
+    def needs_truth(self) -> bool:
+        """Whether the comparison measures against a float64 truth (baseline)."""
+        return self.mode == "baseline"
 
     @property
     def compared_with(self) -> str:

@@ -85,3 +85,48 @@ def write_spec(tmp_path: Path) -> SpecWriter:
 def run_cli() -> CliRunner:
     """run_cli(*args, cwd=None, env=None) -> CompletedProcess of the gradaudit console script."""
     return run_gradaudit
+
+
+def run_groups(
+    loaded: Any,
+    devices: list[str] | None = None,
+    dtypes: list[str] | None = None,
+    **options: Any,
+) -> list[Any]:
+    """Every case's result of a loaded spec, run in this process (gradaudit.api)."""
+    from gradaudit.api import run_loaded
+
+    return run_loaded(loaded, devices=devices or (), dtypes=dtypes or (), **options).groups
+
+
+def plan_for(
+    loaded: Any, devices: list[str] | None = None, dtypes: list[str] | None = None
+) -> Any:
+    """The plan of a loaded spec, made in this process."""
+    from gradaudit.api import plan_loaded
+
+    return plan_loaded(loaded, devices=devices or (), dtypes=dtypes or ())
+
+
+def engine_events(
+    loaded: Any, target: Any = None, share: bool = True, **job: Any
+) -> list[Any]:
+    """Every event the engine's loop sends for a loaded spec, run in this process."""
+    from gradaudit.run.executor import Job, run_job
+
+    if target is None and not share:
+        from gradaudit.targets.model.target import ModelTarget
+
+        target = ModelTarget(loaded, share=False)
+    found: list[Any] = []
+    run_job(Job(str(loaded.path), loaded.sets, threads=0, **job), found.extend, loaded, target)
+    return found
+
+
+def run_op_spec(
+    path: str | Path, devices: list[str] | None = None, dtypes: list[str] | None = None
+) -> list[Any]:
+    """Every case's result of an op spec, run in this process (gradaudit.api.run)."""
+    from gradaudit.api import run
+
+    return run(path, devices=devices or (), dtypes=dtypes or ()).groups

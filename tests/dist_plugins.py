@@ -16,7 +16,7 @@ from gradaudit_tp.backward import tp_mlp_backward
 from gradaudit_tp.model import TPMLP, build_tp_mlp
 
 from gradaudit import Forward, hookimpl
-from gradaudit.distributed import Placement, Shard
+from gradaudit import Placement, Split
 
 
 def _rank(model: torch.nn.Module) -> int:
@@ -69,16 +69,21 @@ def _die() -> None:
 class UntiledMLP(TPMLP):
     def shard_layout(self) -> dict[str, Placement]:
         layout = super().shard_layout()
-        layout["b1"] = Shard(dim=0, sizes=(10, 20))  # b1 has 32 entries
+        layout["b1"] = Split(dim=0, sizes=(10, 20))  # b1 has 32 entries
         return layout
 
 
-def build_untiled(rank: int | None = None, world_size: int = 1, **options: int) -> TPMLP:
+def _own(options: dict[str, Any]) -> dict[str, Any]:
+    """The model's options without what the data declares (shapes, classes)."""
+    return {k: v for k, v in options.items() if k not in ("shapes", "classes")}
+
+
+def build_untiled(rank: int | None = None, world_size: int = 1, **options: Any) -> TPMLP:
     build_tp_mlp(rank, world_size, **options)  # the same option checks
-    return UntiledMLP(rank, world_size, **options)
+    return UntiledMLP(rank, world_size, **_own(options))
 
 
-def build_unseeded(rank: int | None = None, world_size: int = 1, **options: int) -> TPMLP:
+def build_unseeded(rank: int | None = None, world_size: int = 1, **options: Any) -> TPMLP:
     """tp-mlp whose weights also draw from an unseeded source: each process builds a
     different full model (gradaudit gives every rank rank 0's)."""
     model = build_tp_mlp(rank, world_size, **options)
@@ -90,21 +95,27 @@ def build_unseeded(rank: int | None = None, world_size: int = 1, **options: int)
 
 
 class RaggedMLP(TPMLP):
-    """The full model's `h` loses a row when the batch's first input is below -0.5 (batch 1
-    of seed 1, not batch 0): shapes that vary from batch to batch."""
+    """The full model's `h` loses a row on every batch after the first it sees: shapes
+    that vary from batch to batch."""
+
+    first: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> Forward:
         result = super().forward(x, y)
-        if self.rank is None and float(x[0, 0]) < -0.5:
+        if self.rank is not None:
+            return result
+        if self.first is None:
+            self.first = x.detach().clone()
+        if self.first.shape != x.shape or not torch.equal(self.first, x.detach()):
             return Forward(
                 result.loss, {**result.intermediates, "h": result.intermediates["h"][1:]}
             )
         return result
 
 
-def build_ragged(rank: int | None = None, world_size: int = 1, **options: int) -> TPMLP:
+def build_ragged(rank: int | None = None, world_size: int = 1, **options: Any) -> TPMLP:
     build_tp_mlp(rank, world_size, **options)  # the same option checks
-    return RaggedMLP(rank, world_size, **options)
+    return RaggedMLP(rank, world_size, **_own(options))
 
 
 @hookimpl

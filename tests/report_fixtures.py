@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from gradaudit.compare import Check, TensorSummary, Tol
+from gradaudit.plan import Plan
 from gradaudit.report.base import RunInfo
 from gradaudit.results import GroupResult, RunSummary, Shard
 from gradaudit.spec import load_spec
@@ -59,7 +60,25 @@ def loaded_spec(folder: Path, filename: str = "spec.yaml", **overrides: Any) -> 
 
 
 def run_info(loaded: Any, tensors: list[str], shard: Shard | None = None) -> RunInfo:
-    return RunInfo(loaded, tensors, VERSIONS, shard, started="2025-01-01T00:00:00")
+    """What a model run's reports know of it: the spec, and a plan with these tensors."""
+    spec = loaded.spec
+    b = spec.batches
+    plan = Plan(
+        kind="model",
+        spec_name=spec.name,
+        spec_path=str(loaded.path),
+        spec_sha256=loaded.sha256,
+        cases=(),
+        tensors=tuple(tensors),
+        shard=shard,
+        facts={
+            "seed": str(b.seed),
+            "batches": f"{b.split}: count={b.count} size={b.size}",
+            "tolerance_mode": spec.tolerance.mode,
+        },
+        header=f"model {spec.model.plugin}, gradients {spec.gradients.plugin}",
+    )
+    return RunInfo(loaded, plan, VERSIONS, started="2025-01-01T00:00:00")
 
 
 def group(

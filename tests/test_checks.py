@@ -40,8 +40,14 @@ def test_auto_resolves_per_dtype() -> None:
     for dtype, floor in (("float32", 8.0), ("bfloat16", 2.0), ("float16", 2.0)):
         tol = tolerance_for(auto, "W", "cpu", dtype)
         assert (tol.mode, tol.k, tol.floor_ulps, tol.systematic) == ("baseline", 2.0, floor, True)
-    # an explicit mode means what it says: no systematic-error check
-    assert not tolerance_for(Tolerance(mode="baseline"), "W", "cpu", "float32").systematic
+    # an explicit mode keeps the systematic-error check; `systematic: false` turns it off
+    assert tolerance_for(Tolerance(mode="baseline"), "W", "cpu", "float32").systematic
+    off = Tolerance(mode="baseline", systematic=False)
+    assert not tolerance_for(off, "W", "cpu", "float32").systematic
+    # allclose below float64 has no truth to pair with; in float64 autograd is the truth
+    assert not tolerance_for(Tolerance(mode="allclose"), "W", "cpu", "float32").systematic
+    assert tolerance_for(Tolerance(mode="allclose"), "W", "cpu", "float64").systematic
+    assert not tolerance_for(Tolerance(mode="exact"), "W", "cpu", "float64").systematic
     rule = Tolerance.model_validate(
         {"overrides": [{"tensors": ["h.*"], "dtypes": ["float32"], "mode": "allclose"}]}
     )

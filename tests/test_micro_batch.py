@@ -12,16 +12,14 @@ import pytest
 import torch
 import yaml
 
-from gradaudit.api import plan_for, run_groups
-from gradaudit.audit import Audit
 from gradaudit.checks.micro_batch import combine, not_invariant, split
 from gradaudit.errors import SpecError
-from gradaudit.ops.invariance import split_sizes
 from gradaudit.plan import plan_lines
 from gradaudit.results import GroupResult
 from gradaudit.spec import load_spec
+from gradaudit.targets.op.invariance import split_sizes
 from gradaudit.types import Batch
-from tests.conftest import REPO, small_spec
+from tests.conftest import REPO, plan_for, run_groups, small_spec
 
 GALLERY = "gradaudit_charrnn.invariance_gallery"
 DTYPES = ["float64", "float32", "bfloat16", "float16"]
@@ -32,11 +30,11 @@ CHARRNN_TENSORS = {
 }
 
 
-def audit(tmp_path: Path, **overrides: Any) -> Audit:
+def audit(tmp_path: Path, **overrides: Any) -> LoadedSpec:
     spec = small_spec(**overrides)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return Audit(load_spec(path))
+    return load_spec(path)
 
 
 def statuses(groups: list[GroupResult], check: str) -> dict[tuple[str, str], str]:
@@ -172,7 +170,7 @@ def test_mlp_batchnorm_is_an_error_for_every_tensor_never_a_fail(tmp_path: Path)
         REPO / "specs" / "mlp-batchnorm.yaml",
         ("batches.count=1", "devices=[cpu]", "dtypes=[float64]", "checks={micro_batch: {}}"),
     )
-    groups = run_groups(Audit(loaded))
+    groups = run_groups(loaded)
     found = statuses(groups, "micro_batch")
     # b1's true gradient is zero at any batch size (batch norm removes it): invariant, and
     # the manual gradient's is too; every other tensor's is an error, none a fail.
@@ -196,7 +194,7 @@ MASKED = str(Path(__file__).with_name("masked_plugins.py"))
 MASKED_TENSORS = {"out", "h", "W1", "b1", "W2"}
 
 
-def masked_audit(tmp_path: Path, gradients: str, micro_batch: dict[str, Any]) -> Audit:
+def masked_audit(tmp_path: Path, gradients: str, micro_batch: dict[str, Any]) -> LoadedSpec:
     spec = {
         "name": "masked",
         "plugins": [MASKED],
@@ -219,7 +217,7 @@ def masked_audit(tmp_path: Path, gradients: str, micro_batch: dict[str, Any]) ->
     }
     path = tmp_path / "masked.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return Audit(load_spec(path))
+    return load_spec(path)
 
 
 def test_token_weights_count_a_mask_or_labels_not_ignored() -> None:

@@ -540,8 +540,8 @@ def guarded_batch(
     where the model's forward runs, `manual` where the manual gradient does."""
     import contextlib
 
-    from gradaudit.inplace import InPlaceGuard
-    from gradaudit.syncs import Reads, count_syncs
+    from gradaudit.compare.syncs import Reads, count_syncs
+    from gradaudit.targets.model.inplace import InPlaceGuard
 
     with count_syncs() if path == "device-tensors" else contextlib.nullcontext():
         guard, reads = InPlaceGuard(batch, kept), Reads()

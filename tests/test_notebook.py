@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import gradaudit
-from gradaudit.notebook import check
+from gradaudit.targets.values.check import check
 
 
 def layer(dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, Any]:
@@ -235,6 +235,6 @@ def test_usage_errors_raise_value_error(args: str, kwargs: dict[str, Any], messa
 
 def test_check_is_exported_lazily_and_import_stays_torch_free() -> None:
     assert gradaudit.check is check
-    code = "import sys, gradaudit, gradaudit.notebook; print('torch' in sys.modules)"
+    code = "import sys, gradaudit, gradaudit.targets.values.check; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

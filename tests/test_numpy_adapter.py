@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from gradaudit import Forward
-from gradaudit.notebook import check
 from gradaudit.numpy_adapter import NumpyGradients, from_numpy
+from gradaudit.targets.values.check import check
 from tests import minchar_rnn
 from tests.conftest import CliRunner, small_spec
 from tests.minchar_rnn import MinCharRNN, numpy_bptt, sequence

@@ -10,8 +10,8 @@ import pytest
 from gradaudit_ops.gallery import RMSNormWrongAxis
 from gradaudit_ops.rmsnorm import rmsnorm_reference
 
-from gradaudit.ops.api import check_op
-from gradaudit.ops.run import run_op_spec
+from gradaudit.targets.op.api import check_op
+from tests.conftest import run_op_spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ops.md"
 

@@ -14,14 +14,16 @@ import torch
 from gradaudit_ops import RMSNorm, rmsnorm, rmsnorm_reference
 from gradaudit_ops.gallery import BUGS
 
-from gradaudit.errors import EXIT_USAGE, UsageError
-from gradaudit.ops.api import check_op
-from gradaudit.ops.errors import OpError, OpSpecError
-from gradaudit.ops.guard import custom_functions_in_graph, warning_for
-from gradaudit.ops.invariance import split_sizes
-from gradaudit.ops.run import metadata, run_op_spec
-from gradaudit.ops.spec import InputDecl, Variants, load_op_spec
-from gradaudit.ops.variants import derive, draw_inputs, variant_seed
+from gradaudit.errors import EXIT_USAGE, GradauditError, UsageError
+from gradaudit.spec import load_spec as load_op_spec
+from gradaudit.spec.op import InputDecl, Variants
+from gradaudit.targets.model.functions import custom_functions_in_graph, warning_for
+from gradaudit.targets.op.api import check_op
+from gradaudit.targets.op.errors import OpError, OpSpecError
+from gradaudit.targets.op.invariance import split_sizes
+from gradaudit.targets.op.load import metadata
+from tests.conftest import run_op_spec
+from gradaudit.targets.op.variants import derive, draw_inputs, variant_seed
 
 REPO = Path(__file__).resolve().parents[1]
 XW = {"x": (4, 8), "w": (8,)}
@@ -211,8 +213,9 @@ def test_bad_arguments_are_one_line_usage_errors() -> None:
 
 
 def test_a_dtype_or_device_outside_the_spec_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="--dtype float8: not in the spec's list"):
+    with pytest.raises(GradauditError, match="--dtype float8: not in the spec's list") as caught:
         run_op_spec(REPO / "specs" / "op-rmsnorm.yaml", dtypes=["float8"])
+    assert caught.value.exit_code == 2
 
 
 # --- finite differences, modules, tolerances, pytest -------------------------------------
@@ -354,22 +357,17 @@ def test_the_existing_reporters_print_op_groups(tmp_path: Path) -> None:
     assert 'name="op-rmsnorm[cpu,float32,variant:lead1]"' in xml and "<failure" in xml
     record = json.loads(json.dumps(group_record(groups[0])))
     assert record["check"] == "variant:base" and record["tensors"][0]["status"] == "pass"
-    assert metadata(loaded)["kind"] == "op" and "lead2" in metadata(loaded)["variants"]
-    seen: list[str] = []
-    run_op_spec(
-        spec,
-        dtypes=["float64"],
-        on_group=lambda g: seen.append(g.check),
-        on_case=lambda c: seen.append("case"),
-    )
-    assert seen.count("variant:base") == 1 and "case" in seen and seen[-1] == "saved_tensors"
+    assert "lead2" in metadata(loaded)["variants"]
+    seen = [g.check for g in run_op_spec(spec, dtypes=["float64"])]
+    assert seen.count("variant:base") == 1 and seen[-1] == "saved_tensors"
 
 
 def reference_calls(dtypes: list[str], low: float = 0.5) -> list[torch.dtype]:
     calls: list[torch.dtype] = []
 
     def counted(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        calls.append(x.dtype)
+        if x.device.type != "meta":  # the plan's shape-only look at its outputs computes none
+            calls.append(x.dtype)
         return rmsnorm_reference(x, weight)
 
     inputs: dict[str, Any] = {

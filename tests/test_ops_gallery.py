@@ -12,8 +12,8 @@ from gradaudit_ops import rmsnorm_reference, softmax_xent_reference
 from gradaudit_ops.gallery import BUGS, RMSNormFirstRowGrad
 from gradaudit_ops.rmsnorm import RMSNormFunction
 
-from gradaudit.ops.api import OpResult, check_op
-from gradaudit.ops.run import run_op_spec
+from gradaudit.targets.op.api import OpResult, check_op
+from tests.conftest import run_op_spec
 
 REPO = Path(__file__).resolve().parents[1]
 XENT: dict[str, Any] = {

@@ -4,16 +4,28 @@ reference (import paths, plugin-registered names) with one-line errors that exit
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 import sys
 from pathlib import Path
 
 import pytest
 
 from gradaudit.errors import EXIT_USAGE, GradauditError, SpecError
-from gradaudit.ops.errors import OpError
-from gradaudit.ops.resolve import named_ops, resolve
-from gradaudit.ops.run import audit_of
-from gradaudit.ops.spec import is_op_spec, load_op_spec, parse_op_spec
+from gradaudit.spec import load_spec as load_op_spec
+from gradaudit.spec import peek_kind
+from gradaudit.spec.load import parse
+
+
+def parse_op_spec(text: str, where: str) -> tuple[Any, Any]:
+    spec, lines, _ = parse(text, where)
+    return spec, lines
+
+
+def is_op_spec(path: Path) -> bool:
+    return peek_kind(path) == "op"
+from gradaudit.targets.op.errors import OpError
+from gradaudit.targets.op.load import audit_of
+from gradaudit.targets.op.resolve import named_ops, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["op-rmsnorm", "op-softmax-xent"]
@@ -194,8 +206,8 @@ def test_errors_are_gradaudit_errors() -> None:
 
 def test_loading_an_op_spec_does_not_import_torch() -> None:
     code = (
-        "import sys; from gradaudit.ops import load_op_spec; import gradaudit.ops.run; "
-        f"load_op_spec({str(REPO / 'specs' / 'op-rmsnorm.yaml')!r}); "
+        "import sys; from gradaudit.spec import load_spec; "
+        f"load_spec({str(REPO / 'specs' / 'op-rmsnorm.yaml')!r}); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

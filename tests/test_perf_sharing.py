@@ -11,21 +11,20 @@ import pytest
 import torch
 import yaml
 
-from gradaudit import dtype_pass, syncs
-from gradaudit.api import plan_for
-from gradaudit.audit import Audit
-from gradaudit.commands import set_threads
-from gradaudit.report.jsonfile import group_record
-from gradaudit.results import CaseResult, GroupResult
-from gradaudit.runner import run
+from gradaudit.compare import syncs
+from gradaudit.compare.syncs import count_syncs, same_bits_all
+from gradaudit.results import CaseResult
+from gradaudit.run.events import CaseDone
+from gradaudit.run.executor import set_threads
 from gradaudit.spec import LoadedSpec, parse_spec
-from gradaudit.syncs import count_syncs, same_bits_all
-from tests.conftest import small_spec
+from gradaudit.targets.model import dtype_pass
+from gradaudit.targets.model.target import ModelTarget
+from tests.conftest import engine_events, small_spec
 
 
-def audit_of(**overrides: Any) -> Audit:
+def audit_of(**overrides: Any) -> LoadedSpec:
     text = yaml.safe_dump(small_spec(**overrides))
-    return Audit(LoadedSpec(parse_spec(text, "s.yaml"), Path("s.yaml").resolve(), "0" * 64))
+    return LoadedSpec(parse_spec(text, "s.yaml"), Path("s.yaml").resolve(), "0" * 64)
 
 
 BORROWED = dtype_pass.DtypePass._borrowed
@@ -34,17 +33,16 @@ BORROWED = dtype_pass.DtypePass._borrowed
 def record(event: object) -> object:
     if isinstance(event, CaseResult):
         return (event.device, event.dtype, event.kind, event.tensor, event.batch, event.check)
-    if isinstance(event, GroupResult):
-        data = group_record(event)
-        data.pop("seconds", None)
-        for tensor in data["tensors"]:
-            tensor.pop("seconds", None)
-        return data
+    if isinstance(event, CaseDone):
+        return (event.key, event.device_name, event.zero_reference)
     return type(event).__name__
 
 
 def events(
-    audit: Audit, share: bool, monkeypatch: pytest.MonkeyPatch
+    loaded: LoadedSpec,
+    share: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    target: ModelTarget | None = None,
 ) -> tuple[list[object], Counter[str]]:
     borrowed: Counter[str] = Counter()
 
@@ -54,8 +52,9 @@ def events(
         return got
 
     monkeypatch.setattr(dtype_pass.DtypePass, "_borrowed", spy)
-    checks = {n: k() for n, k in audit.registry.objects("check").items()}
-    found = [record(e) for e in run(audit, plan_for(audit), checks, share=share)]
+    if target is not None:
+        target.share = share
+    found = [record(e) for e in engine_events(loaded, target, share) if type(e).__name__ != "At"]
     return found, borrowed
 
 
@@ -79,13 +78,14 @@ def test_shared_truth_gives_what_computing_it_again_gives(
 
 
 def test_no_sharing_when_the_weights_differ_after_the_cast(monkeypatch: pytest.MonkeyPatch) -> None:
-    audit = audit_of(tolerance={"mode": "auto"})
-    audit.master.double()
+    loaded = audit_of(tolerance={"mode": "auto"})
+    target = ModelTarget(loaded)
+    target.audit.master.double()
     with torch.no_grad():  # weights float32 cannot hold: the float32 case's differ after the cast
-        for param in audit.master.parameters():
+        for param in target.audit.master.parameters():
             param.add_(torch.full_like(param, 2.0**-40))
-    shared, borrowed = events(audit, True, monkeypatch)
-    fresh, _ = events(audit, False, monkeypatch)
+    shared, borrowed = events(loaded, True, monkeypatch, target)
+    fresh, _ = events(loaded, False, monkeypatch, target)
     assert shared == fresh and not borrowed["float32"]
 
 
@@ -126,7 +126,7 @@ def test_the_runner_reads_the_device_at_most_twice_per_case_and_batch(
 ) -> None:
     """Its own reads (guards, batch scale), apart from the comparison's (compare.py)."""
     audit = audit_of(tolerance={"mode": "auto"}, dtypes=["float32"])
-    list(run(audit, plan_for(audit)))
+    engine_events(audit)
     calls = Counter[str]()
     original = dtype_pass.check_all  # type: ignore[attr-defined]
 
@@ -138,7 +138,7 @@ def test_the_runner_reads_the_device_at_most_twice_per_case_and_batch(
 
     monkeypatch.setattr(dtype_pass, "check_all", counted)
     with count_syncs() as counter:
-        list(run(audit, plan_for(audit)))
+        engine_events(audit)
     batches = 2
     # the first batch also asks which gradients are nonzero (once, for all of them)
     assert counter.total - calls["compare"] <= 2 * batches + 1
@@ -147,11 +147,11 @@ def test_the_runner_reads_the_device_at_most_twice_per_case_and_batch(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_unexpected_sync_on_cuda() -> None:
     audit = audit_of(devices=["cuda"], dtypes=["float32"], tolerance={"mode": "allclose"})
-    list(run(audit, plan_for(audit)))
+    engine_events(audit)
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with pytest.warns(UserWarning) as caught:
-            list(run(audit, plan_for(audit)))
+            engine_events(audit)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(caught) > 0  # reads are reported; the count per batch is in benchmarks/README.md
@@ -186,7 +186,7 @@ def test_the_guard_watches_what_named_parameters_and_buffers_name() -> None:
     buffers included)."""
     from torch.nn.utils import parametrize
 
-    from gradaudit.guards import watched
+    from gradaudit.targets.model.guards import watched
     from gradaudit.types import Forward
 
     class Twice(torch.nn.Module):

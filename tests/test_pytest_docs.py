@@ -11,7 +11,7 @@ import gradaudit_ops.rmsnorm  # noqa: F401
 import pytest
 import torch  # noqa: F401  (pytester's in-process runs must not be the first to import it)
 
-import gradaudit.runner  # noqa: F401
+import gradaudit.targets.model.sharing  # noqa: F401
 from tests.conftest import REPO
 
 pytest_plugins = ["pytester"]
@@ -56,7 +56,7 @@ def test_the_collected_names_shown_are_real(project: pytest.Pytester) -> None:
 def test_the_ini_globs_collect_the_spec(project: pytest.Pytester) -> None:
     project.makeini(blocks("ini")[0])
     done = project.runpytest_inprocess("--co", "-q")
-    done.stdout.fnmatch_lines(["48 tests collected*"])  # 12 tensors x 2 devices x 2 dtypes
+    done.stdout.fnmatch_lines(["50 tests collected*"])  # 12 tensors x 2 devices x 2 dtypes, 2 cases
 
 
 def test_the_fixture_example_runs_green(project: pytest.Pytester) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch  # noqa: F401  (see below)
 import yaml
 
-import gradaudit.runner  # noqa: F401
+import gradaudit.targets.model.sharing  # noqa: F401
 from tests.conftest import REPO, cli_env, run_gradaudit, small_spec
 
 pytest_plugins = ["pytester"]
@@ -98,6 +98,9 @@ def test_a_collected_spec_gives_the_verdicts_of_gradaudit_run(
     done = run_pytest(folder, spec.name, "--junitxml", "py.xml", *workers)
     assert done.returncode == 1, done.stdout + done.stderr
     got = junit_verdicts(folder / "py.xml")
+    cases = {name: status for name, status in got.items() if name.startswith("gradients[")}
+    assert cases == {f"gradients[cpu-{d}]": "pass" for d in ("float32", "float64")}
+    got = {name: status for name, status in got.items() if name not in cases}
     assert got == expected
     assert len(got) == 2 * 2 * 2 * len(TENSORS)  # device x dtype x (gradients, repeat)
     assert expected["W.weight[cpu-float32]"] == "fail"
@@ -109,7 +112,7 @@ def test_a_collected_spec_gives_the_verdicts_of_gradaudit_run(
 def test_k_selects_and_a_pass_runs_once(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradaudit.pytest_audits import SpecAudit
+    from gradaudit.pytest_items import SpecAudit
 
     runs: list[tuple[str, str]] = []
     real = SpecAudit._run
@@ -173,13 +176,16 @@ def test_specs_are_collected_only_when_named_or_matched(pytester: pytest.Pyteste
     assert "small.yaml" not in plain  # no ini globs: an ordinary run is unaffected
     pytester.makeini("[pytest]\ngradaudit_specs = small*.yaml\n")
     matched = pytester.runpytest_inprocess("--co", "-q")
-    matched.stdout.fnmatch_lines(["small.yaml::V.bias?cpu-float64?", "*13 tests collected*"])
+    matched.stdout.fnmatch_lines(
+        ["small.yaml::V.bias?cpu-float64?", "small.yaml::gradients?cpu-float64?"]
+    )
+    matched.stdout.fnmatch_lines(["*14 tests collected*"])  # 12 tensors, the case, test_plain
     assert "other.yaml" not in matched.stdout.str()
     # given on the command line, a YAML file that is no spec is left to other plugins
     assert pytester.runpytest_inprocess("other.yaml").ret == pytest.ExitCode.USAGE_ERROR
 
 
-def test_an_op_spec_is_one_item_per_device_and_dtype(pytester: pytest.Pytester) -> None:
+def test_an_op_spec_is_one_item_per_tensor_check(pytester: pytest.Pytester) -> None:
     op = {
         "candidate": "gradaudit_ops.rmsnorm:RMSNormFunction.apply",
         "reference": "gradaudit_ops.rmsnorm:rmsnorm_reference",
@@ -189,8 +195,16 @@ def test_an_op_spec_is_one_item_per_device_and_dtype(pytester: pytest.Pytester) 
     wrong = {**op, "candidate": "gradaudit_ops.gallery:RMSNormWrongAxis.apply"}
     write(pytester.path, "wrong.yaml", {"name": "axis", "op": wrong, "dtypes": ["float64"]})
     result = pytester.runpytest_inprocess("good.yaml", "wrong.yaml", "-v")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*good.yaml::rms?cpu-float64? PASSED*", "*FAIL variant:*grad.x*"])
+    # 10 variants, each out, grad.x and grad.weight, per spec; the wrong axis shows with
+    # extra leading dims only
+    result.assert_outcomes(passed=2 * 30 - 2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*good.yaml::grad.x?cpu-float64-variant:lead1? PASSED*",
+            "*wrong.yaml::grad.x?cpu-float64-variant:lead1? FAILED*",
+        ]
+    )
+    assert "wrong.yaml::grad.x[cpu-float64-variant:base] PASSED" in result.stdout.str()
 
 
 FIXTURE_TESTS = """

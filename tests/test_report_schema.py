@@ -154,7 +154,7 @@ def test_merge_data_lives_in_suite_properties_keyed_by_testcase(tmp_path: Path) 
     for original, back in zip(tensors, read.tensors, strict=True):
         assert back.to_dict() | {"seconds": 0} == original.to_dict() | {"seconds": 0}
     assert read.properties["spec_sha256"] == loaded.sha256
-    assert not any(k.startswith("gradaudit.summary") for k in read.properties)
+    assert not any(k.startswith("gradaudit.results") for k in read.properties)
 
 
 def test_an_interrupted_run_has_times_and_counts_its_stop(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_mutate_on_a_red_audit_writes_an_error_report(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("shards", [2])
 def test_merged_reports_are_valid(tmp_path: Path, shards: int) -> None:
-    from gradaudit.merge import merge_junit
+    from gradaudit.report.merge import merge_junit
 
     loaded = loaded_spec(tmp_path)
     paths = []

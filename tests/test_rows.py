@@ -1,4 +1,4 @@
-"""check_rows (gradaudit.rows) screens many batches at once: each row's Check must be what
+"""check_rows (gradaudit.compare.rows) screens many batches at once: each row's Check must be what
 check_all gives for that batch alone, in every mode, passing, failing, exact, non-finite."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradaudit.compare import Check, Comparison, Scratch, check_all
-from gradaudit.rows import check_rows
+from gradaudit.compare.rows import check_rows
 from tests.test_screen import BASELINE, BF16, BF16_BASELINE, CASES, EXACT, F32, ULPS
 
 ROWS = 6

@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradaudit.api import plan_for, run_groups
-from gradaudit.audit import Audit
 from gradaudit.errors import SpecError
 from gradaudit.results import GroupResult
 from gradaudit.spec import load_spec
-from tests.conftest import REPO, small_spec
+from tests.conftest import REPO, plan_for, run_groups, small_spec
 from tests.test_micro_batch import CHARRNN_TENSORS, DTYPES, GALLERY, audit, failing, statuses
 
 BELOW_LAST = {"h.1", "h.2", "h.3", "h.4", "C.weight", "U.weight", "U.bias", "W.weight"}
@@ -164,12 +162,12 @@ def test_shipped_specs_with_both_checks_in_every_dtype() -> None:
     is not for batch statistics: see test_micro_batch)."""
     checks = "checks={micro_batch: {splits: 3}, saved_tensors: {}}"
     sets = ("batches.count=2", "devices=[cpu]", f"dtypes=[{', '.join(DTYPES)}]")
-    charrnn = run_groups(Audit(load_spec(REPO / "specs" / "charrnn.yaml", (*sets, checks))))
+    charrnn = run_groups(load_spec(REPO / "specs" / "charrnn.yaml", (*sets, checks)))
     for check in ("gradients", "micro_batch", "saved_tensors"):
         found = statuses(charrnn, check)
         assert len(found) == 4 * 15 and set(found.values()) == {"pass"}, (check, found)
     mlp_sets = (*sets, "checks={saved_tensors: {}}")
-    mlp = run_groups(Audit(load_spec(REPO / "specs" / "mlp-batchnorm.yaml", mlp_sets)))
+    mlp = run_groups(load_spec(REPO / "specs" / "mlp-batchnorm.yaml", mlp_sets))
     found = statuses(mlp, "saved_tensors")
     assert len(found) == 4 * 19 and set(found.values()) == {"pass"}
 

@@ -1,4 +1,4 @@
-"""The screen (gradaudit.screen) settles passing batches from per-batch maxima: its verdicts
+"""The screen (gradaudit.compare.screen) settles passing batches from per-batch maxima: its verdicts
 and numbers must be the full measurement's, and whatever it cannot settle must reach it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gradaudit.compare import Check, Comparison, Scratch, Tol, check_all
-from gradaudit.measure import largest, measure
-from gradaudit.syncs import count_syncs
+from gradaudit.compare.measure import largest, measure
+from gradaudit.compare.syncs import count_syncs
 from gradaudit.tolerance import DEFAULT_BATCH_ULPS, EPS
 
 F32 = Tol("allclose", 1.3e-6, 1e-5)
@@ -147,7 +147,7 @@ def test_a_new_worst_batch_is_described_and_an_old_one_is_not() -> None:
 def test_summary_numbers_are_the_worst_batchs_whatever_the_order() -> None:
     """max_rel, max_sym_rel and min_cosine come from the worst batch, which is described
     in full in any order: batches folded forwards or backwards give the same summary."""
-    from gradaudit.summary import TensorSummary
+    from gradaudit.results import TensorSummary
 
     batches = [_items(_batch(seed, torch.float32, 1e-7 * (1 + seed)), F32) for seed in range(5)]
 

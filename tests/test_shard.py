@@ -203,7 +203,7 @@ MEASURED = ("device", "dtype", "check", "tensor", "batch", "seed", "status", "ex
 
 
 def _measured(case: dict[str, Any]) -> tuple[Any, ...]:
-    """A case record's fields measured on every batch (gradaudit.screen)."""
+    """A case record's fields measured on every batch (gradaudit.compare.screen)."""
     return (*(case[k] for k in MEASURED), case.get("budget"), case.get("mismatched"))
 
 
@@ -419,7 +419,7 @@ def write_shard(
 
 
 def merge_both(tmp: Path, reports: list[dict[str, str]]) -> list[Any]:
-    from gradaudit.merge import merge_json, merge_junit
+    from gradaudit.report.merge import merge_json, merge_junit
 
     return [
         merge_junit(str(tmp / "out.xml"), [r["xml"] for r in reports]),
@@ -429,7 +429,7 @@ def merge_both(tmp: Path, reports: list[dict[str, str]]) -> list[Any]:
 
 def refusal(tmp: Path, reports: list[dict[str, str]]) -> list[str]:
     from gradaudit.errors import UsageError
-    from gradaudit.merge import merge_json, merge_junit
+    from gradaudit.report.merge import merge_json, merge_junit
 
     messages = []
     for kind, merge in (("xml", merge_junit), ("json", merge_json)):

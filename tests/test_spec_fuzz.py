@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from gradaudit.errors import SpecError
-from gradaudit.spec import MAX_SPEC_BYTES, LoadedSpec, Spec, load_spec, parse_spec
+from gradaudit.spec import LoadedSpec, Spec, load_spec, parse_spec
+from gradaudit.spec.yamlfile import MAX_SPEC_BYTES
 from tests.conftest import GRADAUDIT, REPO, cli_env, run_gradaudit
 
 WHERE = "fuzz.yaml"

@@ -12,29 +12,20 @@ import pytest
 import torch
 
 from gradaudit import systematic
-from gradaudit.api import run_groups
-from gradaudit.audit import Audit
 from gradaudit.compare import Check, Comparison, TensorSummary, Tol, check, check_all
 from gradaudit.mutate import Mutant, MutantResult, MutationReport, generic_mutants
 from gradaudit.report.describe import detail
 from gradaudit.report.mutation import survivor_line
-from gradaudit.spec import Tolerance, load_spec
+from gradaudit.spec import LoadedSpec, Tolerance, load_spec
 from gradaudit.tolerance import EPS, tolerance_for
-from tests.conftest import REPO
+from tests.conftest import REPO, run_groups
 
 F64 = tolerance_for(Tolerance(), "W", "cpu", "float64")
 F32 = tolerance_for(Tolerance(), "W", "cpu", "float32")
 
 
-def _loaded(spec: str, dtype: str, count: int = 8) -> Audit:
-    loaded = load_spec(str(REPO / "specs" / spec))
-    s = loaded.spec.model_copy(
-        update={
-            "batches": loaded.spec.batches.model_copy(update={"count": count}),
-            "dtypes": [dtype],
-        }
-    )
-    return Audit(type(loaded)(s, loaded.path, loaded.sha256, loaded.lines))
+def _loaded(spec: str, dtype: str, count: int = 8) -> LoadedSpec:
+    return load_spec(str(REPO / "specs" / spec), (f"batches.count={count}", f"dtypes=[{dtype}]"))
 
 
 # -- float64 from its own precision --------------------------------------------------------
@@ -83,7 +74,7 @@ def test_baseline_is_robust_to_a_cancellation_dominated_rmsnorm_gradient(
     sys.path.insert(0, str(REPO / "plugins"))
     import gradaudit_ops.rmsnorm  # noqa: F401
 
-    from gradaudit.ops import check_op
+    from gradaudit import check_op
 
     module = sys.modules["gradaudit_ops.rmsnorm"]
     monkeypatch.setattr(module, "compute_dtype", lambda dtype: dtype)
@@ -185,14 +176,9 @@ def test_systematic_check_is_quiet_on_correct_code_and_catches_a_1_percent_bias(
 
 
 def _mutation_report(spec: str, dtype: str) -> MutationReport:
-    from gradaudit.api import plan_for
-    from gradaudit.runner import run
+    from gradaudit.api import run_loaded
 
-    audit = _loaded(spec, dtype)
-    plan = plan_for(audit, ["cpu"], [dtype])
-    names = [t.name for c in plan.cases if c.check == "gradients" for t in c.tensors]
-    events = run(audit, plan, {}, None, generic_mutants(names))
-    return next(e for e in events if isinstance(e, MutationReport))
+    return run_loaded(_loaded(spec, dtype), devices=["cpu"], mutate=True).mutations[0]
 
 
 # -- truthful mutation testing -------------------------------------------------------------

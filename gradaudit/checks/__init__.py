@@ -14,9 +14,9 @@ if TYPE_CHECKING:
     import torch
 
     from gradaudit.compare import Check
-    from gradaudit.plan import PlannedCase
-    from gradaudit.runner import Step
+    from gradaudit.plan import PlannedCase, Skeleton
     from gradaudit.spec import Spec
+    from gradaudit.targets.model.parts import Step
     from gradaudit.tolerance import Tol
     from gradaudit.types import Batch, Forward
 
@@ -58,16 +58,19 @@ class CheckRun(Protocol):
 class CheckKind(Protocol):
     """A registered check kind."""
 
-    def plan_cases(
+    targets: tuple[str, ...]  # the target kinds it applies to (model audits: ("model",))
+
+    def plan(
         self,
         spec: Spec,
         device: str,
         dtype: str,
         dtypes: list[str],
         names: Sequence[str],
-        batches: tuple[int, ...] | None,
-    ) -> list[PlannedCase]:
-        """The cases this kind adds to the (device, dtype) pass; [] when the spec has none."""
+        samples: tuple[int, ...] | None,
+    ) -> list[Skeleton]:
+        """The cases this kind adds to the (device, dtype) pass, before tolerances (the plan
+        resolves those a case does not fix); [] when the spec asks for none."""
         ...
 
     def start(self, case: PlannedCase, run: Pass) -> CheckRun | None:

@@ -14,43 +14,43 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradaudit.audit import why
-from gradaudit.guards import OURS
-from gradaudit.plan import PlannedCase, PlannedTensor
+from gradaudit.errors import OURS, why
+from gradaudit.plan import PlannedCase, Skeleton
 from gradaudit.tolerance import Tol
 
 if TYPE_CHECKING:
     from gradaudit.checks import Pass
-    from gradaudit.runner import Step
-    from gradaudit.spec import FiniteDifference, Spec
+    from gradaudit.spec.model import FiniteDifference, Spec
+    from gradaudit.targets.model.parts import Step
 
 NAME = "finite_difference"
 
 
 class FiniteDifferenceCheck:
-    def plan_cases(
+    targets = ("model",)
+
+    def plan(
         self,
         spec: Spec,
         device: str,
         dtype: str,
         dtypes: list[str],
         names: Sequence[str],
-        batches: tuple[int, ...] | None,
-    ) -> list[PlannedCase]:
+        samples: tuple[int, ...] | None,
+    ) -> list[Skeleton]:
         fd = spec.checks.finite_difference
         if fd is None or dtype != dtypes[0]:  # once per device, with the run's first dtype
             return []
         wanted = tuple(range(fd.batches))
-        mine = wanted if batches is None else tuple(k for k in wanted if k in batches)
-        skip = None if mine else f"finite differences run on batches {list(wanted)}, not here"
+        if samples is not None:
+            wanted = tuple(k for k in wanted if k in samples)
         tol = Tol("allclose", fd.rtol, fd.atol)
-        tensors = (PlannedTensor("manual", tol), PlannedTensor("autograd", tol))
-        return [PlannedCase(device, "float64", NAME, tensors, skip, dtype, mine)]
+        return [Skeleton(device, "float64", NAME, ("manual", "autograd"), wanted, None, dtype, tol)]
 
     def start(self, case: PlannedCase, run: Pass) -> _FiniteDifferenceRun | None:
         fd = run.spec.checks.finite_difference
         assert fd is not None
-        return _FiniteDifferenceRun(run, fd, case.batches or ())
+        return _FiniteDifferenceRun(run, fd, case.samples or ())
 
 
 class _FiniteDifferenceRun:

@@ -8,35 +8,35 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradaudit.audit import why
-from gradaudit.guards import OURS
-from gradaudit.plan import PlannedCase, PlannedTensor
+from gradaudit.errors import OURS, why
+from gradaudit.plan import PlannedCase, Skeleton
 from gradaudit.tolerance import Tol
 
 if TYPE_CHECKING:
     from gradaudit.checks import Pass
-    from gradaudit.runner import Step
     from gradaudit.spec import Spec
+    from gradaudit.targets.model.parts import Step
 
 NAME = "repeat"
 
 
 class RepeatCheck:
-    def plan_cases(
+    targets = ("model",)
+
+    def plan(
         self,
         spec: Spec,
         device: str,
         dtype: str,
         dtypes: list[str],
         names: Sequence[str],
-        batches: tuple[int, ...] | None,
-    ) -> list[PlannedCase]:
+        samples: tuple[int, ...] | None,
+    ) -> list[Skeleton]:
         repeat = spec.checks.repeat
         if repeat is None:
             return []
         tol = Tol("allclose", repeat.rtol, repeat.atol)
-        tensors = tuple(PlannedTensor(n, tol) for n in names)
-        return [PlannedCase(device, dtype, NAME, tensors, None, dtype, batches)]
+        return [Skeleton(device, dtype, NAME, tuple(names), samples, None, dtype, tol)]
 
     def start(self, case: PlannedCase, run: Pass) -> _RepeatRun:
         assert run.spec.checks.repeat is not None

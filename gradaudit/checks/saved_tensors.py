@@ -29,36 +29,39 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gradaudit.audit import why
-from gradaudit.guards import OURS, changed_between
-from gradaudit.plan import PlannedCase, PlannedTensor
+from gradaudit.errors import OURS, why
+from gradaudit.plan import PlannedCase, Skeleton
+from gradaudit.targets.model.guards import changed_between
 from gradaudit.tolerance import Tol
 
 if TYPE_CHECKING:
     from gradaudit.checks import Pass
-    from gradaudit.runner import Step
     from gradaudit.spec import Spec
+    from gradaudit.targets.model.parts import Step
     from gradaudit.types import Batch, Forward
 
 NAME = "saved_tensors"
 
 
 class SavedTensorsCheck:
-    def plan_cases(
+    targets = ("model",)
+
+    def plan(
         self,
         spec: Spec,
         device: str,
         dtype: str,
         dtypes: list[str],
         names: Sequence[str],
-        batches: tuple[int, ...] | None,
-    ) -> list[PlannedCase]:
+        samples: tuple[int, ...] | None,
+    ) -> list[Skeleton]:
         options = spec.checks.saved_tensors
         if options is None:
             return []
         tol = Tol("allclose", options.rtol, options.atol) if options.rtol or options.atol else None
-        tensors = tuple(PlannedTensor(n, tol or Tol("exact")) for n in names)
-        return [PlannedCase(device, dtype, NAME, tensors, None, dtype, batches)]
+        return [
+            Skeleton(device, dtype, NAME, tuple(names), samples, None, dtype, tol or Tol("exact"))
+        ]
 
     def start(self, case: PlannedCase, run: Pass) -> _SavedTensorsRun:
         return _SavedTensorsRun(run)

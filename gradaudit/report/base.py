@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gradaudit.results import CaseResult, GroupResult, RunSummary, Shard
 from gradaudit.spec import LoadedSpec
@@ -24,34 +24,39 @@ class ReportOptions:
     verbosity: int = 0
     color: bool = False
     progress: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # plugins' own options (--html PATH)
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Facts about one run that every report records."""
+    """Facts about one run that every report records: the spec it read, the plan it made
+    (with the target's own facts), and where it ran."""
 
     loaded: LoadedSpec
-    tensors: list[str]
+    plan: Plan
     versions: dict[str, str]
-    shard: Shard | None = None
-    plan: Plan | None = None
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     host: str = field(default_factory=platform.node)
 
+    @property
+    def tensors(self) -> list[str]:
+        return list(self.plan.tensors)
+
+    @property
+    def shard(self) -> Shard | None:
+        return self.plan.shard
+
     def metadata(self) -> dict[str, str]:
         """Flat string facts, for JUnit properties and the JSON header."""
-        spec = self.loaded.spec
-        b = spec.batches
         return {
             **self.versions,
+            "kind": self.plan.kind,
             "spec": str(self.loaded.path),
-            "spec_name": spec.name,
+            "spec_name": self.plan.spec_name,
             "spec_sha256": self.loaded.sha256,
-            "seed": str(b.seed),
-            "batches": f"{b.split}: count={b.count} size={b.size}",
-            "tolerance_mode": spec.tolerance.mode,
+            **self.plan.facts,
             "shard": str(self.shard) if self.shard else "",
-            "warnings": " | ".join(self.plan.warnings) if self.plan else "",
+            "warnings": " | ".join(self.plan.warnings),
             "started": self.started,
             "host": self.host,
         }
@@ -93,13 +98,3 @@ class Reporter(Protocol):
 
 
 NOT_FINISHED = "the run did not finish (killed, or still running)"
-
-
-def provisional(summary: RunSummary, plan: Plan) -> RunSummary:
-    """The run so far, with every planned case not done yet as an error."""
-    copy = RunSummary(groups=[])
-    for group in summary.groups:
-        copy.add(group)
-    copy.stopped = NOT_FINISHED
-    copy.complete(plan, NOT_FINISHED)
-    return copy

@@ -158,22 +158,12 @@ class ConsoleReporter:
         click.echo(text, file=self.out, color=self.color)
 
     def start(self, info: RunInfo) -> None:
-        spec = info.loaded.spec
-        b = spec.batches
-        count = b.count if b.count is not None else "all"
-        tensors = ", ".join(info.plan.inputs) if info.plan else f"{b.size or 'all'} rows"
-        shape = f"{count} batches of {tensors}"
+        plan = info.plan
         shard = f", shard {info.shard}" if info.shard else ""
-        if info.plan is not None and info.plan.batches is not None:
-            runnable = info.plan.runnable
-            self.total_cases = len(info.plan.batches) * sum(len(c.tensors) for c in runnable)
+        self.total_cases = sum(len(c.samples or ()) * len(c.tensors) for c in plan.runnable)
         if self.verbosity >= 0:
-            self._echo(
-                f"gradaudit: {spec.name} ({info.loaded.path}): model {spec.model.plugin}, "
-                f"gradients {spec.gradients.plugin}, {len(info.tensors)} tensors, {shape} "
-                f"({b.split}, seed {b.seed}){shard}"
-            )
-            for warning in info.plan.warnings if info.plan else ():
+            self._echo(f"gradaudit: {plan.spec_name} ({info.loaded.path}): {plan.header}{shard}")
+            for warning in plan.warnings:
                 self._echo(f"gradaudit: warning: {warning}", "SKIP")
             self._echo(header())
 

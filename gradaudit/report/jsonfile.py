@@ -38,7 +38,7 @@ def case_record(result: CaseResult) -> dict[str, Any]:
     assert result.check is not None
     c = result.check
     # A passing batch that was not its tensor's worst so far is settled without locating its
-    # worst element or measuring relative errors (gradaudit.screen): those are null.
+    # worst element or measuring relative errors (gradaudit.compare.screen): those are null.
     located = c.located
 
     def shown(value: float) -> float | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from gradaudit.mutate import Gate, MutantResult, MutationReport
@@ -12,11 +10,6 @@ from gradaudit.results import RunSummary
 from gradaudit.spec import LoadedSpec
 from gradaudit.tolerance import Tol
 from gradaudit.write import write_atomic
-
-if TYPE_CHECKING:
-    from gradaudit.ops.spec import LoadedOpSpec
-
-    Loaded = LoadedSpec | LoadedOpSpec
 
 RESOLUTION_ULPS = 4.0  # a relative change within this many roundings is the dtype's noise
 
@@ -102,7 +95,7 @@ def console_lines(
     return lines
 
 
-def write_junit(path: str, loaded: Loaded, reports: list[MutationReport], gate: Gate) -> None:
+def write_junit(path: str, loaded: LoadedSpec, reports: list[MutationReport], gate: Gate) -> None:
     """A suite per (device, dtype), a testcase per mutant: killed passes, a survivor fails
     (--fail-on-survivor) or is skipped with a warning, the rest are skipped with the reason;
     under --min-score, one more testcase, the score, fails below it."""
@@ -149,7 +142,7 @@ def write_junit(path: str, loaded: Loaded, reports: list[MutationReport], gate: 
 def finish(
     reports: list[MutationReport],
     tensors: list[str],
-    loaded: Loaded,
+    loaded: LoadedSpec,
     junit_xml: str | None,
     gate: Gate,
     color: bool,
@@ -179,7 +172,7 @@ def not_green(summary: RunSummary) -> str | None:
     return None
 
 
-def write_not_green(path: str, loaded: Loaded, reason: str) -> None:
+def write_not_green(path: str, loaded: LoadedSpec, reason: str) -> None:
     """The report of a `mutate` that could not score mutants (the audit itself is red): one
     error case saying why, so that CI neither reads an old report nor finds none."""
     name = loaded.spec.name
@@ -188,5 +181,5 @@ def write_not_green(path: str, loaded: Loaded, reason: str) -> None:
     write_atomic(path, document([suite]))
 
 
-def _spec_facts(loaded: Loaded) -> dict[str, str]:
+def _spec_facts(loaded: LoadedSpec) -> dict[str, str]:
     return {"spec": str(loaded.path), "spec_name": loaded.spec.name, "spec_sha256": loaded.sha256}

@@ -5,6 +5,7 @@ right after reading its arguments, before importing the rest of gradaudit."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -25,8 +26,8 @@ def write_placeholders(
 ) -> None:
     """Reports with one error case: `reason` (by default, that the run did not finish)."""
     spec = Path(spec_path)
-    try:
-        raw = spec.read_bytes()
+    try:  # a FIFO or a device is no spec: never read it (reading a FIFO would block)
+        raw = spec.read_bytes() if spec.is_file() else b""
     except OSError:
         raw = b""
     metadata = {
@@ -51,14 +52,41 @@ def write_first(spec_path: str, junit_xml: str | None, json_path: str | None) ->
     A path that may be an input (the spec itself by any name, a Python file) or that names
     the other report is left alone: the checks after loading refuse it (exit 2). A path
     that cannot be written is left to those checks too."""
+    chosen = _writable(spec_path, junit_xml, json_path)
+    try:
+        write_placeholders(spec_path, chosen.get("junit"), chosen.get("json"), reason=STARTING)
+    except OSError:
+        return
+
+
+def remove_first(spec_path: str, junit_xml: str | None, json_path: str | None) -> None:
+    """Take back what `write_first` wrote, for a run refused as bad input (exit 2): files
+    that still hold its placeholder, and nothing else."""
+    for path in _writable(spec_path, junit_xml, json_path).values():
+        with contextlib.suppress(OSError):
+            target = Path(path)
+            if target.is_file() and STARTING in target.read_text(encoding="utf-8"):
+                target.unlink()
+
+
+def _writable(spec_path: str, junit_xml: str | None, json_path: str | None) -> dict[str, str]:
+    """The report paths a placeholder may go to before the run's checks: not the spec (by any
+    name), not a Python file, not one path for both reports."""
     chosen = {}
     for option, path in (("junit", junit_xml), ("json", json_path)):
         if not path or path.endswith(".py") or same_file(path, spec_path):
             continue
         chosen[option] = path
     if len(chosen) == 2 and same_file(chosen["junit"], chosen["json"]):
-        return
-    try:
-        write_placeholders(spec_path, chosen.get("junit"), chosen.get("json"), reason=STARTING)
-    except OSError:
-        return
+        return {}
+    return chosen
+
+
+def interrupted(spec_path: str, junit_xml: str | None, json_path: str | None, sigterm: bool) -> int:
+    """A run stopped before its supervisor took the signals: its reports say so; the code."""
+    how = "SIGTERM" if sigterm else "SIGINT (Ctrl-C)"
+    reason = f"the run did not finish: interrupted by {how} while starting"
+    chosen = _writable(spec_path, junit_xml, json_path)
+    with contextlib.suppress(OSError):
+        write_placeholders(spec_path, chosen.get("junit"), chosen.get("json"), reason=reason)
+    return 143 if sigterm else 130

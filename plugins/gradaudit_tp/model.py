@@ -14,13 +14,15 @@ shard, so both start from the same seed's weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from gradaudit import Forward
-from gradaudit.distributed import Placement, Replicated, Shard
+from gradaudit import Placement, Replicated, Split
 
 
 class TPMLP(nn.Module):
@@ -53,7 +55,7 @@ class TPMLP(nn.Module):
         return Forward(loss, {"out": out, "h": h, "h_pre": h_pre, "u": u})
 
     def shard_layout(self) -> dict[str, Placement]:
-        column, row, replicated = Shard(dim=0), Shard(dim=1), Replicated()
+        column, row, replicated = Split(dim=0), Split(dim=1), Replicated()
         return {
             "W0": replicated,
             "b0": replicated,
@@ -62,14 +64,21 @@ class TPMLP(nn.Module):
             "W2": row,
             "b2": replicated,
             "u": replicated,
-            "h_pre": Shard(dim=1),
-            "h": Shard(dim=1),
+            "h_pre": Split(dim=1),
+            "h": Split(dim=1),
             "out": replicated,
         }
 
 
-def build_tp_mlp(rank: int | None = None, world_size: int = 1, **options: int) -> TPMLP:
-    """Model factory: options d_in (16), d_hidden (32, divisible by the world size), d_out (8)."""
+def build_tp_mlp(
+    rank: int | None = None,
+    world_size: int = 1,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    classes: Any = None,
+    **options: int,
+) -> TPMLP:
+    """Model factory: options d_in (16), d_hidden (32, divisible by the world size), d_out (8);
+    `shapes` and `classes` are what the data declares (random data), unused here."""
     allowed = {"d_in", "d_hidden", "d_out"}
     unknown = set(options) - allowed
     if unknown:

@@ -1,3 +1,0 @@
-from gradaudit.distributed.command import main
-
-main()

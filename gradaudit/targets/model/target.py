@@ -1,0 +1,105 @@
+"""A model audit as a target: a model plugin's module, its manual gradient and a data plugin's
+batches (samples), every (device, dtype) a pass, the check kinds' cases beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from gradaudit.checks import CheckKind
+from gradaudit.plan import Plan, PlannedCase, Skeleton
+from gradaudit.spec.common import LoadedSpec
+from gradaudit.spec.model import Spec
+from gradaudit.targets import Context, Linked, Pass
+from gradaudit.targets.devices import device_unavailable
+from gradaudit.targets.model.dtype_pass import DtypePass
+from gradaudit.targets.model.load import Audit
+from gradaudit.targets.model.sharing import Sharing
+from gradaudit.types import Batch
+
+
+class ModelTarget:
+    kind = "model"
+
+    def __init__(self, loaded: LoadedSpec, share: bool = True) -> None:
+        self.audit = Audit(loaded)
+        self.spec: Spec = loaded.spec
+        self.share = share  # False: every float64 truth afresh (tests compare the two)
+        kinds = self.audit.registry.objects("check")
+        self.checks: dict[str, CheckKind] = {
+            name: kind() for name, kind in kinds.items() if "model" in _targets(kind)
+        }
+
+    def head(self) -> Plan:
+        loaded, spec = self.audit.loaded, self.spec
+        b = spec.batches
+        from gradaudit.targets.model.load import plugin_options_error
+
+        problem = plugin_options_error(self.audit.gradient_fn, spec.gradients.options)
+        found = [f"gradients '{spec.gradients.plugin}' {problem}"] if problem else []
+        count = b.count if b.count is not None else "all"
+        shape = ", ".join(self.audit.inputs)
+        header = (
+            f"model {spec.model.plugin}, gradients {spec.gradients.plugin}, "
+            f"{len(self.audit.tensor_names)} tensors, {count} batches of {shape} "
+            f"({b.split}, seed {b.seed})"
+        )
+        return Plan(
+            kind=self.kind,
+            spec_name=spec.name,
+            spec_path=str(loaded.path),
+            spec_sha256=loaded.sha256,
+            cases=(),
+            tensors=tuple(self.audit.tensor_names),
+            warnings=tuple([*self.audit.warnings, *found]),
+            inputs=tuple(self.audit.inputs),
+            facts={
+                "seed": str(b.seed),
+                "batches": f"{b.split}: count={b.count} size={b.size}",
+                "tolerance_mode": spec.tolerance.mode,
+            },
+            header=header,
+            samples=None if b.count is None else tuple(range(b.count)),
+        )
+
+    def skeletons(self, devices: Sequence[str], dtypes: Sequence[str]) -> list[Skeleton]:
+        self.audit.check_memory(list(dtypes))
+        names = tuple(self.audit.tensor_names)
+        count = self.spec.batches.count
+        samples = None if count is None else tuple(range(count))
+        found = []
+        for device in devices:
+            absent = device_unavailable(device)
+            for dtype in dtypes:
+                found.append(Skeleton(device, dtype, "gradients", names, samples, absent, dtype))
+                for kind in self.checks.values():
+                    for s in kind.plan(self.spec, device, dtype, list(dtypes), names, samples):
+                        found.append(s if s.skip or not absent else _skip(s, absent))
+        return found
+
+    def samples(self, wanted: tuple[int, ...] | None) -> Iterator[Batch]:
+        left = None if wanted is None else set(wanted)
+        for batch in self.audit.batches():
+            if left is None or batch.index in left:
+                yield batch
+                if left is not None:
+                    left.discard(batch.index)
+                    if not left:
+                        return
+
+    def open(self, device: str, dtype: str, cases: list[PlannedCase], context: Context) -> Pass:
+        return DtypePass(self.audit, device, dtype, cases, self.checks, context.mutants)
+
+    def link(self, passes: Sequence[Pass]) -> Linked:
+        return Sharing([p for p in passes if isinstance(p, DtypePass)], self.share)
+
+
+def _skip(s: Skeleton, reason: str) -> Skeleton:
+    import dataclasses
+
+    return dataclasses.replace(s, skip=reason)
+
+
+def _targets(kind: Any) -> tuple[str, ...]:
+    """The target kinds a check kind applies to (model audits, when it does not say)."""
+    return tuple(getattr(kind, "targets", ("model",)))

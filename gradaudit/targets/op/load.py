@@ -1,0 +1,80 @@
+"""An op spec's audit, resolved: candidate and reference imported, variants derived."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradaudit.spec.common import LoadedSpec
+from gradaudit.targets.op.call import OpAudit
+from gradaudit.targets.op.resolve import named_ops, resolve
+from gradaudit.targets.op.variants import derive
+
+
+def audit_of(loaded: LoadedSpec) -> OpAudit:
+    """Resolve the spec's candidate and reference (OpError, naming their line, if they do
+    not import) and derive its variants."""
+    spec, op = loaded.spec, loaded.spec.op
+    sys_path_added = _spec_dir_on_path(loaded.base_dir)
+    try:
+        named = [r for r in (op.candidate, op.reference) if r is not None and ":" not in r]
+        where = loaded.where("op", "candidate" if op.candidate in named else "reference")
+        known = named_ops(spec.plugins, loaded.base_dir, where) if named else None
+        candidate = resolve(
+            op.candidate,
+            loaded.where("op", "candidate"),
+            "op.candidate",
+            spec.plugins,
+            loaded.base_dir,
+            known,
+        )
+        reference = None
+        if op.reference is not None:
+            reference = resolve(
+                op.reference,
+                loaded.where("op", "reference"),
+                "op.reference",
+                spec.plugins,
+                loaded.base_dir,
+                known,
+            )
+    finally:
+        if sys_path_added:
+            import sys
+
+            sys.path.remove(sys_path_added)
+    return OpAudit(
+        name=spec.name,
+        candidate=candidate,
+        reference=reference,
+        inputs=dict(op.inputs),
+        variants=derive(op.inputs, op.dims, op.variant_options, spec.seed),
+        args=dict(op.args),
+        init=dict(op.init),
+        tolerance=spec.tolerance,
+        checks=op.checks,
+        where=lambda key: loaded.where("op", key),
+    )
+
+
+def _spec_dir_on_path(base_dir: Path) -> str | None:
+    """`candidate: mykernel:Fn` next to the spec imports like a plugin file would."""
+    import sys
+
+    folder = str(base_dir)
+    if folder in sys.path:
+        return None
+    sys.path.append(folder)  # last: a file there never shadows an installed module
+    return folder
+
+
+def metadata(loaded: LoadedSpec) -> dict[str, str]:
+    """The op's facts for report headers (JUnit properties, the JSON `run` object)."""
+    spec = loaded.spec
+    variants = derive(spec.op.inputs, spec.op.dims, spec.op.variant_options, spec.seed)
+    return {
+        "candidate": spec.op.candidate,
+        "reference": spec.op.reference or "float64 finite differences",
+        "seed": str(spec.seed),
+        "variants": ", ".join(v.name for v in variants),
+        "tolerance_mode": spec.tolerance.mode,
+    }

@@ -1,0 +1,124 @@
+"""Sharding an op audit (`--shard K/N`), and the tensor names of cases that do not run here.
+
+An op audit's cases are its variants, then its invariance checks, numbered in that order;
+shard K of N runs case k when k % N == K-1, on every device and dtype (so an invariance
+check, which runs on the base variant, goes to one shard whole). Merging needs every shard's
+report to list every group with the same tensors (gradaudit.report.merge), so a shard reports the
+cases of the other shards as skipped ("run by shard J/N"), under the names they have where
+they run; `gradaudit merge` folds each into the shard that ran it. A shard with no case at
+all skips everything with "shard K/N has no cases" and ends as model shards without
+batches do: nothing compared, exit 5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gradaudit.results import Shard
+from gradaudit.targets.op.call import (
+    OpAudit,
+    case_module,
+    constants,
+    forward,
+    make_inputs,
+    output_names,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+AWAY = "run by shard"  # the skip reason's start, for a case another shard runs
+
+
+def case_checks(audit: OpAudit) -> list[str]:
+    """The checks of one device and dtype, in run order: one per variant, then invariance."""
+    checks = [f"variant:{v.name}" for v in audit.variants]
+    if audit.checks.micro_batch is not None:
+        checks.append("micro_batch")
+    if audit.checks.saved_tensors is not None:
+        checks.append("saved_tensors")
+    return checks
+
+
+def away(audit: OpAudit, shard: Shard | None, check: str) -> str | None:
+    """Why this shard does not run `check`, or None when it does."""
+    if shard is None:
+        return None
+    checks = case_checks(audit)
+    if not any(shard.takes(k) for k in range(len(checks))):
+        return f"shard {shard} has no cases"
+    index = checks.index(check)
+    if shard.takes(index):
+        return None
+    return f"{AWAY} {index % shard.total + 1}/{shard.total}"
+
+
+def is_away(reason: str | None) -> bool:
+    return bool(reason) and (reason or "").startswith(AWAY)
+
+
+class TensorNames:
+    """The tensors of each check, as a case that runs reports them, known before it runs
+    (for errors, skips and the other shards' cases): a float64 forward of the candidate on
+    the base variant counts its outputs, once, when first asked."""
+
+    def __init__(
+        self,
+        audit: OpAudit,
+        drawn: Mapping[str, torch.Tensor],
+        master: Any = None,
+        reference_master: Any = None,
+    ) -> None:
+        self.audit, self.drawn, self.master = audit, drawn, master
+        self.reference_master = reference_master
+        self._outputs: int | None = None
+
+    def outputs(self) -> int:
+        if self._outputs is None:
+            self._outputs = self._probe() or 1
+        return self._outputs
+
+    def _probe(self) -> int | None:
+        """The reference's output count on the base variant: the candidate must match it,
+        and the trusted side never crashes the run that plans (a kernel may). Shapes only
+        (the meta device) where the reference runs there; float64 on the CPU otherwise."""
+        import torch
+
+        if self.audit.reference is None:
+            return None
+        for device in ("meta", "cpu"):
+            try:
+                return self._outputs_on(device, torch.float64)
+            except Exception:  # the case itself will say why; its names fall back to one
+                continue
+        return None
+
+    def _outputs_on(self, device: str, dtype: torch.dtype) -> int:
+        audit = self.audit
+        assert audit.reference is not None
+        base = audit.variants[0]
+        module = case_module(self.master, device, dtype)
+        params = dict(module.named_parameters()) if module is not None else {}
+        reference = case_module(self.reference_master, device, dtype)
+        inputs = make_inputs(audit, base, self.drawn, dtype, device)
+        args = constants(audit.args, base)
+        call_params = None if reference is not None else params
+        return len(forward(audit.reference, reference, inputs, args, call_params))
+
+    def params(self) -> list[str]:
+        return [n for n, _ in self.master.named_parameters()] if self.master is not None else []
+
+    def grads(self) -> list[str]:
+        inputs = [f"grad.{k}" for k, d in self.audit.inputs.items() if d.grad]
+        return inputs + [f"grad.{n}" for n in self.params()]
+
+    def of(self, check: str) -> list[str]:
+        """The names a `check` case reports (its error and skip cases too)."""
+        if check == "saved_tensors":
+            before = [f"input.{k}" for k in self.audit.inputs]
+            return before + [f"param.{n}" for n in self.params()] + self.grads()
+        if check == "micro_batch":
+            return output_names(self.outputs()) + self.grads()
+        outs = output_names(self.outputs()) if self.audit.reference is not None else []
+        return outs + self.grads()

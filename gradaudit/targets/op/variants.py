@@ -1,0 +1,240 @@
+"""Input variants: from the declared shapes, the cases where op bugs live.
+
+Equal sizes name one dimension (`[4, 8]` and `[8]` share the 8) unless the spec names its
+dims (`dims: {N: 4, D: 8}`, `shape: [N, D]`). Each variant is named and seeded from the
+spec's seed and its own name, so it draws the same tensors whatever else runs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gradaudit.spec.op import InputDecl, Variants
+
+if TYPE_CHECKING:
+    import torch
+
+Symbol = str | int  # a dim name, or a size standing for every dim of that size
+LAYOUTS = ("contiguous", "transposed", "strided", "expanded")
+LEADING = {1: (3,), 2: (2, 3)}
+EXTREME = {"large": 1e3, "tiny": 1e-3}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One input case: every input's shape, the layout of inputs and grads, a scale."""
+
+    name: str
+    seed: int
+    shapes: dict[str, tuple[int, ...]]
+    sizes: dict[str, int] = field(default_factory=dict)  # named dims at this variant
+    layout: str = "contiguous"
+    scale: float = 1.0
+    batch_inputs: tuple[str, ...] = ()  # inputs sharing the first input's leading dim
+
+
+def variant_seed(seed: int, name: str) -> int:
+    """The seed of one variant: stable across runs and across which other variants run."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+def _symbols(decl: InputDecl) -> list[Symbol]:
+    return list(decl.shape)
+
+
+def _sizes(inputs: Mapping[str, InputDecl], dims: Mapping[str, int]) -> dict[Symbol, int]:
+    sizes: dict[Symbol, int] = {
+        k: v for k, v in dims.items()
+    }  # a dim only `high` uses keeps its size
+    for decl in inputs.values():
+        for s in decl.shape:
+            sizes[s] = dims[s] if isinstance(s, str) else s
+    return sizes
+
+
+def _make(
+    name: str,
+    seed: int,
+    inputs: Mapping[str, InputDecl],
+    sizes: Mapping[Symbol, int],
+    lead: tuple[int, ...] = (),
+    **options: object,
+) -> Variant:
+    batch = _batch_inputs(inputs)
+    shapes = {
+        n: (lead if n in batch else ()) + tuple(sizes[s] for s in _symbols(d))
+        for n, d in inputs.items()
+    }
+    named = {s: v for s, v in sizes.items() if isinstance(s, str)}
+    return Variant(
+        name,
+        variant_seed(seed, name),
+        shapes,
+        named,
+        batch_inputs=batch,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _batch_inputs(inputs: Mapping[str, InputDecl]) -> tuple[str, ...]:
+    first = next(iter(inputs.values()))
+    if not first.shape:
+        return ()
+    lead = first.shape[0]
+    return tuple(n for n, d in inputs.items() if d.shape and d.shape[0] == lead)
+
+
+def _odd_prime_above(n: int) -> int:
+    candidate = max(3, n + 1)
+    while candidate % 2 == 0 or any(candidate % p == 0 for p in range(3, int(candidate**0.5) + 1)):
+        candidate += 1
+    return candidate
+
+
+def derive(
+    inputs: Mapping[str, InputDecl],
+    dims: Mapping[str, int],
+    options: Variants | None,
+    seed: int,
+) -> list[Variant]:
+    """`base` (the shapes as declared) then the derived variants, in a fixed order."""
+    base_sizes = _sizes(inputs, dims)
+    out = [_make("base", seed, inputs, base_sizes)]
+    if options is None:
+        return out
+    if options.sizes:
+        for symbol, label in _labels(inputs).items():
+            n = base_sizes[symbol]
+            for size in (_odd_prime_above(n), 1):
+                if size != n:
+                    out.append(_make(f"{label}={size}", seed, inputs, {**base_sizes, symbol: size}))
+    if _batch_inputs(inputs):
+        for count in range(1, options.leading + 1):
+            out.append(_make(f"lead{count}", seed, inputs, base_sizes, LEADING[count]))
+    if options.layouts:
+        for layout in LAYOUTS[1:]:
+            out.append(_make(layout, seed, inputs, base_sizes, layout=layout))
+    if options.extreme:
+        for name, scale in EXTREME.items():
+            out.append(_make(name, seed, inputs, base_sizes, scale=scale))
+    for i, shapes in enumerate(options.shapes):
+        out.append(_explicit(f"shapes{i}", seed, inputs, base_sizes, shapes))
+    return out
+
+
+def _labels(inputs: Mapping[str, InputDecl]) -> dict[Symbol, str]:
+    """A variant label per dimension: its name, or `input.axis` where it first appears."""
+    labels: dict[Symbol, str] = {}
+    for name, decl in inputs.items():
+        for axis, s in enumerate(decl.shape):
+            labels.setdefault(s, s if isinstance(s, str) else f"{name}.{axis}")
+    return labels
+
+
+def _explicit(
+    name: str,
+    seed: int,
+    inputs: Mapping[str, InputDecl],
+    base_sizes: Mapping[Symbol, int],
+    shapes: Mapping[str, Sequence[int]],
+) -> Variant:
+    """Listed shapes as given; the dims they fix also size the inputs left unlisted."""
+    sizes = dict(base_sizes)
+    for input_name, shape in shapes.items():
+        for s, size in zip(inputs[input_name].shape, shape, strict=False):
+            sizes[s] = size
+    variant = _make(name, seed, inputs, sizes)
+    listed = {n: tuple(s) for n, s in shapes.items()}
+    return Variant(
+        name,
+        variant.seed,
+        {**variant.shapes, **listed},
+        variant.sizes,
+        batch_inputs=variant.batch_inputs,
+    )
+
+
+def select(variants: list[Variant], names: Sequence[str]) -> list[Variant]:
+    """The variants with these names, in the order given; unknown names are an error."""
+    from gradaudit.targets.op.errors import OpSpecError
+
+    by_name = {v.name: v for v in variants}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise OpSpecError(
+            f"unknown variant {', '.join(unknown)}; this op has: {', '.join(by_name)}"
+        )
+    return [by_name[n] for n in names]
+
+
+# --- drawing (torch) ---------------------------------------------------------------------
+
+
+def draw_inputs(inputs: Mapping[str, InputDecl], variant: Variant) -> dict[str, torch.Tensor]:
+    """Seeded values on the CPU, float64 for float inputs. `expanded` draws one row."""
+    import torch
+
+    gen = torch.Generator().manual_seed(variant.seed)
+    drawn = {}
+    for name, decl in inputs.items():
+        shape = _compact(variant.shapes[name], variant.layout)
+        if decl.kind == "randint":
+            high = decl.high
+            top = variant.sizes[high] if isinstance(high, str) else int(high or 0)
+            low = int(decl.low or 0)
+            dtype = getattr(torch, decl.dtype)
+            if decl.dtype == "bool":
+                values = torch.randint(0, 2, shape, generator=gen).bool()
+            else:
+                values = torch.randint(low, top, shape, generator=gen, dtype=dtype)
+        elif decl.kind == "uniform":
+            start = 0.0 if decl.low is None else float(decl.low)
+            stop = 1.0 if decl.high is None else float(decl.high)
+            values = torch.rand(shape, generator=gen, dtype=torch.float64)
+            values = values * (stop - start) + start
+        else:
+            values = torch.randn(shape, generator=gen, dtype=torch.float64)
+            values = values * decl.std + decl.mean
+        if decl.dtype == "float" and variant.scale != 1.0:
+            values = values * variant.scale
+        drawn[name] = values
+    return drawn
+
+
+def draw_upstream(shapes: Sequence[tuple[int, ...]], variant: Variant) -> list[torch.Tensor]:
+    """Random upstream gradients (never all ones: a uniform one hides wrong weight grads)."""
+    import torch
+
+    gen = torch.Generator().manual_seed((variant.seed + 1) % (2**31 - 1))
+    return [
+        torch.randn(_compact(shape, variant.layout), generator=gen, dtype=torch.float64)
+        for shape in shapes
+    ]
+
+
+def _compact(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    return (1, *shape[1:]) if layout == "expanded" and shape else shape
+
+
+def materialise(
+    values: torch.Tensor,
+    shape: tuple[int, ...],
+    layout: str,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+    requires_grad: bool = False,
+) -> torch.Tensor:
+    """A fresh tensor with these values, in this dtype (None: keep), device and layout."""
+    t = values.to(device=device, dtype=dtype or values.dtype, copy=True)
+    if layout == "expanded" and t.dim():
+        t = t.expand(shape)
+    elif layout == "transposed" and t.dim() >= 2:
+        t = t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif layout in ("strided", "transposed") and t.dim() >= 1:
+        buffer = t.new_zeros(*t.shape[:-1], 2 * t.shape[-1])
+        buffer[..., ::2] = t
+        t = buffer[..., ::2]
+    return t.requires_grad_(requires_grad)

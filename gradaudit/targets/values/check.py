@@ -1,0 +1,378 @@
+"""`gradaudit.check`: the notebook one-liner that replaces a hand-rolled `cmp()`.
+
+    gradaudit.check(loss, {"W1": W1, "b1": b1}, {"W1": dW1, "b1": db1})
+    gradaudit.check(loss, namespace=locals(), prefix="d")      # dX pairs with X
+
+It asks autograd for dloss/dX, compares every manual gradient with gradaudit's comparison
+(a shape mismatch is an error, never broadcast away), prints the console table, and
+returns a `CheckResult`. With `build=fn(dtype)` and `dtypes=[...]` it re-runs the user's
+code per dtype, with a float64 run as the truth for the `baseline` rule.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+from gradaudit import postprocess as post
+from gradaudit.compare import Comparison, TensorSummary, Tol, check_all, mismatch, tolerance_for
+from gradaudit.numpy_adapter import computed_problem
+from gradaudit.results import GroupResult, RunSummary
+from gradaudit.spec import DTYPES, Tolerance
+from gradaudit.targets.values.report import CheckResult, render, write_junit
+
+if TYPE_CHECKING:
+    import torch
+
+Build = Callable[["torch.dtype"], Any]
+TRUTH = "float64"
+
+
+@dataclass
+class _Pair:
+    """One tensor to audit: autograd's side (`tensor`) and the manual gradient, if any."""
+
+    name: str
+    tensor: Any = None
+    grad: Any = None
+    problem: str | None = None
+    computed: str | None = None  # the dtype the gradient was computed in, when known
+
+
+@dataclass
+class _Case:
+    """One run of the user's code: the loss and its pairs, labelled with the asked dtype."""
+
+    loss: Any
+    pairs: list[_Pair]
+    asked: str | None = None  # the dtype build() was called with
+    references: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def check(
+    loss: torch.Tensor | None = None,
+    tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor] | None = None,
+    grads: Mapping[str, Any] | Sequence[Any] | None = None,
+    *,
+    namespace: Mapping[str, Any] | None = None,
+    prefix: str = "d",
+    ignore: Sequence[str] = (),
+    tolerance: str | Mapping[str, Any] | Tolerance | None = None,
+    postprocess: Sequence[Mapping[str, Any] | post.Rule] | None = None,
+    raise_on_failure: bool = False,
+    junit_xml: str | None = None,
+    print_table: bool = True,
+    dtypes: Sequence[torch.dtype | str] | None = None,
+    build: Build | None = None,
+    name: str = "notebook",
+    out: TextIO | None = None,
+) -> CheckResult:
+    """Audit manual gradients against autograd; see the module docstring and docs/notebooks.md.
+
+    tolerance: a mode ("exact", "allclose", "baseline", "auto"), a dict of `Tolerance`
+    fields, or a Tolerance. Default: "auto" when `build` can give a float64 truth,
+    else "allclose" with torch.testing's defaults for each tensor's dtype.
+    Raises ValueError on bad usage; AssertionError on a failed audit if asked.
+    """
+    start = time.perf_counter()
+    rules = post.parse(list(postprocess) if postprocess is not None else None)
+    spec_tol = _tolerance(tolerance, build is not None)
+    if loss is not None and dtypes is not None:
+        raise ValueError("dtypes= re-runs build(dtype): pass build= instead of loss")
+    if loss is None and build is None:
+        raise ValueError("give a loss (and tensors/grads or namespace=), or build=fn(dtype)")
+    if loss is not None:
+        cases = [_case(loss, tensors, grads, namespace, prefix, ignore)]
+    else:
+        assert build is not None
+        cases = [_built(build, d, prefix, ignore) for d in _dtype_names(dtypes)]
+    for case in cases:
+        _reference(case)
+    truth_case: _Case | None = next((c for c in cases if c.asked == TRUTH), None)
+    summary = RunSummary()
+    for case in cases:
+        needs_truth = _needs_truth(case, spec_tol)
+        if needs_truth and truth_case is None:
+            if build is None:
+                raise ValueError(
+                    f"tolerance mode '{spec_tol.mode}' compares with a float64 truth: "
+                    "pass build=fn(dtype) so gradaudit can run your code in float64"
+                )
+            truth_case = _built(build, TRUTH, prefix, ignore)
+            _reference(truth_case)
+        truth = truth_case.references if needs_truth and truth_case else {}
+        for group in _compare(case, spec_tol, rules, truth):
+            summary.add(group)
+    result = CheckResult(summary, render(summary, time.perf_counter() - start))
+    if print_table:
+        print(result.table, file=out or sys.stdout)
+    if junit_xml is not None:
+        write_junit(junit_xml, name, summary)
+    if raise_on_failure and not result.ok:
+        raise AssertionError(result.failure_text())
+    return result
+
+
+def _tolerance(value: str | Mapping[str, Any] | Tolerance | None, has_build: bool) -> Tolerance:
+    if value is None:
+        return Tolerance(mode="auto" if has_build else "allclose")
+    if isinstance(value, Tolerance):
+        return value
+    if isinstance(value, str):
+        return Tolerance.model_validate({"mode": value})
+    return Tolerance.model_validate(dict(value))
+
+
+def _dtype_names(dtypes: Sequence[torch.dtype | str] | None) -> list[str]:
+    import torch
+
+    if dtypes is None:
+        return [str(torch.get_default_dtype()).removeprefix("torch.")]
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown or not names:
+        raise ValueError(f"dtypes must be among {', '.join(DTYPES)}; got {unknown or 'none'}")
+    return list(dict.fromkeys(names))
+
+
+def _built(build: Build, dtype: str, prefix: str, ignore: Sequence[str]) -> _Case:
+    """Run build(dtype) and pair what it returned; tensors in another dtype are errors."""
+    import torch
+
+    made = build(getattr(torch, dtype))
+    if isinstance(made, tuple) and len(made) == 3:
+        case = _case(made[0], made[1], made[2], None, prefix, ignore)
+    elif isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], Mapping):
+        case = _case(made[0], None, None, made[1], prefix, ignore)
+    else:
+        raise ValueError("build(dtype) must return (loss, tensors, grads) or (loss, namespace)")
+    case.asked = dtype
+    for pair in case.pairs:
+        got = getattr(pair.tensor, "dtype", None)
+        if pair.problem is None and got is not None and str(got) != f"torch.{dtype}":
+            pair.problem = (
+                f"build({dtype}) gave '{pair.name}' in {str(got).removeprefix('torch.')}: "
+                f"it would not test {dtype}"
+            )
+    return case
+
+
+def _case(
+    loss: Any,
+    tensors: Mapping[str, Any] | Sequence[Any] | None,
+    grads: Mapping[str, Any] | Sequence[Any] | None,
+    namespace: Mapping[str, Any] | None,
+    prefix: str,
+    ignore: Sequence[str],
+) -> _Case:
+    import torch
+
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError("loss must be a one-element tensor")
+    if not loss.requires_grad:
+        raise ValueError("loss does not require grad: compute it from tensors that do")
+    if namespace is not None:
+        if tensors is not None or grads is not None:
+            raise ValueError("give tensors and grads, or namespace=, not both")
+        return _Case(loss, _by_prefix(namespace, prefix, ignore))
+    if tensors is None or grads is None:
+        raise ValueError("give tensors and grads (or namespace=locals(), prefix='d')")
+    return _Case(loss, _by_name(tensors, grads))
+
+
+def _is_gradient(value: object) -> bool:
+    import torch
+
+    numpy = sys.modules.get("numpy")
+    return isinstance(value, torch.Tensor) or (
+        numpy is not None and isinstance(value, numpy.ndarray)
+    )
+
+
+def _by_prefix(namespace: Mapping[str, Any], prefix: str, ignore: Sequence[str]) -> list[_Pair]:
+    """`dX` pairs with `X`; a tensor named with the prefix that pairs with nothing is
+    reported by name (pass its name in `ignore` when it is not a gradient)."""
+    import fnmatch
+
+    import torch
+
+    if not prefix:
+        raise ValueError("prefix must not be empty")
+    pairs = []
+    for key, value in namespace.items():
+        if not (key.startswith(prefix) and len(key) > len(prefix) and _is_gradient(value)):
+            continue
+        if any(fnmatch.fnmatchcase(key, glob) for glob in ignore):
+            continue
+        target = key[len(prefix) :]
+        tensor = namespace.get(target)
+        if isinstance(tensor, torch.Tensor):
+            pairs.append(_Pair(target, tensor, value))
+        else:
+            what = "no" if target not in namespace else f"a {type(tensor).__name__}, not a"
+            pairs.append(
+                _Pair(
+                    key,
+                    problem=f"'{key}' cannot be paired: there is {what} tensor '{target}' "
+                    f"(ignore=['{key}'] if it is not a gradient)",
+                )
+            )
+    if not pairs:
+        raise ValueError(f"no tensors named '{prefix}X' with a tensor 'X' in the namespace")
+    return pairs
+
+
+def _by_name(
+    tensors: Mapping[str, Any] | Sequence[Any], grads: Mapping[str, Any] | Sequence[Any]
+) -> list[_Pair]:
+    if isinstance(tensors, Mapping) != isinstance(grads, Mapping):
+        raise ValueError("tensors and grads must both be mappings or both be sequences")
+    if not isinstance(tensors, Mapping):
+        assert not isinstance(grads, Mapping)
+        if len(tensors) != len(grads):
+            raise ValueError(f"{len(tensors)} tensors but {len(grads)} gradients")
+        return [
+            _Pair(f"tensors[{i}]", t, g)
+            for i, (t, g) in enumerate(zip(tensors, grads, strict=True))
+        ]
+    assert isinstance(grads, Mapping)
+    # A NumpyGradients mapping says what each array was computed in, and why some are missing.
+    computed: Mapping[str, str] = getattr(grads, "computed_in", {})
+    problems: Mapping[str, str] = getattr(grads, "problems", {})
+    pairs = []
+    for n, t in tensors.items():
+        if n in grads:
+            pairs.append(_Pair(str(n), t, grads[n], computed=computed.get(n)))
+        else:
+            pairs.append(_Pair(str(n), t, problem=problems.get(n, "no manual gradient")))
+    pairs += [
+        _Pair(str(n), problem=f"gradient for '{n}' has no tensor of that name to pair with")
+        for n in [*grads, *problems]
+        if n not in tensors
+    ]
+    if not pairs:
+        raise ValueError("no tensors to check")
+    return pairs
+
+
+def _reference(case: _Case) -> None:
+    """autograd's gradient for every pairable tensor; the graph is kept for the user."""
+    import torch
+
+    wanted = []
+    for pair in case.pairs:
+        if pair.problem is not None:
+            continue
+        if not isinstance(pair.tensor, torch.Tensor):
+            pair.problem = f"'{pair.name}' is a {type(pair.tensor).__name__}, not a tensor"
+        elif not pair.tensor.requires_grad:
+            pair.problem = f"'{pair.name}' does not require grad: autograd has no gradient for it"
+        else:
+            wanted.append(pair)
+    if not wanted:
+        return
+    grads = torch.autograd.grad(
+        case.loss, [p.tensor for p in wanted], retain_graph=True, allow_unused=True
+    )
+    for pair, grad in zip(wanted, grads, strict=True):
+        if grad is None:
+            pair.problem = f"'{pair.name}' is not part of the loss's graph (a stale tensor?)"
+        else:
+            case.references[pair.name] = grad.detach()
+
+
+def _needs_truth(case: _Case, spec: Tolerance) -> bool:
+    return any(_tol(spec, name, ref).mode == "baseline" for name, ref in case.references.items())
+
+
+def _tol(spec: Tolerance, name: str, reference: torch.Tensor) -> Tol:
+    dtype = str(reference.dtype).removeprefix("torch.")
+    return tolerance_for(spec, name, reference.device.type, dtype)
+
+
+def _manual(name: str, grad: Any, device: torch.device) -> tuple[Any, str | None, str | None]:
+    """(tensor, dtype it was computed in if known, problem)."""
+    import torch
+
+    if isinstance(grad, torch.Tensor):
+        return grad.detach(), None, None
+    if _is_gradient(grad):  # a numpy array
+        from gradaudit.numpy_adapter import to_tensor
+
+        tensor, why = to_tensor(name, grad, device)
+        return (tensor, why, None) if tensor is not None else (None, None, why)
+    return None, None, f"manual gradient is a {type(grad).__name__}, not a tensor or array"
+
+
+def _compare(
+    case: _Case, spec: Tolerance, rules: post.Rules, truth: dict[str, torch.Tensor]
+) -> list[GroupResult]:
+    """Every pair of one case, grouped by (device, dtype) of autograd's gradient."""
+    groups: dict[tuple[str, str], GroupResult] = {}
+    ready: list[tuple[TensorSummary, Comparison]] = []
+    for pair in case.pairs:
+        reference = case.references.get(pair.name)
+        where = _where(pair, reference, case)
+        group = groups.setdefault(where, GroupResult(*where, tensors=[], done=True))
+        if reference is None or where[1] not in DTYPES:
+            summary = TensorSummary(pair.name, Tol())
+            summary.add_error(pair.problem or f"gradients in {where[1]} are not supported")
+            group.tensors.append(summary)
+            continue
+        summary = TensorSummary(pair.name, _tol(spec, pair.name, reference))
+        group.tensors.append(summary)
+        comparison, errors = _comparison(pair, reference, summary.tol, rules, truth)
+        for error in errors:
+            summary.add_error(error)
+        if comparison is not None:
+            ready.append((summary, comparison))
+    scale = max((float(t.abs().max()) for t in truth.values() if t.numel()), default=0.0)
+    results = check_all([c for _, c in ready], scale)
+    for (summary, _), result in zip(ready, results, strict=True):
+        summary.add(result, 0, 0)
+    return list(groups.values())
+
+
+def _where(pair: _Pair, reference: Any, case: _Case) -> tuple[str, str]:
+    source = reference if reference is not None else pair.tensor
+    if source is None or not hasattr(source, "dtype"):
+        source = case.loss
+    dtype = str(source.dtype).removeprefix("torch.")
+    return source.device.type, dtype
+
+
+def _comparison(
+    pair: _Pair,
+    reference: torch.Tensor,
+    tol: Tol,
+    rules: post.Rules,
+    truth: dict[str, torch.Tensor],
+) -> tuple[Comparison | None, list[str]]:
+    """The comparison to run for one pair (None when nothing comparable), and its errors."""
+    dtype = str(reference.dtype).removeprefix("torch.")
+    manual, computed, problem = _manual(pair.name, pair.grad, reference.device)
+    if problem is not None:
+        return None, [problem]
+    computed = pair.computed or computed
+    errors = []
+    other = computed_problem(computed, dtype)
+    if other is not None:
+        errors.append(other)
+        manual = manual.to(reference.dtype)  # still measured, for information
+    shape = mismatch(manual, reference)
+    if shape is not None:
+        return None, [*errors, f"gradient has {shape}"]
+    reference, clipped = post.apply_counted(pair.name, reference, rules)
+    saturated = post.saturated(clipped, reference.numel())
+    if saturated:
+        errors.append(saturated)
+    true = truth.get(pair.name)
+    if tol.mode == "baseline":
+        if true is None or true.shape != reference.shape:
+            got = "none" if true is None else f"shape {tuple(true.shape)}"
+            return None, [*errors, f"no float64 truth of the same shape (build gave {got})"]
+        true = post.apply(pair.name, true, rules)
+    return Comparison(manual, reference, tol, true if tol.mode == "baseline" else None), errors
