@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -79,19 +79,31 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def interpret_kernels(devices: Sequence[str]) -> None:
+    """Triton kernels on a CPU runner run under Triton's interpreter: TRITON_INTERPRET=1,
+    set before any plugin can import triton (which reads it once, at import). Only when
+    every audited device is the cpu, and never over the user's own setting."""
+    if set(devices) == {"cpu"} and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def run_job(
     job: Job,
     emit: Callable[[list[Event]], None],
     loaded: LoadedSpec | None = None,
     target: Target | None = None,
+    own_process: bool = False,
 ) -> None:
     """Load, plan, and run the job, sending every event to `emit`. A GradauditError becomes
     `Failed` (exit 2, one line); anything else propagates (an internal error). `loaded` and
-    `target`, when given, are used instead of loading `job.spec` (the Python API)."""
+    `target`, when given, are used instead of loading `job.spec` (the Python API).
+    `own_process`: this is an executor process, whose environment is gradaudit's to set."""
     try:
         loaded = loaded or load_spec(job.spec, job.sets)
         devices = subset("--device", job.devices, loaded.spec.devices)
         dtypes = subset("--dtype", job.dtypes, loaded.spec.dtypes)
+        if own_process:
+            interpret_kernels(devices)
         if job.mode != "plan":
             set_threads(job.threads)
         from gradaudit.targets.kinds import build_target
@@ -215,7 +227,7 @@ def main() -> None:
 
     job = Job.from_json(sys.stdin.readline())
     try:
-        run_job(job, emit)
+        run_job(job, emit, own_process=True)
     except BaseException as exc:  # gradaudit's own error: the supervisor reports it
         try:
             emit([Failed(f"internal error: {one_line(exc)}", int(ExitCode.INTERNAL))])
