@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
@@ -30,6 +30,9 @@ from gradaudit_charrnn.bptt import charrnn_bptt  # noqa: E402
 from gradaudit_charrnn.model import build_charrnn  # noqa: E402
 
 from gradaudit.types import Batch  # noqa: E402
+
+if TYPE_CHECKING:
+    from gradaudit.spec import LoadedSpec
 
 REPO = Path(__file__).resolve().parents[1]
 GRADAUDIT = str(Path(sys.executable).with_name("gradaudit"))
@@ -126,8 +129,8 @@ def bench_overhead(batches: int, dtypes: list[str], mode: str, what: str, target
     in lockstep (benchmarks/bench_overhead.py says why)."""
     import bench_overhead
 
-    audit = overhead_audit(batches, dtypes, mode)
-    run, bare, ratio = bench_overhead.overhead(audit, dtypes, mode)
+    loaded = overhead_spec(batches, dtypes, mode)
+    run, bare, ratio = bench_overhead.overhead(loaded, dtypes, mode)
     row(what, run, bare, target, ratio=ratio)
 
 
@@ -188,9 +191,9 @@ def bench_memory(small: int, large: int) -> None:
 
 def bench_finite_difference(full_gradcheck: bool) -> None:
     """gradaudit's finite-difference check vs torch.autograd.gradcheck, notebook-sized, float64."""
-    from gradaudit.api import run_groups
-    from gradaudit.targets.model.load import Audit
+    from gradaudit.api import run_loaded
     from gradaudit.spec import LoadedSpec, parse_spec
+    from gradaudit.targets.model.load import Audit
 
     text = """
 name: fd
@@ -201,12 +204,13 @@ devices: [cpu]
 dtypes: [float64]
 checks: {finite_difference: {directions: 8}}
 """
-    audit = Audit(LoadedSpec(parse_spec(text, "fd.yaml"), REPO / "fd.yaml", "0" * 64))
-    groups = run_groups(audit, ["cpu"], ["float64"])
+    loaded = LoadedSpec(parse_spec(text, "fd.yaml"), REPO / "fd.yaml", "0" * 64)
+    groups = run_loaded(loaded, devices=["cpu"], dtypes=["float64"]).groups
     fd_group = next(g for g in groups if g.check == "finite_difference")
     assert all(s.status == "pass" for s in fd_group.tensors)
     fd_seconds = fd_group.seconds  # gradients + fd for the batch: an upper bound for fd alone
 
+    audit = Audit(loaded)  # the same seeded model and batch as the run's
     model = copy.deepcopy(audit.master).double()
     batch = next(audit.batches())
     names = [n for n, _ in model.named_parameters()]
@@ -276,9 +280,8 @@ def bench_threads(batches: int) -> None:
     )
 
 
-def overhead_audit(batches: int, dtypes: list[str], mode: str) -> Any:
-    """An in-process Audit of the CharRNN (32x8, hidden 200) on the CPU."""
-    from gradaudit.targets.model.load import Audit
+def overhead_spec(batches: int, dtypes: list[str], mode: str) -> LoadedSpec:
+    """A spec of the CharRNN (32x8, hidden 200) on the CPU, loaded in this process."""
     from gradaudit.spec import LoadedSpec, parse_spec
 
     text = f"""
@@ -290,23 +293,22 @@ devices: [cpu]
 dtypes: [{", ".join(dtypes)}]
 tolerance: {{mode: {mode}}}
 """
-    return Audit(LoadedSpec(parse_spec(text, "overhead.yaml"), REPO / "overhead.yaml", "0" * 64))
+    return LoadedSpec(parse_spec(text, "overhead.yaml"), REPO / "overhead.yaml", "0" * 64)
 
 
 def bench_syncs(batches: int) -> None:
     """Device reads (host-device synchronisations on a GPU) per case and batch: one for
     the batch, and one more on a batch that is some tensor's worst so far (fewer as the
-    run goes on)."""
-    from gradaudit.api import plan_for
-    from gradaudit.targets.model.sharing import run
+    run goes on). Counted over the runner's loop (planned beforehand), after a warm-up run."""
+    import bench_overhead
+
     from gradaudit.compare.syncs import count_syncs
 
     for mode in ("allclose", "auto"):
-        audit = overhead_audit(batches, ["float32"], mode)
-        made = plan_for(audit, ["cpu"], ["float32"])
-        list(run(audit, made))
+        target, made = bench_overhead.engine(overhead_spec(batches, ["float32"], mode), ["float32"])
+        bench_overhead.run_plan_events(target, made, lambda events: None)
         with count_syncs() as counter:
-            list(run(audit, made))
+            bench_overhead.run_plan_events(target, made, lambda events: None)
         ROWS.append(
             (
                 f"device reads per case and batch, float32 {mode}, {batches} batches",

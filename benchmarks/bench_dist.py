@@ -3,12 +3,14 @@
 Both sides run the tensor-parallel MLP (plugins/gradaudit_tp) on 2 gloo ranks, float64,
 the same batches, and are timed inside the ranks (the case's loop, not torchrun's start-up):
 
-- audit: `specs/tp-mlp.yaml`'s audit (shard forward and manual backward with their
+- audit: `specs/tp-mlp.yaml`'s audit, run by `gradaudit.api.run` (the sharded target's
+  launcher starts torchrun; each rank runs the shard forward and manual backward with their
   collectives, autograd on the full model shared out between the ranks, the comparisons,
-  the replica exchange; gradaudit/distributed/case.py);
-- by hand: what a careful hand-written torchrun test does per batch (Megatron-style):
-  the same forward, manual backward and full-model autograd, then `torch.allclose` of each
-  shard against its slice and of each replicated gradient against rank 0's;
+  the replica exchange; gradaudit/targets/sharded/case.py);
+- by hand: what a careful hand-written torchrun test does per batch (Megatron-style), on
+  the batches the spec's data plugin draws: the same forward, manual backward and
+  full-model autograd, then `torch.allclose` of each shard against its slice and of each
+  replicated gradient against rank 0's;
 - arithmetic: the forward, manual backward and full-model autograd alone, compared with
   nothing (every rank computing every reference, as the hand-written test does);
 - plain: the shard's forward and manual backward alone (what training runs; for scale).
@@ -45,17 +47,17 @@ def _spec(folder: Path, batches: int) -> Path:
 
 
 def _audit(spec: Path) -> tuple[float, float]:
-    """(slowest rank's case seconds, wall seconds including torchrun's start-up)."""
-    from gradaudit.run.torchrun import DistributedRun
-    from gradaudit.spec import load_spec
+    """(slowest rank's case seconds, wall seconds including planning and torchrun's start-up)
+    of `gradaudit.api.run` on the spec: the sharded target's launcher starts torchrun from
+    this process, and each rank's cases time its loop."""
+    from gradaudit.api import run
 
     start = time.perf_counter()
-    groups = DistributedRun(load_spec(spec)).run()
+    result = run(spec)
     wall = time.perf_counter() - start
-    bad = [t.tensor for g in groups for t in g.tensors if t.status != "pass"]
-    if bad:
-        raise RuntimeError(f"the audit is not green: {bad}")
-    return max(g.seconds for g in groups if "replicas" not in g.check), wall
+    if not result.ok:
+        raise RuntimeError(f"the audit is not green:\n{result.report()}")
+    return max(g.seconds for g in result.groups if not g.check.endswith(".replicas")), wall
 
 
 def _by_hand(spec: Path, mode: str) -> tuple[float, float]:
@@ -136,35 +138,39 @@ def rows(quick: bool) -> list[tuple[str, float, float, str]]:
 
 
 def _rank_loop(spec_path: str, mode: str) -> None:
-    """One rank of the hand-written test (mode check), or of a part of it (see the top)."""
+    """One rank of the hand-written test (mode check), or of a part of it (see the top). The
+    models and the batches are the audit's: the same plugins, seed and data plugin."""
     import torch
     import torch.distributed as dist
+    from gradaudit_random import load_random
     from gradaudit_tp.backward import tp_mlp_backward
     from gradaudit_tp.model import build_tp_mlp
 
-    from gradaudit.targets.sharded.layout import Replicated, piece
-    from gradaudit.targets.sharded.setup import DistBatch, draw_inputs, load_slices
     from gradaudit.spec import load_spec
+    from gradaudit.targets.sharded.layout import Replicated, piece
+    from gradaudit.targets.sharded.setup import load_slices
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     loaded = load_spec(spec_path)
-    options: dict[str, Any] = dict(loaded.spec.model.options)
-    torch.manual_seed(0)
+    spec = loaded.spec
+    data = load_random(spec.data.options, loaded.base_dir)
+    options: dict[str, Any] = {**data.model_args, **spec.model.options}
+    torch.manual_seed(spec.model_seed)
     full = build_tp_mlp(None, world, **options).double()
     shard = build_tp_mlp(rank, world, **options).double()
     layout = shard.shard_layout()
     load_slices(shard, full, layout, rank, world)
-    count = loaded.spec.batches.count or 1
+    b = spec.batches
     start = time.perf_counter()
-    for index in range(count):
-        tensors, seed = draw_inputs(loaded, index)
+    for drawn in data.batches(b.split, b.count, b.size, b.seed):
+        batch = drawn.to("cpu", torch.float64)
         with torch.no_grad():
-            forward = shard(**tensors)
-            manual = tp_mlp_backward(shard, DistBatch(tensors, index, seed), forward.detached())
+            forward = shard(**batch.tensors)
+            manual = tp_mlp_backward(shard, batch, forward.detached())
         if mode == "plain":
             continue
-        reference_forward = full(**tensors)
+        reference_forward = full(**batch.tensors)
         names = list(layout)
         available = {**reference_forward.intermediates, **dict(full.named_parameters())}
         grads = torch.autograd.grad(reference_forward.loss, [available[n] for n in names])

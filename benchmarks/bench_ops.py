@@ -28,8 +28,8 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 import torch  # noqa: E402
 from gradaudit_ops import rmsnorm, rmsnorm_reference, softmax_xent, softmax_xent_reference  # noqa: E402
 
-from gradaudit.targets.op.api import check_op  # noqa: E402
 from gradaudit.spec.op import InputDecl, Variants  # noqa: E402
+from gradaudit.targets.op.api import check_op  # noqa: E402
 from gradaudit.targets.op.variants import Variant, derive  # noqa: E402
 
 TARGET = 1.25

@@ -18,18 +18,25 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from gradaudit_charrnn.bptt import charrnn_bptt
+
+if TYPE_CHECKING:
+    from gradaudit.plan import Plan
+    from gradaudit.spec import LoadedSpec
+    from gradaudit.targets.model.load import Audit
+    from gradaudit.targets.model.target import ModelTarget
 
 WARM = 10  # batches left out at the start of each side (allocations, caches)
 BLOCK = 10  # batches per ratio
 
 Ratio = tuple[float, float, float]  # median, lowest and highest of the per-block ratios
+Pairs = list[tuple[float, float]]  # per batch: (the runner's seconds, the bare loops')
 
 
-def bare_steps(audit: Any, dtype: str, mode: str) -> Iterator[bool]:
+def bare_steps(audit: Audit, dtype: str, mode: str) -> Iterator[bool]:
     """What a careful hand-written test of one dtype does, a batch per step: forward and
     autograd.grad in the tested dtype and the manual BPTT, then per tensor the rule that
     gradaudit applies in `mode`, written out by hand:
@@ -83,39 +90,60 @@ def bare_steps(audit: Any, dtype: str, mode: str) -> Iterator[bool]:
         yield ok
 
 
-def run_steps(audit: Any, dtypes: list[str]) -> Iterator[float]:
-    """gradaudit's runner over the audit, yielding each batch's seconds (the runner steps
-    every dtype's pass through a batch, then hands out its events)."""
-    from gradaudit.api import plan_for
-    from gradaudit.results import CaseResult
-    from gradaudit.targets.model.sharing import run
+def engine(loaded: LoadedSpec, dtypes: list[str]) -> tuple[ModelTarget, Plan]:
+    """The spec's target and its plan for the CPU and `dtypes`, made before anything is timed
+    (the target loads the plugins, the data and builds the model; the plan is
+    `gradaudit.api.plan_loaded`'s)."""
+    from gradaudit.api import plan_loaded
+    from gradaudit.targets.model.target import ModelTarget
 
-    plan = plan_for(audit, ["cpu"], dtypes)
-    checks = {name: kind() for name, kind in audit.registry.objects("check").items()}
-    events = run(audit, plan, checks)
-    current, spent = None, 0.0
-    while True:
-        start = time.perf_counter()
-        event = next(events, None)
-        took = time.perf_counter() - start
-        if event is None:
-            break
-        index = event.batch if isinstance(event, CaseResult) else current
-        if index != current and current is not None:  # this pull computed the next batch
-            yield spent
-            spent = 0.0
-        current = index
-        spent += took
-    yield spent  # the last batch, with the passes' finish
+    return ModelTarget(loaded), plan_loaded(loaded, devices=["cpu"], dtypes=dtypes)
 
 
-def lockstep(run: Iterator[float], bare: Callable[[], object]) -> tuple[float, float, Ratio]:
-    """Median seconds per batch of each side, and the per-block ratios."""
-    pairs = []
-    for spent in run:
+def run_plan_events(target: ModelTarget, plan: Plan, emit: Callable[[list[Any]], None]) -> None:
+    """gradaudit's runner loop (the one `gradaudit run`'s executor runs) over the plan in this
+    process, every event to `emit`."""
+    from gradaudit.run.loop import run_plan
+    from gradaudit.targets import Context
+
+    run_plan(target, plan, emit, Context())
+
+
+def run_lockstep(loaded: LoadedSpec, dtypes: list[str], bare: Callable[[], object]) -> Pairs:
+    """gradaudit's runner over the spec's plan with `bare` called between its batches: per
+    batch, (the runner's seconds, the bare step's seconds). A batch of the runner is what the
+    loop does from its first `At` event for the batch (every dtype's pass steps through it,
+    then hands out its events) to its first for the next; the bare step runs, timed on its
+    own, in that gap. The last batch's time includes the passes' finish."""
+    from gradaudit.run.events import At
+
+    target, plan = engine(loaded, dtypes)
+    pairs: Pairs = []
+    current: int | None = None
+    started = 0.0
+
+    def step_bare(spent: float) -> None:
         start = time.perf_counter()
         bare()
         pairs.append((spent, time.perf_counter() - start))
+
+    def emit(events: list[Any]) -> None:
+        nonlocal current, started
+        now = time.perf_counter()
+        for event in events:
+            if isinstance(event, At) and event.sample != current:
+                if current is not None:  # the runner is done with the batch before
+                    step_bare(now - started)
+                current = event.sample
+                started = time.perf_counter()
+
+    run_plan_events(target, plan, emit)
+    step_bare(time.perf_counter() - started)  # the last batch, with the passes' finish
+    return pairs
+
+
+def lockstep(pairs: Pairs) -> tuple[float, float, Ratio]:
+    """Median seconds per batch of each side, and the per-block ratios."""
     warm = min(WARM, len(pairs) // 3)  # short runs (--quick) keep two thirds
     kept = pairs[warm:-1]  # the last run step includes the passes' finish
     block = min(BLOCK, len(kept))
@@ -128,11 +156,14 @@ def lockstep(run: Iterator[float], bare: Callable[[], object]) -> tuple[float, f
     )
 
 
-def overhead(audit: Any, dtypes: list[str], mode: str) -> tuple[float, float, Ratio]:
+def overhead(loaded: LoadedSpec, dtypes: list[str], mode: str) -> tuple[float, float, Ratio]:
     """gradaudit's run of `dtypes` against the bare loops of each, a batch at a time."""
+    from gradaudit.targets.model.load import Audit
+
+    audit = Audit(loaded)  # the same seeded model and batches as the runner's own
     bares = [bare_steps(audit, dtype, mode) for dtype in dtypes]
 
     def one_batch_each() -> object:
         return [next(steps) for steps in bares]
 
-    return lockstep(run_steps(audit, dtypes), one_batch_each)
+    return lockstep(run_lockstep(loaded, dtypes, one_batch_each))

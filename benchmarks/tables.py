@@ -31,18 +31,15 @@ SOAK_END = "<!-- end soak -->"
 
 def mutation(spec_path: str) -> list[MutationReport]:
     """Every dtype's MutationReport for one spec, as `gradaudit mutate` computes them."""
-    from gradaudit.api import plan_for
-    from gradaudit.targets.model.load import Audit
-    from gradaudit.mutate import MutationReport, generic_mutants
-    from gradaudit.targets.model.sharing import run
+    import dataclasses
+
+    from gradaudit.api import run_loaded
     from gradaudit.spec import load_spec
 
-    loaded = load_spec(str(REPO / spec_path))
+    loaded = load_spec(REPO / spec_path)
     spec = loaded.spec.model_copy(update={"dtypes": DTYPES})
-    audit = Audit(type(loaded)(spec, loaded.path, loaded.sha256, loaded.lines))
-    plan = plan_for(audit, ["cpu"], DTYPES)
-    mutants = generic_mutants(audit.tensor_names)
-    return [e for e in run(audit, plan, {}, None, mutants) if isinstance(e, MutationReport)]
+    loaded = dataclasses.replace(loaded, spec=spec)
+    return run_loaded(loaded, devices=["cpu"], dtypes=DTYPES, mutate=True).mutations
 
 
 def _scale_kills(report: MutationReport, delta: float) -> str:

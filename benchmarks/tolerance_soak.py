@@ -16,17 +16,17 @@ windows of --window batches, each window's verdict taken alone (N / window runs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gradaudit import systematic
-from gradaudit.api import plan_for
-from gradaudit.targets.model.load import Audit
 from gradaudit.results import CaseResult, GroupResult
-from gradaudit.spec import load_spec
+from gradaudit.spec import LoadedSpec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = ["specs/charrnn.yaml", "specs/mlp-batchnorm.yaml"]
@@ -42,7 +42,7 @@ def soak(spec_path: str, dtype: str, batches: int, window: int = 8) -> dict[str,
             "dtypes": [dtype],
         }
     )
-    audit = Audit(type(loaded)(spec, loaded.path, loaded.sha256, loaded.lines))
+    loaded = dataclasses.replace(loaded, spec=spec)
     start = time.perf_counter()
     row: dict[str, Any] = {
         "spec": spec.name,
@@ -58,14 +58,10 @@ def soak(spec_path: str, dtype: str, batches: int, window: int = 8) -> dict[str,
         "window_share": 0.0,
         "window_failures": 0,
     }
-    from gradaudit.targets.model.sharing import run
-
     windows: dict[tuple[str, int], list[float]] = {}
-    groups = []
-    for event in run(audit, plan_for(audit, ["cpu"], [dtype])):
-        if isinstance(event, GroupResult):
-            groups.append(event)
-        elif isinstance(event, CaseResult) and event.check is not None:
+
+    def result(event: CaseResult) -> None:
+        if event.check is not None:
             c = event.check
             if c.bias is not None and c.reference_bias is not None:
                 sums = windows.setdefault((event.tensor, event.batch // window), [0, 0.0, 0.0])
@@ -73,6 +69,8 @@ def soak(spec_path: str, dtype: str, batches: int, window: int = 8) -> dict[str,
                 sums[0] += 1
                 sums[1] += d
                 sums[2] += d * d
+
+    groups = run_with_results(loaded, [dtype], result)
     eps = {s.tensor: s.tol.eps for g in groups for s in g.tensors}
     for (tensor, _), (n, total, squares) in windows.items():
         n = int(n)
@@ -97,6 +95,37 @@ def soak(spec_path: str, dtype: str, batches: int, window: int = 8) -> dict[str,
                 row["failing"].append(s.tensor)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def run_with_results(
+    loaded: LoadedSpec, dtypes: list[str], result: Callable[[CaseResult], None]
+) -> list[GroupResult]:
+    """Run the spec on the CPU in this process, as `gradaudit.api.run_loaded` does (the same
+    job, loop and fold), handing every per-batch result to `result` as it comes; every
+    case's result, in plan order."""
+    from gradaudit.run.events import Failed, Planned
+    from gradaudit.run.executor import Job, run_job
+    from gradaudit.run.fold import Fold
+
+    fold: Fold | None = None
+
+    def emit(events: list[Any]) -> None:
+        nonlocal fold
+        for event in events:
+            if isinstance(event, Planned):
+                fold = Fold(event.plan)
+            elif isinstance(event, Failed):
+                raise RuntimeError(f"{loaded.path}: {event.message}")
+            elif fold is not None:
+                fold.apply(event)
+                if isinstance(event, CaseResult):
+                    result(event)
+
+    job = Job(str(loaded.path), loaded.sets, ("cpu",), tuple(dtypes), threads=0)
+    run_job(job, emit, loaded)
+    assert fold is not None
+    fold.close("the run ended before it", finished=True)
+    return fold.in_plan_order()
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:

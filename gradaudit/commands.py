@@ -280,7 +280,7 @@ def mutate(spec_path: str, options: RunOptions, gate: Gate) -> int:
     samples = len(_samples(plan_)) if not plan_.sample_names else len(plan_.samples or ())
     what = "variants" if plan_.sample_names else "batches"
     click.echo(
-        f"gradaudit mutate: {plan_.spec_name} ({loaded.path}): generic mutants of "
+        f"gradaudit mutate: {plan_.spec_name} ({loaded.path}): generic mutants of the gradients of "
         f"{plan_.header.split(',')[0]}, {samples} {what} per device/dtype"
     )
     mutated = [t for t in plan_.tensors if any(t in r.tolerances for r in outcome.mutations)]

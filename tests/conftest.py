@@ -99,18 +99,14 @@ def run_groups(
     return run_loaded(loaded, devices=devices or (), dtypes=dtypes or (), **options).groups
 
 
-def plan_for(
-    loaded: Any, devices: list[str] | None = None, dtypes: list[str] | None = None
-) -> Any:
+def plan_for(loaded: Any, devices: list[str] | None = None, dtypes: list[str] | None = None) -> Any:
     """The plan of a loaded spec, made in this process."""
     from gradaudit.api import plan_loaded
 
     return plan_loaded(loaded, devices=devices or (), dtypes=dtypes or ())
 
 
-def engine_events(
-    loaded: Any, target: Any = None, share: bool = True, **job: Any
-) -> list[Any]:
+def engine_events(loaded: Any, target: Any = None, share: bool = True, **job: Any) -> list[Any]:
     """Every event the engine's loop sends for a loaded spec, run in this process."""
     from gradaudit.run.executor import Job, run_job
 

@@ -15,8 +15,7 @@ import torch
 from gradaudit_tp.backward import tp_mlp_backward
 from gradaudit_tp.model import TPMLP, build_tp_mlp
 
-from gradaudit import Forward, hookimpl
-from gradaudit import Placement, Split
+from gradaudit import Forward, Placement, Split, hookimpl
 
 
 def _rank(model: torch.nn.Module) -> int:

@@ -205,7 +205,13 @@ def test_junit_keeps_the_cases_done_so_far(interrupted: dict[str, Interrupted], 
             assert f"not run: interrupted by {name}" in summary["errors"][0]
         counts = {s["batches"] for s in found.values()}
         assert max(counts) - min(counts) <= 1  # a batch interrupted half-way, at most
-        assert max(counts) <= run.batches_seen + 2
+        # Results arrive a few batches at a time (a pass screens batches in chunks): the
+        # report holds what the console printed, and a batch in flight at most.
+        printed = [
+            int(line.split()[3]) for line in run.stdout.splitlines()
+            if line.startswith(f"  cpu {dtype} batch ")
+        ]  # fmt: skip
+        assert max(counts) <= max(printed, default=-1) + 2
         assert (group.tests, group.failures, group.errors, group.skipped) == (12, 0, 12, 0)
         times = [float(c.get("time", 0)) for c in suite.iter("testcase")]
         assert all(t > 0 for t in times), f"times of the interrupted group: {times}"

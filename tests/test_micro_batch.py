@@ -12,12 +12,11 @@ import pytest
 import torch
 import yaml
 
-from gradaudit.checks.micro_batch import combine, not_invariant, split
+from gradaudit.checks.micro_batch import combine, not_invariant, split, split_sizes
 from gradaudit.errors import SpecError
 from gradaudit.plan import plan_lines
 from gradaudit.results import GroupResult
-from gradaudit.spec import load_spec
-from gradaudit.targets.op.invariance import split_sizes
+from gradaudit.spec import LoadedSpec, load_spec
 from gradaudit.types import Batch
 from tests.conftest import REPO, plan_for, run_groups, small_spec
 

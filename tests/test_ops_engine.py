@@ -14,16 +14,16 @@ import torch
 from gradaudit_ops import RMSNorm, rmsnorm, rmsnorm_reference
 from gradaudit_ops.gallery import BUGS
 
-from gradaudit.errors import EXIT_USAGE, GradauditError, UsageError
+from gradaudit.checks.micro_batch import split_sizes
+from gradaudit.errors import EXIT_USAGE, GradauditError
 from gradaudit.spec import load_spec as load_op_spec
 from gradaudit.spec.op import InputDecl, Variants
 from gradaudit.targets.model.functions import custom_functions_in_graph, warning_for
 from gradaudit.targets.op.api import check_op
 from gradaudit.targets.op.errors import OpError, OpSpecError
-from gradaudit.targets.op.invariance import split_sizes
 from gradaudit.targets.op.load import metadata
-from tests.conftest import run_op_spec
 from gradaudit.targets.op.variants import derive, draw_inputs, variant_seed
+from tests.conftest import run_op_spec
 
 REPO = Path(__file__).resolve().parents[1]
 XW = {"x": (4, 8), "w": (8,)}

@@ -4,9 +4,9 @@ reference (import paths, plugin-registered names) with one-line errors that exit
 from __future__ import annotations
 
 import subprocess
-from typing import Any
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +14,9 @@ from gradaudit.errors import EXIT_USAGE, GradauditError, SpecError
 from gradaudit.spec import load_spec as load_op_spec
 from gradaudit.spec import peek_kind
 from gradaudit.spec.load import parse
+from gradaudit.targets.op.errors import OpError
+from gradaudit.targets.op.load import audit_of
+from gradaudit.targets.op.resolve import named_ops, resolve
 
 
 def parse_op_spec(text: str, where: str) -> tuple[Any, Any]:
@@ -23,9 +26,7 @@ def parse_op_spec(text: str, where: str) -> tuple[Any, Any]:
 
 def is_op_spec(path: Path) -> bool:
     return peek_kind(path) == "op"
-from gradaudit.targets.op.errors import OpError
-from gradaudit.targets.op.load import audit_of
-from gradaudit.targets.op.resolve import named_ops, resolve
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["op-rmsnorm", "op-softmax-xent"]

@@ -21,8 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gradaudit import Forward
-from gradaudit import Placement, Replicated, Split
+from gradaudit import Forward, Placement, Replicated, Split
 
 
 class TPMLP(nn.Module):
