@@ -19,6 +19,7 @@ from gradaudit.ci.report import (
     printable,
     reproduce_hint,
     status_of,
+    tolerance_text,
     totals,
     verdict,
 )
@@ -127,6 +128,18 @@ def test_percent_and_text_helpers() -> None:
     assert printable("W.weight\x0c\x1b") == "W.weight\\x0c\\x1b"
     assert md_cell("a|b`c<d>\ne") == "a\\|b'c&lt;d&gt; e"
     assert md_cell("x" * 10, limit=4) == "xxxx…"
+
+
+def test_tolerance_text_mirrors_the_console() -> None:
+    assert tolerance_text(
+        {"mode": "baseline", "k": 2.0, "floor_ulps": 8.0, "systematic": True}
+    ) == ("baseline k=2 floor=8 ulps + bias")
+    assert tolerance_text({"mode": "ulps", "floor_ulps": 32, "batch_ulps": 64}) == (
+        "ulps 32 own + 64 batch"
+    )
+    assert tolerance_text({"mode": "allclose", "rtol": 1e-5}) == "allclose rtol=1e-05 atol=?"
+    assert tolerance_text({"mode": "exact"}) == "exact (bitwise)"
+    assert tolerance_text(None) is None and tolerance_text({"mode": 3}) is None
 
 
 def test_reproduce_hint() -> None:

@@ -249,6 +249,29 @@ def reproduce_hint(report: Mapping[str, Any], raw: Mapping[str, Any]) -> str | N
     return None
 
 
+def tolerance_text(tol: object) -> str | None:
+    """The tolerance as the console and JUnit describe it (gradaudit.tolerance.Tol.describe),
+    from the report's `tol` record; None when the record is missing."""
+    if not isinstance(tol, Mapping) or not isinstance(tol.get("mode"), str):
+        return None
+
+    def n(key: str) -> str:
+        value = number(tol.get(key))
+        return "?" if value is None else f"{value:g}"
+
+    bias = " + bias" if tol.get("systematic") else ""
+    mode = tol["mode"]
+    if mode == "exact":
+        return "exact (bitwise)"
+    if mode == "baseline":
+        return f"baseline k={n('k')} floor={n('floor_ulps')} ulps{bias}"
+    if mode == "ulps":
+        return f"ulps {n('floor_ulps')} own + {n('batch_ulps')} batch{bias}"
+    if mode == "allclose":
+        return f"allclose rtol={n('rtol')} atol={n('atol')}"
+    return str(mode)
+
+
 def printable(text: str) -> str:
     """One line of visible text for a console: control characters as escapes (`\\x0c`)."""
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
