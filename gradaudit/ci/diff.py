@@ -223,7 +223,13 @@ def _sort_key(row: TensorDiff) -> tuple[int, float]:
 
 def _context_notes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     a, b = run_facts(before), run_facts(after)
-    changed = [f"{k} {a.get(k)!s} -> {b.get(k)!s}" for k in CONTEXT if a.get(k) != b.get(k)]
+
+    def short(key: str, value: object) -> str:
+        return str(value)[:12] if key == "spec_sha256" and value else str(value)
+
+    changed = [
+        f"{k} {short(k, a.get(k))} -> {short(k, b.get(k))}" for k in CONTEXT if a.get(k) != b.get(k)
+    ]
     if not changed:
         return []
     return [

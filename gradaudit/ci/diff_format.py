@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 from gradaudit.ci.diff import ALARMS, FIXED, GREW, NEW_FAILURE, ReportDiff, TensorDiff
-from gradaudit.ci.report import md_cell as _cell
-from gradaudit.ci.report import percent, printable
+from gradaudit.ci.report import md_cell, percent, printable
 
 
 def ratio_text(row: TensorDiff) -> str:
@@ -82,3 +81,8 @@ def format_markdown(diff: ReportDiff, *, verbose: bool = False) -> str:
     if hidden:
         lines += ["", f"{hidden} unchanged tensors not shown."]
     return "\n".join(lines) + "\n\n"
+
+
+def _cell(text: str) -> str:
+    """A Markdown cell, with arrows that need no escaping."""
+    return md_cell(text.replace(" -> ", " → "))
