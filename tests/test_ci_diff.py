@@ -148,6 +148,13 @@ def test_status_changes() -> None:
     assert diff.exit_code == 1
 
 
+def test_a_red_tensor_that_is_now_skipped_is_not_fixed() -> None:
+    red = report(group([tensor("w", "fail", 3.0)]))
+    skipped = report(group([tensor("w", "skipped", None)], skipped="no cuda"))
+    row = diff_reports(red, skipped).rows[0]
+    assert row.kind == NOT_COMPARED and diff_reports(red, skipped).exit_code == 0
+
+
 def test_fixes_and_removals_alone_are_exit_0() -> None:
     before = report(group([tensor("a", "fail", 3.0), tensor("b", "pass", 0.3)]))
     after = report(group([tensor("a", "pass", 0.3)]))

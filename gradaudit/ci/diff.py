@@ -8,8 +8,8 @@ elements and batches; above 1 fails) in two reports, per (device, dtype, check) 
 - new failure: red (fail or error) after, not red before; a tensor or case that is new and red
   counts too, and so does an AFTER run that stopped early when BEFORE did not;
 - grew: green after, its budget more than `max_growth` times BEFORE's and above `floor`;
-- fixed: red before, green after; still failing: red in both;
-- not compared: measured before, skipped or without a budget after (a device gone, say);
+- fixed: red before, passing after; still failing: red in both;
+- not compared: measured or red before, skipped or without a budget after (a device gone);
 - added / removed: a tensor or a whole case in one report only.
 
 Exit status (`run_diff`): 1 for a new failure or a growth, else 0; 2 for a file that is not a
@@ -185,8 +185,8 @@ def _row(
         kind = ADDED
     elif new is None:
         kind = REMOVED
-    elif s0 in RED:
-        kind = STILL_FAILING if s1 in RED else FIXED
+    elif s0 in RED:  # fixed only by passing: a red tensor now skipped is not compared
+        kind = STILL_FAILING if s1 in RED else FIXED if s1 == "pass" else NOT_COMPARED
     elif _grew(row, limits):
         kind = GREW
     elif b0 is not None and b1 is None:
