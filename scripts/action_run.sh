@@ -25,7 +25,7 @@ output="${GITHUB_OUTPUT:-/dev/null}"
 # as it is, and gradaudit reports the missing file).
 IFS=$' \t\n' read -r -d '' -a specs <<< "${GRADAUDIT_ACTION_SPECS:-}" || true
 expanded=()
-for pattern in "${specs[@]}"; do
+for pattern in ${specs[@]+"${specs[@]}"}; do  # (the +: bash < 4.4 and set -u)
   # shellcheck disable=SC2206  # globbing is the point; words were split above
   matches=( $pattern )
   expanded+=("${matches[@]}")
@@ -45,7 +45,8 @@ if ! python -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in sh
   echo "exit-code=2" >> "$output"
   exit 2
 fi
-mapfile -d '' -t extra < "$split"
+extra=()
+while IFS= read -r -d '' word; do extra+=("$word"); done < "$split"  # bash 3.2 has no mapfile
 rm -f "$split"
 
 junit="${GRADAUDIT_ACTION_JUNIT:-}"
@@ -62,7 +63,7 @@ for path in "$junit" "$json" "$html"; do
   if [ -n "$path" ]; then mkdir -p "$(dirname "$path")"; fi
 done
 
-command=(gradaudit run "${expanded[@]}" "${extra[@]}")
+command=(gradaudit run "${expanded[@]}" ${extra[@]+"${extra[@]}"})
 if [ -n "$junit" ]; then command+=(--junit-xml "$junit"); fi
 if [ -n "$json" ]; then command+=(--json "$json"); fi
 echo "+ ${command[*]}"
