@@ -125,6 +125,42 @@ except RuntimeError as exc:
 """
 
 
+# Compile the kernels (and the gallery's) for a GPU without one: the interpreter runs code
+# the compiler rejects, and computes in numpy what a GPU approximates. Writes {name: PTX}.
+COMPILE = """
+import json, sys
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gradaudit_triton.gallery import EDITS, edited_kernels
+from gradaudit_triton.rmsnorm import load_kernels
+
+ACCUMULATED, TENSORS = {"RSTD", "DW_PARTIAL"}, {"X", "W", "Y", "DY", "DX"}
+kernels = {"correct": load_kernels()} | {name: edited_kernels(e) for name, e in EDITS.items()}
+ptx = {}
+for name, pair in kernels.items():
+    for dtype in ("fp64", "fp32", "bf16", "fp16"):
+        acc = "fp64" if dtype == "fp64" else "fp32"
+        for part in ("forward", "backward"):
+            kernel = getattr(pair, part)
+            constexprs = {"BLOCK": 1024, "ACC": tl.float64 if acc == "fp64" else tl.float32}
+            if "EPS" in kernel.arg_names:
+                constexprs["EPS"] = 1e-6
+            signature = {
+                arg: "constexpr" if arg in constexprs
+                else f"*{acc}" if arg in ACCUMULATED
+                else f"*{dtype}" if arg in TENSORS
+                else "i32"
+                for arg in kernel.arg_names
+            }
+            source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+            ptx[f"{name} {part} {dtype}"] = compiled.asm["ptx"]
+json.dump(ptx, open(sys.argv[1], "w"))
+"""
+
+
 def _interpreted() -> dict[str, str]:
     return cli_env({"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"})
 
@@ -148,6 +184,7 @@ def children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         ),
         "oob": ([sys.executable, "-c", OOB], _interpreted()),
         "no-interpreter": ([sys.executable, "-c", NO_INTERPRETER], plain),
+        "compile": ([sys.executable, "-c", COMPILE, str(tmp / "ptx.json")], plain),
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     done: dict[str, Any] = {"tmp": tmp}
@@ -230,3 +267,16 @@ def test_a_cpu_tensor_without_the_interpreter_is_refused_with_its_variable(
     assert (
         "set TRITON_INTERPRET=1 before triton is first imported" in (children["no-interpreter.log"])
     )
+
+
+def test_the_kernels_and_the_gallery_compile_for_a_gpu(children: dict[str, Any]) -> None:
+    """Every kernel compiles for sm_90 in all four dtypes. In float64 the forward takes a
+    correctly rounded sqrt and division: tl.rsqrt would be rsqrt.approx.f64, an
+    approximation the interpreter (numpy's 1 / sqrt) cannot show."""
+    assert children["compile"] == 0, children["compile.log"]
+    ptx = json.loads((children["tmp"] / "ptx.json").read_text())
+    assert len(ptx) == 7 * 2 * 4
+    forward64 = ptx["correct forward fp64"]
+    assert "sqrt.rn.f64" in forward64 and "div.rn.f64" in forward64
+    assert "approx" not in forward64
+    assert "rsqrt.approx.ftz.f32" in ptx["correct forward fp32"]

@@ -40,7 +40,9 @@ def rmsnorm_forward_kernel(
     # eps is a constexpr built with tl.full: a float kernel argument would arrive as float32
     # (as would a bare constexpr float), and float64 would add a rounded eps.
     eps = tl.full((), EPS, ACC)
-    rstd = tl.rsqrt(sum_sq / D + eps)
+    mean_sq = sum_sq / D + eps
+    # compiled for a GPU, float64 tl.rsqrt is rsqrt.approx.f64; sqrt and / round correctly
+    rstd = 1.0 / tl.sqrt(mean_sq) if ACC == tl.float64 else tl.rsqrt(mean_sq)  # noqa: SIM300
     tl.store(RSTD + row, rstd)
     y = x * rstd * w
     tl.store(Y + row * stride_y_row + cols * stride_y_col, y.to(Y.dtype.element_ty), mask=mask)
