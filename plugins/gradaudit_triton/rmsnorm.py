@@ -26,7 +26,7 @@ CPU_PROGRAMS = 8
 
 @dataclass(frozen=True)
 class Kernels:
-    """The two @triton.jit kernels a TritonRMSNorm launches (the gallery swaps in others)."""
+    """The two @triton.jit kernels that TritonRMSNormFunction launches (the gallery's differ)."""
 
     forward: Any
     backward: Any
