@@ -113,10 +113,15 @@ check_op(
 print("the process survived", flush=True)
 """
 
-# Without TRITON_INTERPRET, a CPU tensor is refused with the variable's name.
+# Without TRITON_INTERPRET, or with it set only after triton's import, a call is refused
+# with the variable's name (argv[1]: "late" sets it late).
 NO_INTERPRETER = """
+import os, sys
 import torch
+import triton
 from gradaudit_triton import rmsnorm
+if sys.argv[1] == "late":
+    os.environ["TRITON_INTERPRET"] = "1"
 try:
     rmsnorm(torch.randn(2, 3), torch.ones(3))
 except RuntimeError as exc:
@@ -182,7 +187,8 @@ def children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             _interpreted(),
         ),
         "oob": ([sys.executable, "-c", OOB], _interpreted()),
-        "no-interpreter": ([sys.executable, "-c", NO_INTERPRETER], plain),
+        "no-interpreter": ([sys.executable, "-c", NO_INTERPRETER, "never"], plain),
+        "late-interpreter": ([sys.executable, "-c", NO_INTERPRETER, "late"], plain),
         "compile": ([sys.executable, "-c", COMPILE, str(tmp / "ptx.json")], plain),
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -263,8 +269,14 @@ def test_a_cpu_tensor_without_the_interpreter_is_refused_with_its_variable(
     children: dict[str, Any],
 ) -> None:
     assert children["no-interpreter"] == 0, children["no-interpreter.log"]
-    assert (
-        "set TRITON_INTERPRET=1 before triton is first imported" in (children["no-interpreter.log"])
+    assert children["no-interpreter.log"] == (
+        "Triton kernels run on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 "
+        "before triton is first imported\n"
+    )
+    assert children["late-interpreter"] == 0, children["late-interpreter.log"]
+    assert children["late-interpreter.log"] == (
+        "TRITON_INTERPRET=1 was set after triton was imported: set it before triton is first "
+        "imported\n"
     )
 
 

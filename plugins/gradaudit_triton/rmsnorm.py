@@ -61,8 +61,22 @@ def _programs(device: torch.device) -> int:
     return CPU_PROGRAMS
 
 
+def _interpreted(fn: Any) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
 def _check_device(kernel: Any, t: torch.Tensor) -> None:
-    if t.device.type == "cpu" and type(kernel).__name__ != "InterpretedFunction":
+    """Refuse what would otherwise fail deep in triton: CPU tensors without the interpreter,
+    or the interpreter switched on after triton.language was imported (its own functions,
+    tl.sum among them, then stay compiled and raise 'outside of the scope of a kernel')."""
+    import triton.language as tl
+
+    if _interpreted(kernel) != _interpreted(tl.sum):
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after triton was imported: set it before triton is "
+            "first imported"
+        )
+    if t.device.type == "cpu" and not _interpreted(kernel):
         raise RuntimeError(
             "Triton kernels run on CPU tensors only under its interpreter: set "
             "TRITON_INTERPRET=1 before triton is first imported"
