@@ -314,7 +314,9 @@ def test_the_rounding_plugin_moves_each_element_by_at_most_8_ulps() -> None:
     assert torch.equal(round_significand(rounded, 4), rounded)
 
 
-def audit(folder: Path, name: str, *args: str, **gradients: Any) -> Path:
+def audit(
+    folder: Path, name: str, *args: str, env: dict[str, str] | None = None, **gradients: Any
+) -> Path:
     """Run specs/charrnn.yaml on cpu float32 and float64 (optionally with the rounded BPTT);
     returns the JSON report's path."""
     spec = yaml.safe_load((REPO / "specs" / "charrnn.yaml").read_text("utf-8"))
@@ -326,7 +328,7 @@ def audit(folder: Path, name: str, *args: str, **gradients: Any) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec), "utf-8")
     out = folder / f"{name}.json"
-    result = run_gradaudit("run", path, "--json", out, "-q", *args)
+    result = run_gradaudit("run", path, "--json", out, "-q", *args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
@@ -337,10 +339,12 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with ThreadPoolExecutor(max_workers=3) as pool:  # each run is mostly torch's import
         jobs = {
             "main": pool.submit(audit, folder, "main"),
-            "again": pool.submit(audit, folder, "again"),
+            "again": pool.submit(audit, folder, "again", "--html", str(folder / "again.html")),
             "rounded": pool.submit(audit, folder, "rounded", tensor="W.weight", drop_bits=4),
             "s1": pool.submit(audit, folder, "s1", "--shard", "1/2"),
-            "s2": pool.submit(audit, folder, "s2", "--shard", "2/2"),
+            "s2": pool.submit(  # GitLab's parallel job 2 of 2
+                audit, folder, "s2", "--shard", "auto", env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "2"}
+            ),
         }
         runs = {name: job.result() for name, job in jobs.items()}
     merged = folder / "merged.json"
@@ -386,3 +390,39 @@ def test_a_merged_report_diffs_like_the_whole_run(real: dict[str, Path]) -> None
         json.loads(real["main"].read_text("utf-8")), json.loads(real["s1"].read_text("utf-8"))
     )
     assert any("shard  -> 1/2" in n for n in shard.notes)
+
+
+def test_gradaudit_diff_from_the_command_line(real: dict[str, Path]) -> None:
+    same = run_gradaudit("diff", real["main"], real["again"])
+    assert same.returncode == 0, same.stdout + same.stderr
+    grew = run_gradaudit("diff", real["main"], real["rounded"])
+    assert grew.returncode == 1 and "W.weight" in grew.stdout, grew.stdout + grew.stderr
+    assert run_gradaudit("diff", real["main"], real["rounded"], "--max-growth", "9").returncode == 0
+    missing = run_gradaudit("diff", real["main"], real["main"].with_name("none.json"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+
+
+def test_shard_auto_takes_the_ci_variables_and_the_shards_merge_into_the_run(
+    real: dict[str, Path],
+) -> None:
+    data = json.loads(real["s2"].read_text("utf-8"))
+    assert data["run"]["shard"] == "2/2"
+    assert run_diff(real["main"], real["merged"], out=io.StringIO()) == 0
+    bare = run_gradaudit("plan", REPO / "specs" / "charrnn.yaml", "--shard", "auto")
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1 and "CI_NODE_INDEX" in bare.stderr
+
+
+def test_run_html_writes_one_self_contained_page(real: dict[str, Path]) -> None:
+    from html.parser import HTMLParser
+
+    page = real["again"].with_name("again.html").read_text("utf-8")
+    seen: list[str] = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            seen.append(tag)
+            assert not any(k in ("src", "href") and v and "//" in v for k, v in attrs)
+
+    Tags().feed(page)
+    assert "table" in seen or "div" in seen
+    assert "W.weight" in page and "did not finish" not in page

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gradaudit.ops.api import OpResult, check_op  # noqa: E402
+from gradaudit.targets.op.api import OpResult, check_op  # noqa: E402
 from opbench.bugs import BUGS, CLASSES  # noqa: E402
 from opbench.cases import BY_NAME, OPS, Call, Op  # noqa: E402
 

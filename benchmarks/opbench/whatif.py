@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gradaudit.ops.api import check_op  # noqa: E402
+from gradaudit.targets.op.api import check_op  # noqa: E402
 from opbench.bugs import BY_NAME as BUGS  # noqa: E402
 from opbench.cases import BY_NAME as OPS  # noqa: E402
 from opbench.cases import Op  # noqa: E402

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from gradaudit.ci import html, summary_chart
 from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH, run_diff
 from gradaudit.ci.environment import ShardEnvironmentError, shard_from_env
 from gradaudit.ci.report import ReportError, load_report
+from gradaudit.write import write_atomic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verbose=args.verbose, summary_path=summary,
             )  # fmt: skip
         if args.command == "html":
-            write_atomic(Path(args.out), html.render(load_report(args.report)))
+            write_atomic(args.out, html.render(load_report(args.report)))
             return 0
         if args.command == "chart":
             text = summary_chart.render(
@@ -68,18 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReportError, ShardEnvironmentError, ValueError, OSError) as exc:
         print(f"gradaudit: error: {exc}", file=sys.stderr)
         return 2
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":
