@@ -24,10 +24,20 @@ def _timeout(ctx: click.Context, param: click.Parameter, value: float | None) ->
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """K/N with 1 <= K <= N (exit 2 before anything is written)."""
+    """K/N with 1 <= K <= N, or `auto`: K/N from the CI's parallel-job variables (exit 2
+    before anything is written)."""
     if value is None:
         return None
     import re
+
+    if value.strip() == "auto":
+        from gradaudit.ci.environment import ShardEnvironmentError, shard_from_env
+
+        try:
+            k, n = shard_from_env(os.environ)
+        except ShardEnvironmentError as exc:
+            raise UsageError(str(exc)) from None
+        return f"{k}/{n}"
 
     match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
     if not match or not 1 <= int(match[1]) <= int(match[2]):
@@ -99,10 +109,17 @@ def cli(ctx: click.Context) -> None:
     "--shard",
     metavar="K/N",
     callback=_shard,
-    help="Run shard K of N: the batches (an op spec's variants) k with k % N == K-1.",
+    help="Run shard K of N: the batches (an op spec's variants) k with k % N == K-1. "
+    "`auto`: K/N from the CI's parallel-job variables (GitLab, CircleCI, Buildkite, Azure).",
 )
 @BATCHES
 @VARIANTS
+@click.option(
+    "--html",
+    "html_path",
+    metavar="PATH",
+    help="Also write the report as one self-contained HTML page here.",
+)
 @click.option(
     "--timeout",
     type=float,
@@ -125,6 +142,7 @@ def run_command(
     shard: str | None,
     batches: tuple[int, ...],
     variants: tuple[str, ...],
+    html_path: str | None,
     timeout: float | None,
     sets: tuple[str, ...],
     threads: int | None,
@@ -139,15 +157,42 @@ def run_command(
     from gradaudit.report.placeholder import interrupted, write_first
 
     stop_on_sigterm()  # a cancelled job, from now on, still writes what it has
+    if html_path:
+        from gradaudit.ci.pictures import html_placeholder
+
+        html_placeholder(html_path)
     try:
         write_first(spec, junit_xml, json_path)  # before anything slow: no old green survives
-        sys.exit(_run(spec, junit_xml, json_path, dict(
+        sys.exit(_run_with_pictures(spec, junit_xml, json_path, html_path, dict(
             devices=devices, dtypes=dtypes, require_devices=require_devices, shard=shard,
             batches=batches, variants=variants, timeout=timeout, color=color, quiet=quiet,
             verbose=verbose, sets=sets, threads=threads,
         )))  # fmt: skip
     except (Interrupted, KeyboardInterrupt) as exc:
         sys.exit(interrupted(spec, junit_xml, json_path, isinstance(exc, Interrupted)))
+
+
+def _run_with_pictures(
+    spec: str,
+    junit_xml: str | None,
+    json_path: str | None,
+    html_path: str | None,
+    given: dict[str, Any],
+) -> int:
+    """The run, then its HTML page, drawn from its JSON report (a temporary one when no
+    --json was asked for). The GitHub Action appends the budget charts to the job summary."""
+    if not html_path:
+        return _run(spec, junit_xml, json_path, given)
+    import tempfile
+
+    from gradaudit.ci.pictures import draw
+
+    with tempfile.TemporaryDirectory(prefix="gradaudit-") as scratch:
+        report = json_path or os.path.join(scratch, "report.json")
+        code = _run(spec, junit_xml, report, given)
+        if code == ExitCode.USAGE or not os.path.isfile(report):
+            return code
+        return draw(report, html_path, code)
 
 
 def _run(spec: str, junit_xml: str | None, json_path: str | None, given: dict[str, Any]) -> int:
@@ -249,6 +294,42 @@ def merge_command(out: str, inputs: tuple[str, ...]) -> None:
     from gradaudit import listing
 
     sys.exit(listing.merge(out, list(inputs)))
+
+
+@cli.command("diff")
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@click.option(
+    "--max-growth",
+    type=click.FloatRange(min=1.0),
+    default=2.0,
+    show_default=True,
+    help="Exit 1 when a tensor's worst budget grew by more than this factor.",
+)
+@click.option(
+    "--floor",
+    type=click.FloatRange(min=0.0),
+    default=0.05,
+    show_default=True,
+    help="Budgets below this fraction of the allowance never alarm (0.1% -> 0.4% is noise).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also list tensors whose budget held.")
+def diff_command(before: str, after: str, max_growth: float, floor: float, verbose: bool) -> None:
+    """Compare two JSON reports (BEFORE, AFTER; merged ones too) tensor by tensor: worst
+    budgets, new failures and fixes, tensors added or removed. Exit 1 when a budget grew
+    past --max-growth, 0 otherwise; 2 for a report that cannot be read."""
+    from gradaudit.ci.diff import run_diff
+    from gradaudit.ci.report import ReportError
+
+    summary = os.environ.get("GITHUB_STEP_SUMMARY") or None
+    try:
+        code = run_diff(
+            before, after, max_growth=max_growth, floor=floor, verbose=verbose,
+            summary_path=summary,
+        )  # fmt: skip
+    except (ReportError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    sys.exit(code)
 
 
 @cli.command("validate")
