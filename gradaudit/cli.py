@@ -318,7 +318,7 @@ def diff_command(before: str, after: str, max_growth: float, floor: float, verbo
     """Compare two JSON reports (BEFORE, AFTER; merged ones too) tensor by tensor: worst
     budgets, new failures and fixes, tensors added or removed. Exit 1 when a budget grew
     past --max-growth, 0 otherwise; 2 for a report that cannot be read."""
-    from gradaudit.ci.diff import run_diff
+    from gradaudit.ci.diff_format import run_diff
     from gradaudit.ci.report import ReportError
 
     summary = os.environ.get("GITHUB_STEP_SUMMARY") or None

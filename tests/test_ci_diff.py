@@ -30,9 +30,8 @@ from gradaudit.ci.diff import (
     ReportDiff,
     TensorDiff,
     diff_reports,
-    run_diff,
 )
-from gradaudit.ci.diff_format import format_console, format_markdown
+from gradaudit.ci.diff_format import format_console, format_markdown, run_diff
 from gradaudit.ci.report import ReportError
 from tests.ci_reports import budgets, group, report, tensor
 from tests.conftest import REPO, run_gradaudit
@@ -343,7 +342,12 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "rounded": pool.submit(audit, folder, "rounded", tensor="W.weight", drop_bits=4),
             "s1": pool.submit(audit, folder, "s1", "--shard", "1/2"),
             "s2": pool.submit(  # GitLab's parallel job 2 of 2
-                audit, folder, "s2", "--shard", "auto", env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "2"}
+                audit,
+                folder,
+                "s2",
+                "--shard",
+                "auto",
+                env={"CI_NODE_INDEX": "2", "CI_NODE_TOTAL": "2"},
             ),
         }
         runs = {name: job.result() for name, job in jobs.items()}

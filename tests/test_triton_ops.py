@@ -207,7 +207,9 @@ def children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 proc.kill()
 
 
-def test_the_spec_is_green_in_four_dtypes_under_the_interpreter_gradaudit_sets(children: dict[str, Any]) -> None:
+def test_the_spec_is_green_in_four_dtypes_under_the_interpreter(
+    children: dict[str, Any],
+) -> None:
     assert children["spec"] == 0, children["spec.log"]
     groups = json.loads((children["tmp"] / "spec.json").read_text())["groups"]
     statuses = {

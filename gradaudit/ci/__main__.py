@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from gradaudit.ci import html, summary_chart
-from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH, run_diff
+from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH
+from gradaudit.ci.diff_format import run_diff
 from gradaudit.ci.environment import ShardEnvironmentError, shard_from_env
 from gradaudit.ci.report import ReportError, load_report
 from gradaudit.write import write_atomic

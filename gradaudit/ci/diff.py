@@ -23,17 +23,14 @@ where a doubling is noise in the last bits rather than news.
 from __future__ import annotations
 
 import math
-import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from gradaudit.ci.report import (
     RED,
     ReportError,
     groups,
-    load_report,
     run_facts,
     tensor_label,
     text_or_none,
@@ -236,37 +233,3 @@ def _context_notes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[
         f"the runs differ in {'; '.join(changed)}: budgets can move for that reason alone "
         "(compare runs of one configuration on one kind of machine)"
     ]
-
-
-def run_diff(
-    before: str | os.PathLike[str],
-    after: str | os.PathLike[str],
-    *,
-    max_growth: float = DEFAULT_MAX_GROWTH,
-    floor: float = DEFAULT_FLOOR,
-    verbose: bool = False,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    summary_path: str | None = None,
-) -> int:
-    """The whole command: 0 no alarm, 1 a new failure or a growth, 2 a file that is not a
-    report (one line on `err`). Appends the Markdown to `summary_path` when given (pass
-    `os.environ.get("GITHUB_STEP_SUMMARY")`)."""
-    from gradaudit.ci.diff_format import format_console, format_markdown  # it imports us
-
-    out = out or sys.stdout
-    err = err or sys.stderr
-    try:
-        old, new = load_report(before), load_report(after)
-        diff = diff_reports(
-            old, new, max_growth=max_growth, floor=floor,
-            before_name=os.fspath(before), after_name=os.fspath(after),
-        )  # fmt: skip
-    except ReportError as exc:
-        print(f"gradaudit diff: error: {exc}", file=err)
-        return 2
-    out.write(format_console(diff, verbose=verbose))
-    if summary_path:
-        with open(summary_path, "a", encoding="utf-8") as handle:
-            handle.write(format_markdown(diff, verbose=verbose))
-    return diff.exit_code

@@ -1,11 +1,25 @@
-"""The console table and the Markdown section of `gradaudit diff` (gradaudit.ci.diff)."""
+"""`gradaudit diff` as a command: the reports read, compared (gradaudit.ci.diff), printed as
+a console table and appended as a Markdown section."""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+from typing import TextIO
 
-from gradaudit.ci.diff import ALARMS, FIXED, GREW, NEW_FAILURE, ReportDiff, TensorDiff
-from gradaudit.ci.report import md_cell, percent, printable
+from gradaudit.ci.diff import (
+    ALARMS,
+    DEFAULT_FLOOR,
+    DEFAULT_MAX_GROWTH,
+    FIXED,
+    GREW,
+    NEW_FAILURE,
+    ReportDiff,
+    TensorDiff,
+    diff_reports,
+)
+from gradaudit.ci.report import ReportError, load_report, md_cell, percent, printable
 
 
 def ratio_text(row: TensorDiff) -> str:
@@ -86,3 +100,35 @@ def format_markdown(diff: ReportDiff, *, verbose: bool = False) -> str:
 def _cell(text: str) -> str:
     """A Markdown cell, with arrows that need no escaping."""
     return md_cell(text.replace(" -> ", " → "))
+
+
+def run_diff(
+    before: str | os.PathLike[str],
+    after: str | os.PathLike[str],
+    *,
+    max_growth: float = DEFAULT_MAX_GROWTH,
+    floor: float = DEFAULT_FLOOR,
+    verbose: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    summary_path: str | None = None,
+) -> int:
+    """The whole command: 0 no alarm, 1 a new failure or a growth, 2 a file that is not a
+    report (one line on `err`). Appends the Markdown to `summary_path` when given (pass
+    `os.environ.get("GITHUB_STEP_SUMMARY")`)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        old, new = load_report(before), load_report(after)
+        diff = diff_reports(
+            old, new, max_growth=max_growth, floor=floor,
+            before_name=os.fspath(before), after_name=os.fspath(after),
+        )  # fmt: skip
+    except ReportError as exc:
+        print(f"gradaudit diff: error: {exc}", file=err)
+        return 2
+    out.write(format_console(diff, verbose=verbose))
+    if summary_path:
+        with open(summary_path, "a", encoding="utf-8") as handle:
+            handle.write(format_markdown(diff, verbose=verbose))
+    return diff.exit_code
