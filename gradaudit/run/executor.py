@@ -79,12 +79,16 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def interpret_kernels(devices: Sequence[str]) -> None:
+def interpret_kernels(devices: Sequence[str]) -> dict[str, str]:
     """Triton kernels on a CPU runner run under Triton's interpreter: TRITON_INTERPRET=1,
     set before any plugin can import triton (which reads it once, at import). Only when
-    every audited device is the cpu, and never over the user's own setting."""
-    if set(devices) == {"cpu"} and "triton" not in sys.modules:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    every audited device is the cpu, and never over the user's own setting. Returns the
+    plan's fact saying so."""
+    cpu_only = set(devices) == {"cpu"}
+    if cpu_only and "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
+        os.environ["TRITON_INTERPRET"] = "1"
+        return {"triton": "kernels run under Triton's interpreter (TRITON_INTERPRET=1)"}
+    return {}
 
 
 def run_job(
@@ -102,8 +106,7 @@ def run_job(
         loaded = loaded or load_spec(job.spec, job.sets)
         devices = subset("--device", job.devices, loaded.spec.devices)
         dtypes = subset("--dtype", job.dtypes, loaded.spec.dtypes)
-        if own_process:
-            interpret_kernels(devices)
+        facts = interpret_kernels(devices) if own_process else {}
         if job.mode != "plan":
             set_threads(job.threads)
         from gradaudit.targets.kinds import build_target
@@ -112,7 +115,8 @@ def run_job(
         head = target.head()
         import torch
 
-        head = dataclasses.replace(head, facts={"torch_version": torch.__version__, **head.facts})
+        facts = {"torch_version": torch.__version__, **head.facts, **facts}
+        head = dataclasses.replace(head, facts=facts)
         only = _only(job, head)
         shard = _shard(job.shard)
         selection = Selection(tuple(devices), tuple(dtypes), shard, only, job.sets)
