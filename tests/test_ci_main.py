@@ -72,5 +72,10 @@ def test_the_add_ons_import_neither_torch_nor_the_engine() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    outside = [m for m in out if not m.startswith("gradaudit.ci")]
-    assert outside == ["gradaudit", "gradaudit.hookspecs", "gradaudit.types"], out
+    outside = {m for m in out if not m.startswith("gradaudit.ci")}
+    # The package root's torch-free names (hooks, types, placements) and the file writer;
+    # nothing of the engine (run, compare, spec) and no torch, numpy, yaml or click.
+    allowed = {"gradaudit", "gradaudit.hookspecs", "gradaudit.types", "gradaudit.version"}
+    allowed |= {"gradaudit.errors", "gradaudit.write", "gradaudit.targets"}
+    allowed |= {"gradaudit.targets.sharded", "gradaudit.targets.sharded.layout"}
+    assert outside <= allowed, sorted(outside - allowed)
