@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH
 from gradaudit.errors import ExitCode, GradauditError, UsageError
 from gradaudit.version import __version__
 
@@ -28,8 +29,6 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     before anything is written)."""
     if value is None:
         return None
-    import re
-
     if value.strip() == "auto":
         from gradaudit.ci.environment import ShardEnvironmentError, shard_from_env
 
@@ -38,11 +37,9 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> str
         except ShardEnvironmentError as exc:
             raise UsageError(str(exc)) from None
         return f"{k}/{n}"
+    from gradaudit.results import Shard
 
-    match = re.fullmatch(r"(\d+)/(\d+)", value.strip())
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise UsageError(f"--shard {value!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
-    return value.strip()
+    return str(Shard.parse(value))
 
 
 SET_HELP = "Change one spec key, validated like the file (repeatable): --set batches.count=2"
@@ -163,7 +160,7 @@ def run_command(
         html_placeholder(html_path)
     try:
         write_first(spec, junit_xml, json_path)  # before anything slow: no old green survives
-        sys.exit(_run_with_pictures(spec, junit_xml, json_path, html_path, dict(
+        sys.exit(_run(spec, junit_xml, json_path, html_path, dict(
             devices=devices, dtypes=dtypes, require_devices=require_devices, shard=shard,
             batches=batches, variants=variants, timeout=timeout, color=color, quiet=quiet,
             verbose=verbose, sets=sets, threads=threads,
@@ -172,30 +169,13 @@ def run_command(
         sys.exit(interrupted(spec, junit_xml, json_path, isinstance(exc, Interrupted)))
 
 
-def _run_with_pictures(
+def _run(
     spec: str,
     junit_xml: str | None,
     json_path: str | None,
     html_path: str | None,
     given: dict[str, Any],
 ) -> int:
-    """The run, then its HTML page, drawn from its JSON report (a temporary one when no
-    --json was asked for). The GitHub Action appends the budget charts to the job summary."""
-    if not html_path:
-        return _run(spec, junit_xml, json_path, given)
-    import tempfile
-
-    from gradaudit.ci.pictures import draw
-
-    with tempfile.TemporaryDirectory(prefix="gradaudit-") as scratch:
-        report = json_path or os.path.join(scratch, "report.json")
-        code = _run(spec, junit_xml, report, given)
-        if code == ExitCode.USAGE or not os.path.isfile(report):
-            return code
-        return draw(report, html_path, code)
-
-
-def _run(spec: str, junit_xml: str | None, json_path: str | None, given: dict[str, Any]) -> int:
     from gradaudit import commands
 
     quiet, verbose, color = given.pop("quiet"), given.pop("verbose"), given.pop("color")
@@ -208,7 +188,7 @@ def _run(spec: str, junit_xml: str | None, json_path: str | None, given: dict[st
         verbosity=-1 if quiet else 1 if verbose else 0,
         **given,
     )
-    return commands.run(spec, options)
+    return commands.run_with_html(spec, options, html_path)
 
 
 @cli.command("plan")
@@ -302,14 +282,14 @@ def merge_command(out: str, inputs: tuple[str, ...]) -> None:
 @click.option(
     "--max-growth",
     type=click.FloatRange(min=1.0),
-    default=2.0,
+    default=DEFAULT_MAX_GROWTH,
     show_default=True,
     help="Exit 1 when a tensor's worst budget grew by more than this factor.",
 )
 @click.option(
     "--floor",
     type=click.FloatRange(min=0.0),
-    default=0.05,
+    default=DEFAULT_FLOOR,
     show_default=True,
     help="Budgets below this fraction of the allowance never alarm (0.1% -> 0.4% is noise).",
 )
@@ -319,7 +299,6 @@ def diff_command(before: str, after: str, max_growth: float, floor: float, verbo
     budgets, new failures and fixes, tensors added or removed. Exit 1 when a budget grew
     past --max-growth, 0 otherwise; 2 for a report that cannot be read."""
     from gradaudit.ci.diff_format import run_diff
-    from gradaudit.ci.report import ReportError
 
     summary = os.environ.get("GITHUB_STEP_SUMMARY") or None
     try:
@@ -327,8 +306,8 @@ def diff_command(before: str, after: str, max_growth: float, floor: float, verbo
             before, after, max_growth=max_growth, floor=floor, verbose=verbose,
             summary_path=summary,
         )  # fmt: skip
-    except (ReportError, OSError) as exc:
-        raise UsageError(str(exc)) from None
+    except OSError as exc:  # the summary file; a report that cannot be read is exit 2 already
+        raise UsageError(f"GITHUB_STEP_SUMMARY={summary}: {exc.strerror or exc}") from None
     sys.exit(code)
 
 

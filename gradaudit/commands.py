@@ -8,6 +8,7 @@ supervisor; the exit code comes from the plan and what arrived, never from the e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -54,17 +55,8 @@ class RunOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # reporter plugins' options
 
 
-def parse_shard(text: str) -> Shard:
-    import re
-
-    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise UsageError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
-    return Shard(int(match[1]), int(match[2]))
-
-
 def job_of(spec_path: str, options: RunOptions, mode: str = "run") -> Job:
-    shard = str(parse_shard(options.shard)) if options.shard is not None else None
+    shard = str(Shard.parse(options.shard)) if options.shard is not None else None
     return Job(
         spec=spec_path,
         sets=options.sets,
@@ -237,6 +229,23 @@ def _fail_to_start(outcome: Outcome, why: str) -> int:
         return code
     click.echo(f"gradaudit: error: the run could not start: {why}", err=True)
     return int(ExitCode.FAILED)
+
+
+def run_with_html(spec_path: str, options: RunOptions, html_path: str | None) -> int:
+    """`run`, then its HTML page drawn from its JSON report (a temporary one when no --json
+    was asked for). The GitHub Action appends the budget charts to the job summary."""
+    if not html_path:
+        return run(spec_path, options)
+    import tempfile
+
+    from gradaudit.ci.pictures import draw
+
+    with tempfile.TemporaryDirectory(prefix="gradaudit-") as scratch:
+        report = options.json_path or os.path.join(scratch, "report.json")
+        code = run(spec_path, dataclasses.replace(options, json_path=report))
+        if code == ExitCode.USAGE or not os.path.isfile(report):
+            return code
+        return draw(report, html_path, code)
 
 
 def plan(spec_path: str, options: RunOptions, as_json: bool) -> int:

@@ -149,22 +149,6 @@ def subset(option: str, chosen: Sequence[str], allowed: Sequence[str]) -> list[s
     return [a for a in allowed if a in chosen] if chosen else list(allowed)
 
 
-def select_samples(
-    count: int | None, shard: Shard | None, only: Sequence[int] = (), option: str = "--batch"
-) -> tuple[int, ...] | None:
-    """The sample indices a run takes: all `count` of them, or the shard's, and of those the
-    ones `only` names. None: the data decides (a val split without a count)."""
-    if only and count is not None:
-        beyond = [k for k in only if k >= count]
-        if beyond:
-            raise UsageError(f"{option} {beyond[0]}: the spec has {option[2:]}es 0 to {count - 1}")
-    if count is None:
-        return tuple(sorted(set(only))) if only and shard is None else None
-    return tuple(
-        k for k in range(count) if (shard is None or shard.takes(k)) and (not only or k in only)
-    )
-
-
 def rerun_command(
     spec_path: str, sets: Sequence[str], device: str, dtype: str, shard: Shard | None = None
 ) -> str:

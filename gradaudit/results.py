@@ -302,6 +302,18 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.total}"
 
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """K/N with 1 <= K <= N; UsageError (exit 2) otherwise."""
+        import re
+
+        from gradaudit.errors import UsageError
+
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not match or not 1 <= int(match[1]) <= int(match[2]):
+            raise UsageError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+        return cls(int(match[1]), int(match[2]))
+
     def takes(self, batch_index: int) -> bool:
         return batch_index % self.total == self.index - 1
 

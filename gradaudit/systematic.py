@@ -53,12 +53,6 @@ def quantize(value: float, eps: float) -> int:
     return round(value / quantum(eps))
 
 
-def exact_moments(n: int, total: int, squares: int, eps: float) -> tuple[float, float]:
-    """(sum, sum of squares) as floats from integer sums in quanta."""
-    unit = quantum(eps)
-    return total * unit, squares * unit * unit
-
-
 def critical(dof: int) -> float:
     """t quantile for `dof` degrees of freedom (the next tabulated dof below, conservative)."""
     if dof < 1:

@@ -118,7 +118,7 @@ def run_job(
         facts = {"torch_version": torch.__version__, **head.facts, **facts}
         head = dataclasses.replace(head, facts=facts)
         only = _only(job, head)
-        shard = _shard(job.shard)
+        shard = Shard.parse(job.shard) if job.shard is not None else None
         selection = Selection(tuple(devices), tuple(dtypes), shard, only, job.sets)
         skeletons = target.skeletons(devices, dtypes)
         plan = make_plan(head, skeletons, loaded.spec.tolerance, selection)
@@ -191,13 +191,6 @@ def _only(job: Job, head: Plan) -> tuple[int, ...]:
         if beyond:
             raise GradauditError(f"--batch {beyond[0]}: the spec has batches 0 to {count - 1}")
     return tuple(job.batches)
-
-
-def _shard(text: str | None) -> Shard | None:
-    if text is None:
-        return None
-    index, _, total = text.partition("/")
-    return Shard(int(index), int(total))
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:

@@ -54,10 +54,6 @@ def away(audit: OpAudit, shard: Shard | None, check: str) -> str | None:
     return f"{AWAY} {index % shard.total + 1}/{shard.total}"
 
 
-def is_away(reason: str | None) -> bool:
-    return bool(reason) and (reason or "").startswith(AWAY)
-
-
 class TensorNames:
     """The tensors of each check, as a case that runs reports them, known before it runs
     (for errors, skips and the other shards' cases): a float64 forward of the candidate on

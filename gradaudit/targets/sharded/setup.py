@@ -14,7 +14,7 @@ from gradaudit.errors import DataError, PluginError, why
 from gradaudit.plugins import plugin_manager
 from gradaudit.spec import LoadedSpec
 from gradaudit.targets.model.load import select
-from gradaudit.targets.sharded.layout import Placement, Split, check_layout, piece
+from gradaudit.targets.sharded.layout import Placement, check_layout, piece
 from gradaudit.types import Batch, Dataset
 
 if TYPE_CHECKING:
@@ -160,10 +160,6 @@ def load_slices(
                     f"the full {tuple(full_params[name].shape)} gives it {tuple(wanted.shape)}"
                 )
             param.copy_(wanted)
-
-
-def sharded_names(setup: DistSetup) -> list[str]:
-    return [n for n in setup.audited if isinstance(setup.layout[n], Split)]
 
 
 def full_gradients(
