@@ -238,11 +238,17 @@ def run_with_html(spec_path: str, options: RunOptions, html_path: str | None) ->
         return run(spec_path, options)
     import tempfile
 
-    from gradaudit.ci.pictures import draw
+    from gradaudit.ci.pictures import draw, remove_placeholder
 
     with tempfile.TemporaryDirectory(prefix="gradaudit-") as scratch:
         report = options.json_path or os.path.join(scratch, "report.json")
-        code = run(spec_path, dataclasses.replace(options, json_path=report))
+        try:
+            code = run(spec_path, dataclasses.replace(options, json_path=report))
+        except GradauditError:
+            remove_placeholder(html_path)
+            raise
+        if code == ExitCode.USAGE:
+            remove_placeholder(html_path)
         if code == ExitCode.USAGE or not os.path.isfile(report):
             return code
         return draw(report, html_path, code)

@@ -79,3 +79,17 @@ def test_the_add_ons_import_neither_torch_nor_the_engine() -> None:
     allowed |= {"gradaudit.errors", "gradaudit.write", "gradaudit.targets"}
     allowed |= {"gradaudit.targets.sharded", "gradaudit.targets.sharded.layout"}
     assert outside <= allowed, sorted(outside - allowed)
+
+
+def test_run_html_refused_as_bad_input_leaves_no_page(tmp_path: Path) -> None:
+    """Like the JUnit and JSON reports: exit 2 writes nothing, and the placeholder goes."""
+    from tests.conftest import REPO, run_gradaudit
+
+    page = tmp_path / "out.html"
+    spec = REPO / "specs" / "charrnn.yaml"
+    result = run_gradaudit("run", spec, "--set", "nope=1", "--html", page)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert not page.exists()
+    page.write_text("<p>an older page</p>", "utf-8")  # an old page never outlives a refused run
+    assert run_gradaudit("run", spec, "--set", "nope=1", "--html", page).returncode == 2
+    assert not page.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from gradaudit.ci import html
 from gradaudit.ci.report import ReportError, load_report
 from gradaudit.errors import ExitCode, UsageError
@@ -20,6 +22,17 @@ def html_placeholder(path: str) -> None:
         write_atomic(path, PLACEHOLDER)
     except OSError as exc:
         raise UsageError(f"--html {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def remove_placeholder(path: str) -> None:
+    """A run refused as bad input (exit 2) leaves no page, as it leaves no other report: the
+    placeholder goes, and a page that is not the placeholder stays."""
+    import contextlib
+    from pathlib import Path
+
+    with contextlib.suppress(OSError):
+        if Path(path).read_text(encoding="utf-8") == PLACEHOLDER:
+            os.unlink(path)
 
 
 def draw(report_path: str, html_path: str, code: int) -> int:
