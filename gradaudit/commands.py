@@ -106,9 +106,14 @@ class Reports:
     finish" for what is not done) after every case."""
 
     def __init__(self, loaded: LoadedSpec, options: RunOptions) -> None:
+        from datetime import datetime, timezone
+
         self.loaded, self.options = loaded, options
         self.reporters: list[Reporter] = []
         self.supervisor: Supervisor | None = None
+        # The run starts now, not when the executor's plan arrives (after its imports).
+        self.started = datetime.now(timezone.utc).isoformat()
+        self.clock = time.perf_counter()
 
     def planned(self, plan: Plan) -> None:
         from gradaudit.plugins import report_registry
@@ -120,7 +125,7 @@ class Reports:
             "torch_version": plan.facts.get("torch_version", ""),
             "python_version": platform.python_version(),
         }
-        info = RunInfo(self.loaded, plan, versions)
+        info = RunInfo(self.loaded, plan, versions, started=self.started, clock=self.clock)
         chosen = ReportOptions(
             o.junit_xml, o.json_path, o.verbosity, o.color, o.progress, dict(o.extra)
         )

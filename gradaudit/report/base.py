@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +38,7 @@ class RunInfo:
     versions: dict[str, str]
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     host: str = field(default_factory=platform.node)
+    clock: float = field(default_factory=time.perf_counter)  # when the run started
 
     @property
     def tensors(self) -> list[str]:

@@ -158,6 +158,7 @@ class ConsoleReporter:
         click.echo(text, file=self.out, color=self.color)
 
     def start(self, info: RunInfo) -> None:
+        self.start_time = info.clock
         plan = info.plan
         shard = f", shard {info.shard}" if info.shard else ""
         self.total_cases = sum(len(c.samples or ()) * len(c.tensors) for c in plan.runnable)
