@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The console script installed next to this interpreter (there is no `python -m gradaudit`).
 GRADAUDIT = Path(sys.executable).with_name("gradaudit")
 
+ZYGOTE = "GRADAUDIT_ZYGOTE"
 SpecWriter = Callable[..., Path]
 CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -37,8 +40,9 @@ def small_spec(**overrides: Any) -> dict[str, Any]:
 
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment without gradaudit's own variables, plus `env`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GRADAUDIT_")}
+    """The current environment without gradaudit's own variables (but this session's
+    zygote), plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GRADAUDIT_") or k == ZYGOTE}
     base.pop("NO_COLOR", None)
     base.update(env or {})
     return base
@@ -61,6 +65,30 @@ def run_gradaudit(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zygote() -> Iterator[None]:
+    """One zygote per test process (gradaudit.run.zygote): the runs of this session fork
+    their executors from it instead of importing torch each time. Runs that start before it
+    is ready, and tests that unset GRADAUDIT_ZYGOTE, start executors as users' runs do.
+    GRADAUDIT_ZYGOTE=0 switches it off for the whole session."""
+    if os.environ.get(ZYGOTE) == "0":
+        os.environ.pop(ZYGOTE)
+        yield
+        return
+    from gradaudit.run import zygote as zygotes
+
+    folder = Path(tempfile.mkdtemp(prefix="gradaudit-zygote-"))
+    server = zygotes.start(folder / "socket")
+    os.environ[ZYGOTE] = str(folder / "socket")
+    try:
+        yield
+    finally:
+        os.environ.pop(ZYGOTE, None)
+        server.kill()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -212,11 +212,18 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
 
 
 def main() -> None:
+    """`python -c EXECUTOR FD PARENT`: run the job on stdin, events to FD."""
+    fd, parent = int(sys.argv[-2]), int(sys.argv[-1])
+    die_with_parent(parent)
+    serve_job(fd)
+
+
+def serve_job(fd: int) -> None:
+    """Read the job on stdin, run it, send its events to the descriptor `fd`, and end the
+    process (a started executor, or one forked by gradaudit.run.zygote)."""
     import warnings
 
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-    fd, parent = int(sys.argv[-2]), int(sys.argv[-1])
-    die_with_parent(parent)
     out = os.fdopen(fd, "wb", buffering=0)
 
     def emit(events: list[Event]) -> None:

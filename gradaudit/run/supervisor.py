@@ -34,6 +34,7 @@ from gradaudit.errors import ExitCode
 from gradaudit.mutate import MutationReport
 from gradaudit.plan import Plan
 from gradaudit.results import CaseResult, GroupResult
+from gradaudit.run import zygote
 from gradaudit.run.events import (
     At,
     CaseDone,
@@ -103,7 +104,7 @@ class Supervisor:
         self.restore = restore
         self.outcome = Outcome()
         self.signal: str | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | zygote.Forked | None = None
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ class Supervisor:
         """One executor, from its start to its end: "finished", or why it ended."""
         read, write = os.pipe()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = zygote.fork(write, os.getpid()) or subprocess.Popen(
                 [sys.executable, "-c", EXECUTOR, str(write), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 pass_fds=(write,),
@@ -277,6 +278,7 @@ class Supervisor:
     def _death(self, state: _State) -> str:
         assert self.proc is not None
         code = self.proc.returncode
+        assert code is not None
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
         elif code == 0:
