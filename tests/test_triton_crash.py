@@ -1,7 +1,8 @@
 """A Triton kernel that crashes the process running it is a red case, not a dead audit:
 the gallery's out-of-bounds store (dx written with x's strides) kills the executor on the
 `strided` layout; that variant is an error naming the signal, a new executor runs the rest,
-and `expanded` (where the same bug gives wrong values without a crash) fails as it should.
+and `expanded` (where the same bug gives wrong values, and sometimes crashes too: the
+interpreter's heap decides) is red as it should be.
 gradaudit sets TRITON_INTERPRET itself for this cpu-only run, and says so in the report."""
 
 from __future__ import annotations
@@ -50,10 +51,13 @@ def test_a_kernel_that_kills_its_process_is_red_for_its_variant_and_the_rest_run
         for t in g["tensors"]
         if t["status"] != "pass"
     }
-    assert bad[("variant:expanded", "grad.x")][0] == "fail"
+    # expanded: the same bug writes wrong values, or (heap luck) crashes that variant too
+    status, error = bad[("variant:expanded", "grad.x")]
+    assert status == "fail" or (status == "error" and "was killed by SIG" in error), error
     crashed = {k: v for k, v in bad.items() if k[0] == "variant:strided"}
     assert set(crashed) == {("variant:strided", n) for n in ("out", "grad.x", "grad.weight")}
     for status, error in crashed.values():
         assert status == "error" and "was killed by SIG" in error, error
-    assert set(bad) == set(crashed) | {("variant:expanded", "grad.x")}
+    expanded = {("variant:expanded", n) for n in ("out", "grad.x", "grad.weight")}
+    assert set(crashed) < set(bad) <= set(crashed) | expanded  # no other variant is red
     assert len(data["groups"]) == 10  # every planned variant ran and reported
