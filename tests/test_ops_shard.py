@@ -10,8 +10,6 @@ import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, run_gradaudit
 
 RMSNORM = REPO / "specs" / "op-rmsnorm.yaml"
@@ -64,22 +62,31 @@ def sharded(tmp_path: Path, spec: Path, total: int) -> list[int]:
     return codes
 
 
-@pytest.mark.parametrize("bug", [False, True], ids=["green", "in-place-bug"])
-def test_merged_shards_are_the_unsharded_run(tmp_path: Path, bug: bool) -> None:
-    spec = RMSNORM
-    if bug:
-        spec = tmp_path / "bug.yaml"
-        spec.write_text(IN_PLACE)
+def test_merged_shards_are_the_unsharded_run_and_a_bug_is_red_in_its_shard_only(
+    tmp_path: Path,
+) -> None:
+    """The in-place gallery op, sharded 3 ways: the merge is the unsharded run, and each
+    stated red case is red in exactly the shard `plan --shard` names for it (the green
+    spec's merge: test_the_documented_sharding_commands_run)."""
+    spec = tmp_path / "bug.yaml"
+    spec.write_text(IN_PLACE)
+    plan = json.loads(run_gradaudit("plan", spec, *DTYPES, "--json", "--shard", "1/3").stdout)
+    owner = {
+        (c["dtype"], c["check"].removeprefix("variant:")): (
+            c["skip"] or "run by shard 1/3"
+        ).removeprefix("run by shard ")
+        for c in plan["cases"]
+    }
     whole = run_gradaudit(
         "run", spec, *DTYPES, "--junit-xml", tmp_path / "all.xml", "--json", tmp_path / "all.json"
     )
-    assert whole.returncode == (1 if bug else 0), whole.stdout + whole.stderr
+    assert whole.returncode == 1, whole.stdout + whole.stderr
     codes = sharded(tmp_path, spec, 3)
     xmls = [tmp_path / f"s{k}.xml" for k in (1, 2, 3)]
     jsons = [tmp_path / f"s{k}.json" for k in (1, 2, 3)]
     merged_xml = run_gradaudit("merge", tmp_path / "m.xml", *xmls)
     merged_json = run_gradaudit("merge", tmp_path / "m.json", *jsons)
-    assert merged_xml.returncode == merged_json.returncode == whole.returncode
+    assert merged_xml.returncode == merged_json.returncode == 1
     unsharded = cases(tmp_path / "all.xml")
     assert cases(tmp_path / "m.xml") == unsharded
     assert statuses(tmp_path / "m.json") == statuses(tmp_path / "all.json")
@@ -89,22 +96,8 @@ def test_merged_shards_are_the_unsharded_run(tmp_path: Path, bug: bool) -> None:
     assert sum(map(len, ran)) == len(unsharded)
     assert set().union(*ran) == set(unsharded)
     assert all(ran), "every shard ran something"
-    if bug:  # a shard is red exactly when it runs a failing case
-        assert codes == [1 if any(unsharded[k] != "pass" for k in r) else 0 for r in ran]
-
-
-def test_a_bug_fails_in_exactly_the_shard_of_its_exposing_cases(tmp_path: Path) -> None:
-    spec = tmp_path / "bug.yaml"
-    spec.write_text(IN_PLACE)
-    owner: dict[tuple[str, str], str] = {}
-    for k in (1, 2, 3):
-        plan = run_gradaudit("plan", spec, *DTYPES, "--json", "--shard", f"{k}/3")
-        owner |= {
-            (c["dtype"], c["check"].removeprefix("variant:")): f"{k}/3"
-            for c in json.loads(plan.stdout)["cases"]
-            if c["skip"] is None
-        }
-    sharded(tmp_path, spec, 3)
+    # a shard is red exactly when it runs a failing case
+    assert codes == [1 if any(unsharded[k] != "pass" for k in r) else 0 for r in ran]
     red: dict[tuple[str, str], set[str]] = {}
     for k in (1, 2, 3):
         for (_, dtype, check, _), status in statuses(tmp_path / f"s{k}.json").items():
@@ -174,3 +167,14 @@ def test_the_documented_sharding_commands_run(tmp_path: Path) -> None:
     assert "variants N=7, D=1, transposed (shard 2/3)" in outputs[0]
     assert outputs[-1].startswith("148 passed, 0 failed, 0 errors, 0 skipped")
     assert cases(tmp_path / "all.xml") and "skipped" not in cases(tmp_path / "all.xml").values()
+    # the merge is the unsharded run: the same cases, the same verdicts
+    whole = run_gradaudit(
+        "run", "specs/op-rmsnorm.yaml", "--junit-xml", "one.xml", "--json", "one.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert cases(tmp_path / "all.xml") == cases(tmp_path / "one.xml")
+    assert statuses(tmp_path / "all.json") == statuses(tmp_path / "one.json")
+    ran = [{k for k, v in cases(tmp_path / f"shard{k}.xml").items() if v != "skipped"}
+           for k in (1, 2, 3)]  # fmt: skip
+    assert all(ran) and sum(map(len, ran)) == len(cases(tmp_path / "one.xml"))
