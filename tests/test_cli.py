@@ -294,9 +294,14 @@ NO_TORCH_PROBE = textwrap.dedent(
         (["run", "--help"], "--junit-xml"),
         (["validate", "specs/charrnn.yaml"], "specs/charrnn.yaml: ok"),
         (["validate", "specs/charrnn.yaml", "specs/charrnn-shakespeare.yaml"], ": ok"),
+        # the supervisor of a run: torch is the executor's (it cost every run 1.5 s twice)
+        (["run", "specs/op-rmsnorm.yaml", "--dtype", "float32", "--variant", "base"], "passed"),
+        (["plan", "specs/op-rmsnorm.yaml", "--json"], '"cases"'),
     ],
 )
-def test_help_and_validate_do_not_import_torch(args: list[str], expect: str) -> None:
+def test_help_validate_and_a_runs_supervisor_do_not_import_torch(
+    args: list[str], expect: str
+) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", NO_TORCH_PROBE, *args],
         cwd=REPO,
