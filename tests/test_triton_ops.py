@@ -19,10 +19,13 @@ import pytest
 
 from tests.conftest import GRADAUDIT, REPO, cli_env
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None,
-    reason="triton is not installed: pip install 'gradaudit[triton]'",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("triton") is None,
+        reason="triton is not installed: pip install 'gradaudit[triton]'",
+    ),
+    pytest.mark.xdist_group("triton-children"),  # one worker: the children run once
+]
 
 SPEC = REPO / "specs" / "op-triton-rmsnorm.yaml"
 ALL = {"out", "grad.x", "grad.weight"}

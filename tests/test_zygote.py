@@ -41,10 +41,13 @@ def register_gradients(register):
 """
 
 
-@pytest.fixture
-def own_zygote(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A zygote of this test's own, ready (its socket exists): (socket path, its pid)."""
-    path = tmp_path / "zygote.sock"
+pytestmark = pytest.mark.xdist_group("zygote")  # one worker: one zygote of their own
+
+
+@pytest.fixture(scope="module")
+def own_zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A zygote of these tests' own, ready (its socket exists): (socket path, its pid)."""
+    path = tmp_path_factory.mktemp("zygote") / "zygote.sock"
     server = zygote.start(path)
     deadline = time.monotonic() + 120
     while not path.exists():
