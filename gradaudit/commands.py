@@ -185,6 +185,8 @@ def run(spec_path: str, options: RunOptions) -> int:
         return _fail_to_start(outcome, why)
     summary = verdict(outcome)
     reports.finish(summary)
+    if outcome.failed is not None:  # it planned, then could not go on: the reports say why too
+        click.echo(f"gradaudit: error: {outcome.failed.message}", err=True)
     return exit_code(outcome, summary)
 
 

@@ -253,4 +253,6 @@ def plan_lines(plan: Plan) -> list[str]:
             text = f"SKIP  {case.skip}" if case.skip else tensor.tol.describe()
             lines.append(f"{where} {tensor.name:<20} {text}")
     lines += [f"warning: {w}" for w in plan.warnings]
+    if "triton" in plan.facts:
+        lines.append(f"note: {plan.facts['triton']}")
     return lines

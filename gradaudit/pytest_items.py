@@ -75,7 +75,8 @@ class SpecAudit:
         outcome = Supervisor(job).run()
         if outcome.fold is None or outcome.failed is not None:
             why = outcome.failed.message if outcome.failed else outcome.stopped
-            return GradauditError(f"{'/'.join(key)}: the run could not start: {why}")
+            how = "could not start" if outcome.fold is None else "could not go on"
+            return GradauditError(f"{'/'.join(key)}: the run {how}: {why}")
         summary = verdict(outcome)
         return {(g.device, g.dtype, g.check): g for g in summary.groups}
 

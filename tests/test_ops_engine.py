@@ -23,7 +23,7 @@ from gradaudit.targets.op.api import check_op
 from gradaudit.targets.op.errors import OpError, OpSpecError
 from gradaudit.targets.op.load import metadata
 from gradaudit.targets.op.variants import derive, draw_inputs, variant_seed
-from tests.conftest import run_op_spec
+from tests.conftest import run_gradaudit, run_op_spec
 
 REPO = Path(__file__).resolve().parents[1]
 XW = {"x": (4, 8), "w": (8,)}
@@ -167,6 +167,13 @@ def test_structural_problems_name_the_spec_line(tmp_path: Path) -> None:
     )
     with pytest.raises(OpError, match=r"s\.yaml:3: op\.candidate: out is detached"):
         run_op_spec(spec)
+    # through `gradaudit run`: exit 2 in that one line (it was an internal error, exit 3)
+    result = run_gradaudit("run", spec, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"gradaudit: error: {spec}:3: op.candidate: out is detached from the " + (
+        "inputs: its gradients would be silently zero"
+    )
 
 
 def test_a_reference_that_raises_on_one_variant_errs_there_only() -> None:
@@ -386,3 +393,34 @@ def test_one_float64_reference_run_is_the_truth_of_every_dtype() -> None:
     # below float16's normal range a bfloat16 value is not exact in float16: its own truth
     calls = reference_calls(["bfloat16", "float16"], low=1e-6)
     assert calls.count(torch.float64) == 2
+
+
+def test_a_module_missing_mid_run_stops_it_with_exit_2_keeping_what_was_compared(
+    tmp_path: Path,
+) -> None:
+    """The first variant compares; then the op imports a module this machine lacks: the
+    run stops (exit 2, one line), its report keeps the first variant's verdicts."""
+    (tmp_path / "lazy.py").write_text(
+        "calls = []\n"
+        "def op(x):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) > 2:\n"
+        "        import gradaudit_no_such_module\n"
+        "    return x * x\n"
+    )
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: lazy\nop:\n  candidate: lazy:op\n  reference: torch:square\n"
+        "  inputs: {x: {shape: [3]}}\ndtypes: [float64]\n"
+    )
+    report = tmp_path / "r.json"
+    result = run_gradaudit(
+        "run", spec, "--json", report, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("gradaudit: error: op.candidate cannot run here: ModuleNotFoundError")
+    data = json.loads(report.read_text())
+    statuses = {(g["check"], t["status"]) for g in data["groups"] for t in g["tensors"]}
+    assert ("variant:base", "pass") in statuses and data["totals"]["passed"] > 0
+    assert "cannot run here" in data["stopped"]

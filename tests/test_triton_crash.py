@@ -44,7 +44,7 @@ def test_a_kernel_that_kills_its_process_is_red_for_its_variant_and_the_rest_run
     result = run_gradaudit("run", spec, "--json", report)
     assert result.returncode == 1, result.stdout + result.stderr
     data = json.loads(report.read_text("utf-8"))
-    assert data["run"]["triton"].startswith("kernels run under Triton's interpreter")
+    assert data["run"]["triton"].startswith("Triton kernels run under Triton's interpreter")
     bad = {
         (g["check"], t["tensor"]): (t["status"], (t["errors"] or [""])[0])
         for g in data["groups"]
@@ -61,3 +61,72 @@ def test_a_kernel_that_kills_its_process_is_red_for_its_variant_and_the_rest_run
     expanded = {("variant:expanded", n) for n in ("out", "grad.x", "grad.weight")}
     assert set(crashed) < set(bad) <= set(crashed) | expanded  # no other variant is red
     assert len(data["groups"]) == 10  # every planned variant ran and reported
+
+
+SHIFT = '''
+"""y = x + eps: a kernel that calls .to on a Python float, which compiles for a GPU but
+which Triton's interpreter cannot run (as five of seven Liger-Kernel ops)."""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def shift_kernel(x_ptr, y_ptr, eps, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    mask = i < n
+    x = tl.load(x_ptr + i, mask=mask)
+    tl.store(y_ptr + i, x + eps.to(tl.float32), mask=mask)
+
+
+class Shift(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, eps=1e-6):
+        flat = x.contiguous().reshape(-1)
+        y = torch.empty_like(flat)
+        shift_kernel[(1,)](flat, y, eps, flat.numel(), BLOCK=triton.next_power_of_2(flat.numel()))
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy, None
+
+
+def reference(x, eps=1e-6):
+    return x + eps
+'''
+
+SHIFT_SPEC = """\
+name: triton-interpreter-limit
+op:
+  candidate: triton_shift:Shift
+  reference: triton_shift:reference
+  inputs:
+    x: {shape: [4, 8]}
+  variants: false
+dtypes: [float32]
+"""
+
+
+def test_a_kernel_the_interpreter_cannot_run_is_an_error_saying_so_not_a_failure(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "triton_shift.py").write_text(SHIFT, "utf-8")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SHIFT_SPEC, "utf-8")
+    report = tmp_path / "out.json"
+    result = run_gradaudit(
+        "run", spec, "--json", report, env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(report.read_text("utf-8"))
+    tensors = [t for g in data["groups"] for t in g["tensors"]]
+    assert tensors and {t["status"] for t in tensors} == {"error"}
+    for t in tensors:
+        (error,) = set(t["errors"])
+        assert error.startswith(
+            "candidate: Triton's interpreter cannot run this kernel: InterpreterError:"
+        ), error
+    plan = run_gradaudit("plan", spec, env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    note = "note: Triton kernels run under Triton's interpreter (TRITON_INTERPRET=1)"
+    assert plan.returncode == 0 and note in plan.stdout.splitlines(), plan.stdout

@@ -3,10 +3,12 @@ every plugin on every run), and only a call to a kernel asks for the extra."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import GRADAUDIT, REPO, cli_env
 
 WITHOUT_TRITON = """
 import sys
@@ -45,3 +47,32 @@ def test_the_plugin_registers_without_triton_and_a_call_names_the_extra() -> Non
     hint = "ImportError: gradaudit_triton's kernels need triton, which is not installed: "
     assert lines[1:3] == [hint + "pip install 'gradaudit[triton]'"] * 2
     assert lines[3] == "reference torch.Size([2, 3])"
+
+
+def test_the_triton_spec_without_triton_exits_2_in_one_line_naming_the_extra(
+    tmp_path: Path,
+) -> None:
+    """A `triton` that cannot be imported (first on PYTHONPATH): no case can run, so the
+    run is a setup error, before any result; the requested report says why."""
+    fake = tmp_path / "site" / "triton"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'triton'\", name='triton')\n"
+    )
+    report = tmp_path / "r.json"
+    done = subprocess.run(
+        [str(GRADAUDIT), "run", str(REPO / "specs" / "op-triton-rmsnorm.yaml")]
+        + ["--json", str(report)],
+        cwd=tmp_path,
+        env=cli_env({"PYTHONPATH": str(tmp_path / "site")}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("gradaudit: error: op.candidate cannot run here: ImportError: ")
+    assert line.endswith("pip install 'gradaudit[triton]'"), line
+    data = json.loads(report.read_text())
+    assert data["totals"]["passed"] == 0 and "could not start" in json.dumps(data)

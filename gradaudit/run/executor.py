@@ -83,12 +83,16 @@ def interpret_kernels(devices: Sequence[str]) -> dict[str, str]:
     """Triton kernels on a CPU runner run under Triton's interpreter: TRITON_INTERPRET=1,
     set before any plugin can import triton (which reads it once, at import). Only when
     every audited device is the cpu, and never over the user's own setting. Returns the
-    plan's fact saying so."""
-    cpu_only = set(devices) == {"cpu"}
-    if cpu_only and "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
+    plan's fact saying so (where triton is installed and its kernels will be interpreted)."""
+    import importlib.util
+
+    if set(devices) != {"cpu"} or importlib.util.find_spec("triton") is None:
+        return {}
+    fact = {"triton": "Triton kernels run under Triton's interpreter (TRITON_INTERPRET=1)"}
+    if "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"
-        return {"triton": "kernels run under Triton's interpreter (TRITON_INTERPRET=1)"}
-    return {}
+        return fact
+    return fact if os.environ.get("TRITON_INTERPRET") == "1" else {}
 
 
 def run_job(
@@ -147,10 +151,16 @@ def run_job(
     context = Context(job.timeout, mutants, dict(job.options))
     wanted = None if job.cases is None else set(job.cases)
     own = getattr(target, "run_plan", None)  # a target with an executor of its own (torchrun)
-    if own is not None:
-        own(plan, emit, context, wanted, job.resume)
-    else:
-        run_plan(target, plan, emit, context, wanted, job.resume)
+    try:
+        if own is not None:
+            own(plan, emit, context, wanted, job.resume)
+        else:
+            run_plan(target, plan, emit, context, wanted, job.resume)
+    except GradauditError as exc:  # it cannot go on (a module this machine lacks)
+        if not own_process:
+            raise  # the Python API's caller gets the error itself
+        emit([Failed(str(exc), int(exc.exit_code))])
+        return
     emit([Finished()])
 
 

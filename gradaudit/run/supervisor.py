@@ -135,7 +135,15 @@ class Supervisor:
             if fold is None and self.outcome.failed is None:
                 self.outcome.stopped = ended  # it never planned: why
                 return
-            if ended == "finished" or fold is None or self.outcome.failed is not None:
+            failed = self.outcome.failed
+            if fold is not None and failed is not None:  # it planned, then could not go on
+                if not fold.received:  # before any result: as if it had not started
+                    self.outcome.fold = None
+                    return
+                self.outcome.stopped = failed.message
+                self._close(failed.message, False)
+                return
+            if ended == "finished" or fold is None:
                 self._close(reason if ended != "finished" else "", ended == "finished")
                 return
             reason = ended

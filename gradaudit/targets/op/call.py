@@ -236,8 +236,20 @@ def guarded(kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
         raise
     except VariantError as exc:
         raise VariantError(f"{kind}: {exc}") from None
+    except ImportError as exc:  # this machine lacks what the op needs: no variant can run
+        raise OpError(f"op.{kind} cannot run here: {_why(exc)}") from None
     except Exception as exc:
+        if _interpreter_limit(exc):
+            text = f"Triton's interpreter cannot run this kernel: {_why(exc)}"
+            raise VariantError(f"{kind}: {text}") from None
         raise VariantError(f"{kind} raised {_why(exc)}") from None
+
+
+def _interpreter_limit(exc: BaseException) -> bool:
+    """Triton's interpreter (TRITON_INTERPRET=1) refused the kernel: a limit of the
+    interpreter, not a wrong gradient (on a GPU the same kernel may run)."""
+    kind = type(exc)
+    return kind.__name__ == "InterpreterError" and kind.__module__.startswith("triton")
 
 
 def output_names(count: int) -> list[str]:
