@@ -424,3 +424,31 @@ def test_a_module_missing_mid_run_stops_it_with_exit_2_keeping_what_was_compared
     statuses = {(g["check"], t["status"]) for g in data["groups"] for t in g["tensors"]}
     assert ("variant:base", "pass") in statuses and data["totals"]["passed"] > 0
     assert "cannot run here" in data["stopped"]
+
+
+def _verdicts(result: Any) -> list[tuple[str, str, str, str, float]]:
+    return [
+        (g.dtype, g.check, t.tensor, t.status, t.max_abs) for g in result.groups for t in g.tensors
+    ]
+
+
+def test_isolated_check_op_gives_the_in_process_verdicts_green_and_red() -> None:
+    """isolate=True (forked, supervised children) changes where the cases run, not what they
+    find: a correct op stays green and a bug fails the same cases, with the same numbers."""
+    small: dict[str, Any] = {
+        "inputs": {"x": (3, 5), "weight": (5,)},
+        "dtypes": ["float64", "float32"],
+        "variants": ["base", "lead1", "transposed"],
+        "raise_on_failure": False,
+    }
+    for op in (rmsnorm, BUGS["rmsnorm-wrong-axis"][0]):
+        here = check_op(op, rmsnorm_reference, **small)
+        isolated = check_op(op, rmsnorm_reference, isolate=True, **small)
+        assert _verdicts(isolated) == _verdicts(here)
+        assert isolated.ok == (op is rmsnorm)
+
+
+def test_isolated_check_op_refuses_cuda_in_one_line() -> None:
+    with pytest.raises(OpSpecError, match="isolate=True runs cpu devices only"):
+        check_op(rmsnorm, rmsnorm_reference, inputs={"x": (3, 5), "weight": (5,)},
+                 devices=["cuda"], isolate=True)  # fmt: skip

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_gradaudit
+from tests.conftest import cli_env, run_gradaudit
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None,
@@ -130,3 +132,75 @@ def test_a_kernel_the_interpreter_cannot_run_is_an_error_saying_so_not_a_failure
     plan = run_gradaudit("plan", spec, env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     note = "note: Triton kernels run under Triton's interpreter (TRITON_INTERPRET=1)"
     assert plan.returncode == 0 and note in plan.stdout.splitlines(), plan.stdout
+
+
+ISOLATED = """
+import json, sys
+import torch
+from gradaudit import check_op
+from gradaudit_triton.gallery import BUGS
+from gradaudit_triton.rmsnorm import rmsnorm_reference
+
+result = check_op(
+    BUGS["triton-rmsnorm-dx-strides-of-x"][0].apply, rmsnorm_reference,
+    inputs={"x": (6, 16), "weight": (16,)}, dtypes=["float32"], isolate=True,
+    raise_on_failure=False,
+)
+print(json.dumps([
+    [g.check, t.tensor, t.status, (t.errors or [""])[0]]
+    for g in result.groups for t in g.tensors
+]))
+"""
+
+
+def test_check_op_isolated_survives_the_kernel_that_kills_its_process(tmp_path: Path) -> None:
+    """In-process, this kernel kills the caller (test_triton_ops: the out-of-bounds store);
+    with isolate=True the strided variant is an error naming the signal, and every other
+    variant still runs in a new child."""
+    done = subprocess.run(
+        [sys.executable, "-c", ISOLATED],
+        cwd=tmp_path,
+        env=cli_env({"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    red = {(c, t): (s, e) for c, t, s, e in rows if s != "pass"}
+    strided = {("variant:strided", n) for n in ("out", "grad.x", "grad.weight")}
+    assert strided <= set(red), red
+    for key in strided:
+        assert red[key][0] == "error" and "was killed by SIG" in red[key][1], red[key]
+    expanded = {("variant:expanded", n) for n in ("out", "grad.x", "grad.weight")}
+    assert ("variant:expanded", "grad.x") in red and set(red) <= strided | expanded
+    assert len({c for c, _, _, _ in rows}) == 10  # every variant reported
+
+
+def test_under_pytest_the_crashing_variant_fails_its_items_and_the_rest_pass(
+    tmp_path: Path,
+) -> None:
+    """The same spec collected by pytest: the strided items fail naming the signal, pytest
+    itself survives, and the variants the kernel does not break pass."""
+    spec = tmp_path / "crash.yaml"
+    spec.write_text(SPEC, "utf-8")
+    env = cli_env()
+    env.pop("TRITON_INTERPRET", None)  # gradaudit sets it in its executor
+    env["COLUMNS"] = "1000"  # the short summary's lines whole
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(spec), "-q", "-p", "no:cacheprovider", "-rfE"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    strided = [line for line in failed if "strided" in line]
+    assert len(strided) == 3 and all("was killed by SIG" in line for line in strided), failed
+    assert all("strided" in line or "expanded" in line for line in failed), failed
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and int(summary.split(" passed")[0].split()[-1]) >= 20, summary

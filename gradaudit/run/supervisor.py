@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Protocol
 
 from gradaudit.errors import ExitCode
 from gradaudit.mutate import MutationReport
@@ -56,6 +56,37 @@ EXECUTOR = "import sys; sys.path.pop(0); from gradaudit.run.executor import main
 MAX_RESTARTS = 8  # executors started after the first, each only if the last got further
 POLL = 0.05
 LOADING_LIMIT = 10.0  # with --timeout: loading may take 10 times it, and at least this
+
+
+class Executor(Protocol):
+    """A started executor: what the supervisor uses of `subprocess.Popen`."""
+
+    pid: int
+    returncode: int | None
+
+    @property
+    def stdin(self) -> IO[bytes] | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+# Starts an executor that writes its events to the descriptor given, in a session of its own.
+Start = Callable[[int], Executor]
+
+
+def start_executor(events: int) -> Executor:
+    """`python -c EXECUTOR`, or forked by the test suite's zygote (gradaudit.run.zygote)."""
+    forked = zygote.fork(events, os.getpid())
+    if forked is not None:
+        return forked
+    return subprocess.Popen(
+        [sys.executable, "-c", EXECUTOR, str(events), str(os.getpid())],
+        stdin=subprocess.PIPE,
+        pass_fds=(events,),
+        start_new_session=True,
+    )
 
 
 class Observer(Protocol):
@@ -96,15 +127,23 @@ class _Stop(Exception):
 
 
 class Supervisor:
-    def __init__(self, job: Job, observer: Observer | None = None, restore: bool = True) -> None:
+    def __init__(
+        self,
+        job: Job,
+        observer: Observer | None = None,
+        restore: bool = True,
+        start: Start = start_executor,
+    ) -> None:
         """`restore`: put the signal handlers back afterwards (a command that ends with the
-        run keeps them, so that a second signal cannot cut its reports short)."""
+        run keeps them, so that a second signal cannot cut its reports short). `start`: how
+        an executor starts (gradaudit.run.isolate forks one that runs an in-memory target)."""
         self.job = job
+        self.start = start
         self.observer = observer
         self.restore = restore
         self.outcome = Outcome()
         self.signal: str | None = None
-        self.proc: subprocess.Popen[bytes] | zygote.Forked | None = None
+        self.proc: Executor | None = None
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -179,12 +218,7 @@ class Supervisor:
         """One executor, from its start to its end: "finished", or why it ended."""
         read, write = os.pipe()
         try:
-            self.proc = zygote.fork(write, os.getpid()) or subprocess.Popen(
-                [sys.executable, "-c", EXECUTOR, str(write), str(os.getpid())],
-                stdin=subprocess.PIPE,
-                pass_fds=(write,),
-                start_new_session=True,
-            )
+            self.proc = self.start(write)
         finally:
             os.close(write)
         assert self.proc.stdin is not None

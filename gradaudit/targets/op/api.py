@@ -97,12 +97,15 @@ def check_op(
     dims: Mapping[str, int] | None = None,
     checks: OpChecks | Mapping[str, Any] | None = None,
     raise_on_failure: bool = True,
+    isolate: bool = False,
 ) -> OpResult:
     """Audit `candidate` against `reference` (None: float64 finite differences).
 
     inputs: name -> shape (a float input requiring grad), or the fields of a spec's input
     (`{"shape": [8], "dtype": "int64", "high": 10}`). variants: True (derived), False (the
-    shapes as given), a list of variant names, or a spec's `variants` mapping.
+    shapes as given), a list of variant names, or a spec's `variants` mapping. isolate: run
+    the cases in forked children (cpu only), so that a kernel that kills its process
+    (an out-of-bounds store) is an error of the case it ran in, and the rest still runs.
     """
     decls = {name: _input(name, value) for name, value in inputs.items()}
     options = _variant_options(variants)
@@ -132,16 +135,22 @@ def check_op(
         tolerance=tol,
         checks=op_checks,
     )
-    result = _run(audit, devices, dtypes, tol, seed)
+    result = _run(audit, devices, dtypes, tol, seed, isolate)
     if raise_on_failure and not result.ok:
         raise AssertionError(result.report())
     return result
 
 
 def _run(
-    audit: OpAudit, devices: Sequence[str], dtypes: Sequence[str], tol: Tolerance, seed: int
+    audit: OpAudit,
+    devices: Sequence[str],
+    dtypes: Sequence[str],
+    tol: Tolerance,
+    seed: int,
+    isolate: bool = False,
 ) -> OpResult:
-    """The audit through the engine's plan, loop and fold, in this process."""
+    """The audit through the engine's plan, loop and fold, in this process (or, isolated,
+    in supervised forked children: gradaudit.run.isolate)."""
     from gradaudit.commands import verdict
     from gradaudit.plan import Selection, make_plan
     from gradaudit.run.events import Event
@@ -155,6 +164,8 @@ def _run(
     head = target.head()
     selection = Selection(tuple(devices), tuple(dtypes))
     plan = make_plan(head, target.skeletons(devices, dtypes), tol, selection)
+    if isolate:
+        return _isolated(target, plan, audit, devices, seed)
     fold = Fold(plan)
 
     def emit(events: list[Event]) -> None:
@@ -164,6 +175,31 @@ def _run(
     run_plan(target, plan, emit, Context())
     fold.close("the run ended before it", finished=True)
     outcome = Outcome(plan=plan, fold=fold)
+    return OpResult(plan, verdict(outcome), seed=seed)
+
+
+def _isolated(
+    target: Any, plan: Any, audit: OpAudit, devices: Sequence[str], seed: int
+) -> OpResult:
+    from gradaudit.commands import verdict
+    from gradaudit.errors import ExitCode, GradauditError
+    from gradaudit.run.isolate import run_isolated
+    from gradaudit.targets import Context
+
+    if set(devices) != {"cpu"}:
+        raise OpSpecError(
+            "check_op: isolate=True runs cpu devices only (a forked child "
+            "cannot use CUDA): audit cuda with `gradaudit run SPEC`"
+        )
+    outcome = run_isolated(target, plan, Context(), f"check_op {audit.name}")
+    if outcome.signal == "SIGINT":
+        raise KeyboardInterrupt
+    if outcome.fold is None or outcome.failed is not None:
+        why = outcome.failed.message if outcome.failed else outcome.stopped
+        error = GradauditError(f"check_op: {why}")
+        if outcome.failed is not None:
+            error.exit_code = ExitCode(outcome.failed.exit_code)
+        raise error
     return OpResult(plan, verdict(outcome), seed=seed)
 
 
