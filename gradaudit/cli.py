@@ -146,11 +146,13 @@ def run_command(
     quiet: bool,
     verbose: bool,
     color: bool | None,
+    **plugin_options: Any,
 ) -> None:
     """Audit the manual gradients named by SPEC against autograd."""
     if quiet and verbose:
         raise click.UsageError("-q and -v cannot be used together")
     from gradaudit.errors import Interrupted, stop_on_sigterm
+    from gradaudit.report.options import given_options
     from gradaudit.report.placeholder import interrupted, write_first
 
     stop_on_sigterm()  # a cancelled job, from now on, still writes what it has
@@ -163,7 +165,7 @@ def run_command(
         sys.exit(_run(spec, junit_xml, json_path, html_path, dict(
             devices=devices, dtypes=dtypes, require_devices=require_devices, shard=shard,
             batches=batches, variants=variants, timeout=timeout, color=color, quiet=quiet,
-            verbose=verbose, sets=sets, threads=threads,
+            verbose=verbose, sets=sets, threads=threads, extra=given_options(plugin_options),
         )))  # fmt: skip
     except (Interrupted, KeyboardInterrupt) as exc:
         sys.exit(interrupted(spec, junit_xml, json_path, isinstance(exc, Interrupted)))
@@ -367,6 +369,10 @@ def main() -> None:
     # torch warns on import when NumPy is absent; gradaudit never needs NumPy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
+        if sys.argv[1:2] == ["run"]:
+            from gradaudit.report.options import add_report_options
+
+            add_report_options(cli.commands["run"])
         code = cli.main(standalone_mode=False)
         if isinstance(code, int) and code:  # click returns ctx.exit()'s code here
             sys.exit(code)

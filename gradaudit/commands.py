@@ -85,7 +85,14 @@ def check_inputs(spec_path: str, options: RunOptions, loaded: LoadedSpec) -> Non
         if device not in loaded.spec.devices:
             raise UsageError(f"--require-device {device}: not in the spec's list")
     paths = {"--junit-xml": options.junit_xml, "--json": options.json_path}
-    paths |= {f"--{k}": v for k, v in options.extra.items() if isinstance(v, str)}
+    from gradaudit.plugins import report_registry
+
+    declared = report_registry().objects("report-option")
+    paths |= {
+        f"--{k}": v
+        for k, v in options.extra.items()
+        if isinstance(v, str) and getattr(declared.get(k), "path", False)
+    }
     inputs: list[str | Path] = [spec_path]
     inputs += [loaded.base_dir / p for p in loaded.spec.plugins if p.endswith(".py")]
     refuse_overwriting(paths, inputs)

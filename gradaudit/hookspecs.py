@@ -60,6 +60,16 @@ def register_reporters(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
+def register_report_options(register: Callable[[str, Any], None]) -> None:
+    """Register `gradaudit run` options for reporters: `register(name, ReportOption(...))`
+    (gradaudit.report.base), as pytest's `pytest_addoption`: `--NAME VALUE` reaches every
+    reporter factory as `options.extra[NAME]`. Read, like reporters, from the built-in
+    plugin and the `gradaudit.report` entry points, before the command line is parsed (a
+    spec's `plugins:` come too late to add options).
+    """
+
+
+@hookspec
 def register_targets(register: Callable[[str, Any], None]) -> None:
     """Register target kinds: `register(name, build)`.
 

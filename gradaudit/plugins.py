@@ -29,13 +29,14 @@ REPORT_GROUP = "gradaudit.report"  # reporters and their options, loaded by the 
 BUILTIN = "gradaudit.builtin"
 ALLOW_ENV = "GRADAUDIT_PLUGINS"  # comma-separated entry-point names; empty loads none
 TRACE_ENV = "GRADAUDIT_TRACE_HOOKS"
-KINDS = ("model", "gradients", "data", "check", "reporter", "op", "target")
+KINDS = ("model", "gradients", "data", "check", "reporter", "report-option", "op", "target")
 HOOKS = {
     "model": "register_models",
     "gradients": "register_gradients",
     "data": "register_data",
     "check": "register_checks",
     "reporter": "register_reporters",
+    "report-option": "register_report_options",
     "op": "register_ops",
     "target": "register_targets",
 }
@@ -205,7 +206,8 @@ def plugin_manager(
     registry = Registry(plugins=[(name, *sources[name]) for name in sources if name != BUILTIN])
     # The supervisor asks for reporters only: the other hooks import what runs plugin code
     # (torch: 1.5 s of every run, spent twice).
-    kinds = HOOKS if group != REPORT_GROUP else {"reporter": HOOKS["reporter"]}
+    reporting = ("reporter", "report-option")
+    kinds = HOOKS if group != REPORT_GROUP else {k: HOOKS[k] for k in reporting}
     for kind, hook_name in kinds.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             source, version = sources.get(impl.plugin_name, ("?", "?"))

@@ -29,6 +29,22 @@ class ReportOptions:
 
 
 @dataclass(frozen=True)
+class ReportOption:
+    """A `gradaudit run` option of a reporter plugin, registered through the
+    `register_report_options` hook as `register(NAME, ReportOption(help=...))`: `--NAME
+    VALUE` (or `--NAME` alone with `is_flag`) reaches every reporter factory as
+    `options.extra[NAME]` (absent when not given). Calling it converts the value given."""
+
+    help: str
+    metavar: str = "VALUE"
+    is_flag: bool = False
+    path: bool = False  # a report path: refused when it is the spec or another report's
+
+    def __call__(self, value: Any) -> Any:
+        return bool(value) if self.is_flag else str(value)
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """Facts about one run that every report records: the spec it read, the plan it made
     (with the target's own facts), and where it ran."""
