@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from gradaudit.postprocess import Rule
 from gradaudit.spec.common import (
@@ -126,12 +126,34 @@ class SavedTensors(Strict):
 
 
 class Checks(Strict):
-    """Extra checks beyond manual-vs-autograd, each reported as its own test cases."""
+    """Extra checks beyond manual-vs-autograd, each reported as its own test cases. A check
+    kind a plugin registers takes its options under its own name (`NAME: {...}`): they
+    reach it as `spec.checks.options(NAME)`; a name no plugin registers is an error at its
+    line when the target loads."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     finite_difference: FiniteDifference | None = None
     repeat: Repeat | None = None
     micro_batch: MicroBatch | None = None
     saved_tensors: SavedTensors | None = None
+
+    @model_validator(mode="after")
+    def _plugin_options_are_mappings(self) -> Checks:
+        for name, value in (self.model_extra or {}).items():
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{name}: a check's options are a mapping, or null for none")
+        return self
+
+    @property
+    def plugin_checks(self) -> list[str]:
+        """The names of plugin check kinds the spec asks for."""
+        return list(self.model_extra or {})
+
+    def options(self, name: str) -> dict[str, Any] | None:
+        """A plugin check kind's options ({} when given none), None when not asked for."""
+        extra = self.model_extra or {}
+        return None if name not in extra else dict(extra[name] or {})
 
 
 class Spec(SpecBase):

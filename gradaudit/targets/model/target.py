@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from gradaudit.checks import CheckKind
+from gradaudit.errors import SpecError
 from gradaudit.plan import Plan, PlannedCase, Skeleton
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.spec.model import Spec
@@ -29,6 +30,17 @@ class ModelTarget:
         self.checks: dict[str, CheckKind] = {
             name: kind() for name, kind in kinds.items() if "model" in _targets(kind)
         }
+        for name in self.spec.checks.plugin_checks:  # a plugin check kind's own options
+            if name not in self.checks:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(self.checks), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                known = ", ".join(sorted(self.checks))
+                raise SpecError(
+                    f"{loaded.where('checks', name)}: checks.{name}: no check kind of that "
+                    f"name is registered{hint}; available: {known}"
+                )
 
     def head(self) -> Plan:
         loaded, spec = self.audit.loaded, self.spec
