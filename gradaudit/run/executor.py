@@ -25,7 +25,7 @@ from typing import Any
 from gradaudit.errors import ExitCode, GradauditError, UsageError, one_line, why
 from gradaudit.plan import Plan, Selection, make_plan, subset
 from gradaudit.results import Shard
-from gradaudit.run.events import Event, Failed, Finished, Planned, encode
+from gradaudit.run.events import Event, Failed, Finished, Planned, Stopped, encode
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.spec.load import load_spec
 from gradaudit.targets import Target
@@ -243,6 +243,12 @@ def serve_job(fd: int) -> None:
     try:
         run_job(job, emit, own_process=True)
     except BaseException as exc:  # gradaudit's own error: the supervisor reports it
+        if isinstance(exc, KeyboardInterrupt) and from_plugin(exc):
+            # No Ctrl-C reaches an executor (its own session; the supervisor handles
+            # SIGINT): plugin code raised it, which ends the cases it left unfinished.
+            emit([Stopped("plugin code raised KeyboardInterrupt")])
+            out.close()
+            os._exit(0)
         try:
             emit([Failed(f"internal error: {one_line(exc)}", int(ExitCode.INTERNAL))])
         finally:
