@@ -176,20 +176,53 @@ def test_structural_problems_name_the_spec_line(tmp_path: Path) -> None:
     )
 
 
-def test_a_reference_that_raises_on_one_variant_errs_there_only() -> None:
+def test_a_variant_the_reference_rejects_is_not_applicable_never_the_candidates_error() -> None:
+    """Issue 28: the trusted side raising on a derived variant is the op's contract (a skip
+    naming the exclusion that avoids it), not a red for a correct candidate; on the shapes
+    as declared (base) it stays an error."""
+
     def picky(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1:
             raise ValueError("no single rows")
         return rmsnorm_reference(x, weight)
 
     result = audit(rmsnorm, picky, raise_on_failure=False)
-    errors = {g.check for g in result.groups if any(s.status == "error" for s in g.tensors)}
-    assert errors == {"variant:x.0=1"}
-    assert all(
-        s.status == "pass" for g in result.groups if g.check != "variant:x.0=1" for s in g.tensors
+    assert result.ok
+    skipped = {g.check: g.skipped for g in result.groups if g.skipped}
+    assert set(skipped) == {"variant:x.0=1"}
+    reason = skipped["variant:x.0=1"]
+    assert reason.startswith("not applicable: the reference rejects variant x.0=1 (ValueError")
+    assert reason.endswith("; leave it out with variants: {exclude: [x.0=1]}"), reason
+    assert all(s.status == "pass" for g in result.groups if not g.skipped for s in g.tensors)
+    # a bug is still caught on the variants the reference takes
+    bad = audit(BUGS["rmsnorm-wrong-axis"][0], picky, raise_on_failure=False)
+    assert not bad.ok and any(s.status == "fail" for g in bad.groups for s in g.tensors)
+
+    def never(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise ValueError("nothing")
+
+    declared = audit(rmsnorm, never, variants=False, raise_on_failure=False)
+    assert not declared.ok
+    assert {s.status for g in declared.groups for s in g.tensors} == {"error"}
+
+
+def test_variants_excluded_by_name_in_a_spec_and_in_python(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: x\nop:\n  candidate: rmsnorm\n  reference: rmsnorm-reference\n"
+        "  inputs: {x: {shape: [3, 8]}, weight: {shape: [8]}}\n"
+        "  variants: {exclude: [lead2, strided]}\ndtypes: [float64]\n"
     )
-    message = result.report()
-    assert "reference raised ValueError: no single rows (variant x.0=1, seed " in message
+    checks = {g.check for g in run_op_spec(spec)}
+    assert "variant:lead1" in checks and not {"variant:lead2", "variant:strided"} & checks
+    result = check_op(
+        rmsnorm, rmsnorm_reference, inputs={"x": (3, 8), "weight": (8,)},
+        variants={"exclude": ["lead2"]}, dtypes=["float64"],
+    )  # fmt: skip
+    assert "variant:lead2" not in {g.check for g in result.groups}
+    spec.write_text(spec.read_text().replace("strided]", "stridd]"))
+    with pytest.raises(GradauditError, match=r"s\.yaml:\d+: op\.variants\.exclude: 'stridd' is"):
+        run_op_spec(spec)
 
 
 def test_a_shape_problem_on_a_derived_variant_is_that_variant_s_error() -> None:

@@ -69,6 +69,7 @@ class Variants(Strict):
     layouts: bool = True  # transposed, strided and expanded views (inputs and grads)
     extreme: bool = False  # inputs scaled by 1e3 and 1e-3
     shapes: list[dict[Identifier, list[Annotated[int, Field(ge=1)]]]] = Field(default_factory=list)
+    exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # by name
 
 
 class MicroBatch(Strict):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.targets.op.call import OpAudit
+from gradaudit.targets.op.errors import OpSpecError
 from gradaudit.targets.op.resolve import named_ops, resolve
-from gradaudit.targets.op.variants import derive
+from gradaudit.targets.op.variants import Variant, derive
 
 
 def audit_of(loaded: LoadedSpec) -> OpAudit:
@@ -47,13 +48,22 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
         candidate=candidate,
         reference=reference,
         inputs=dict(op.inputs),
-        variants=derive(op.inputs, op.dims, op.variant_options, spec.seed),
+        variants=variants_of(loaded),
         args=dict(op.args),
         init=dict(op.init),
         tolerance=spec.tolerance,
         checks=op.checks,
         where=lambda key: loaded.where("op", key),
     )
+
+
+def variants_of(loaded: LoadedSpec) -> list[Variant]:
+    """The spec's variants; a bad `variants.exclude` names its line."""
+    op, seed = loaded.spec.op, loaded.spec.seed
+    try:
+        return derive(op.inputs, op.dims, op.variant_options, seed)
+    except OpSpecError as exc:
+        raise OpSpecError(f"{loaded.where('op', 'variants')}: op.{exc}") from None
 
 
 def _spec_dir_on_path(base_dir: Path) -> str | None:
@@ -70,7 +80,7 @@ def _spec_dir_on_path(base_dir: Path) -> str | None:
 def metadata(loaded: LoadedSpec) -> dict[str, str]:
     """The op's facts for report headers (JUnit properties, the JSON `run` object)."""
     spec = loaded.spec
-    variants = derive(spec.op.inputs, spec.op.dims, spec.op.variant_options, spec.seed)
+    variants = variants_of(loaded)
     return {
         "candidate": spec.op.candidate,
         "reference": spec.op.reference or "float64 finite differences",

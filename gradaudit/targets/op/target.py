@@ -9,13 +9,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gradaudit.errors import why
 from gradaudit.plan import Plan, PlannedCase, Skeleton
 from gradaudit.results import CaseResult
 from gradaudit.run.events import CaseDone, Event
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.targets import Context, Linked, Pass
 from gradaudit.targets.devices import device_unavailable
-from gradaudit.targets.op.call import OpAudit, build_modules
+from gradaudit.targets.op.call import (
+    OpAudit,
+    build_modules,
+    case_module,
+    constants,
+    forward,
+    make_inputs,
+)
 from gradaudit.targets.op.engine import run_case
 from gradaudit.targets.op.invariance import invariance_group
 from gradaudit.targets.op.load import audit_of, metadata
@@ -56,6 +64,7 @@ class OpTarget:
         self.shared: Shared | None = None
         self.drawn: dict[str, Any] = {}
         self.masters: dict[str, tuple[Any, Any]] = {}
+        self.contract: dict[str, str | None] = {}  # variant -> why the reference rejects it
         base = self.audit.variants[0]
         self._draw(base)
         self.names = TensorNames(self.audit, self.drawn[base.name], *self.masters[base.name])
@@ -110,9 +119,10 @@ class OpTarget:
                 for i, v in enumerate(self.audit.variants):
                     check = f"variant:{v.name}"
                     names = tuple(self.names.of(check))
+                    skip = absent or (self.rejected(v) if i else None)
                     found.append(
                         Skeleton(
-                            device, dtype, check, names, (i,), absent, dtype,
+                            device, dtype, check, names, (i,), skip, dtype,
                             rerun=("--variant", v.name), truth=truth,
                         )
                     )  # fmt: skip
@@ -120,6 +130,37 @@ class OpTarget:
                     names = tuple(self.names.of(kind))
                     found.append(Skeleton(device, dtype, kind, names, (0,), absent, dtype))
         return found
+
+    def rejected(self, variant: Variant) -> str | None:
+        """Why a derived variant is outside the op's contract, or None: the trusted side
+        (the reference) raises on it, in float64 on the CPU. Such a variant is not
+        applicable, a skip saying how to leave it out, never the candidate's error."""
+        if self.audit.reference is None:
+            return None
+        if variant.name not in self.contract:
+            self.contract[variant.name] = self._probe(variant)
+        return self.contract[variant.name]
+
+    def _probe(self, variant: Variant) -> str | None:
+        import torch
+
+        audit, name = self.audit, variant.name
+        try:
+            self._draw(variant)
+            master, reference_master = self.masters[name]
+            module = case_module(master, "cpu", torch.float64)
+            reference = case_module(reference_master, "cpu", torch.float64)
+            params = dict(module.named_parameters()) if module is not None else {}
+            inputs = make_inputs(audit, variant, self.drawn[name], torch.float64, "cpu")
+            call_params = None if reference is not None else params
+            assert audit.reference is not None
+            forward(audit.reference, reference, inputs, constants(audit.args, variant), call_params)
+        except Exception as exc:
+            return (
+                f"not applicable: the reference rejects variant {name} ({why(exc)}); "
+                f"leave it out with variants: {{exclude: [{name}]}}"
+            )
+        return None
 
     def samples(self, wanted: tuple[int, ...] | None) -> Iterator[OpSample]:
         for i, variant in enumerate(self.audit.variants):

@@ -122,7 +122,21 @@ def derive(
             out.append(_make(name, seed, inputs, base_sizes, scale=scale))
     for i, shapes in enumerate(options.shapes):
         out.append(_explicit(f"shapes{i}", seed, inputs, base_sizes, shapes))
-    return out
+    return _without(out, options.exclude)
+
+
+def _without(variants: list[Variant], exclude: Sequence[str]) -> list[Variant]:
+    """The variants but those named in `variants.exclude` (base cannot be left out)."""
+    from gradaudit.targets.op.errors import OpSpecError
+
+    names = [v.name for v in variants]
+    for name in exclude:
+        if name == "base" or name not in names:
+            known = ", ".join(names[1:]) or "none"
+            raise OpSpecError(
+                f"variants.exclude: {name!r} is not a derived variant (derived: {known})"
+            )
+    return [v for v in variants if v.name not in exclude]
 
 
 def _labels(inputs: Mapping[str, InputDecl]) -> dict[Symbol, str]:
