@@ -485,3 +485,18 @@ def test_isolated_check_op_refuses_cuda_in_one_line() -> None:
     with pytest.raises(OpSpecError, match="isolate=True runs cpu devices only"):
         check_op(rmsnorm, rmsnorm_reference, inputs={"x": (3, 5), "weight": (5,)},
                  devices=["cuda"], isolate=True)  # fmt: skip
+
+
+def test_argument_alternatives_declared_in_variants_run_and_can_be_turned_off() -> None:
+    from gradaudit_ops import log_softmax, log_softmax_reference
+
+    inputs = {"x": (4, 6)}
+    result = check_op(
+        rmsnorm, rmsnorm_reference, inputs={"x": (4, 8), "weight": (8,)}, args={"eps": 1e-6},
+        variants={"args": {"eps": [0.5]}, "sizes": False, "layouts": False, "leading": 0},
+    )  # fmt: skip
+    assert {g.check for g in result.groups} == {"variant:base", "variant:eps=0.5"}
+    off = check_op(log_softmax, log_softmax_reference, inputs=inputs, variants={"arguments": False})
+    on = check_op(log_softmax, log_softmax_reference, inputs=inputs)
+    assert "variant:dim=0" in {g.check for g in on.groups}
+    assert "variant:dim=0" not in {g.check for g in off.groups}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from gradaudit_ops import rmsnorm_reference, softmax_xent_reference
+from gradaudit_ops import log_softmax_reference, rmsnorm_reference, softmax_xent_reference
 from gradaudit_ops.gallery import BUGS, RMSNormFirstRowGrad
 from gradaudit_ops.rmsnorm import RMSNormFunction
 
@@ -28,6 +28,11 @@ RMS: dict[str, Any] = {
     "dims": {"N": 6, "D": 16},
     "checks": {"micro_batch": {"reduction": "none"}, "saved_tensors": {}},
 }
+LOGSOFTMAX: dict[str, Any] = {
+    "reference": log_softmax_reference,
+    "inputs": {"x": ["N", "D"]},
+    "dims": {"N": 6, "D": 16},
+}
 # With `n_items` fixed to the batch's rows, a correct op sums over micro-batches.
 XENT_ITEMS = {**XENT, "args": {"n_items": "N"}, "checks": {"micro_batch": {"reduction": "sum"}}}
 LAYOUTS = {"transposed", "strided", "expanded"}
@@ -40,16 +45,22 @@ EXPECTED: dict[str, tuple[dict[str, Any], dict[str, set[str]]]] = {
         XENT,
         {
             c: {"grad.logits"}
-            for c in ["base", "N=11", "V=17", "lead1", "lead2", *LAYOUTS, "micro_batch"]
+            for c in ["base", "N=11", "V=17", "lead1", "lead2", *LAYOUTS, "ignore_index-hit"]
+            + ["micro_batch"]
         },
     ),
+    # random targets never equal ignore_index (-100): only the variant that plants it
+    "xent-ignores-ignore-index": (XENT, {"ignore_index-hit": {"grad.logits"}}),
+    # dim defaults to -1 (base); the argument variant dim=0 is the only other dim of x
+    "log-softmax-last-dim": (LOGSOFTMAX, {"dim=0": {"grad.x"}}),
     # the dropped tail is V % 4 columns: only an odd vocabulary has one (V=1 has a zero grad)
     "xent-odd-vocab": (XENT, {"V=17": {"grad.logits"}}),
-    # n_items = N matches the rows of every single call except with leading dims; only
-    # the micro-batch check shows it on the declared shapes
+    # n_items = N matches the counted rows of every single call except with leading dims
+    # and where ignored rows are left out; only the micro-batch check shows it on the
+    # declared shapes
     "xent-local-normaliser": (
         XENT_ITEMS,
-        {c: {"grad.logits"} for c in ["lead1", "lead2", "micro_batch"]},
+        {c: {"grad.logits"} for c in ["lead1", "lead2", "ignore_index-hit", "micro_batch"]},
     ),
     # dim 1 is dim -1 for 2-D inputs
     "rmsnorm-wrong-axis": (RMS, {"lead1": {"grad.x"}, "lead2": {"grad.x"}}),
@@ -193,3 +204,19 @@ def test_each_example_op_is_green_in_four_dtypes(spec: str) -> None:
     low = [s for g in groups if g.dtype == "bfloat16" for s in g.tensors]
     assert all(s.tol.mode in ("baseline", "exact") for s in low)
     assert all(s.worst is not None and s.numel > 0 for g in groups for s in g.tensors)
+
+
+def test_argument_variants_run_and_the_correct_ops_stay_green() -> None:
+    """log_softmax's `dim` (a default of the Function's forward, not declared) runs at every
+    other dim; the cross-entropy's `ignore_index` gets a variant whose targets hit it."""
+    from gradaudit_ops import log_softmax
+
+    result = check_op(
+        log_softmax, dtypes=["float64", "float32", "bfloat16", "float16"], **LOGSOFTMAX
+    )
+    checks = {g.check for g in result.groups}
+    assert "variant:dim=0" in checks and "variant:dim=1" not in checks  # dim=1 is base's -1
+    assert result.ok
+    groups = run_op_spec(REPO / "specs" / "op-softmax-xent.yaml")
+    hit = [s.status for g in groups if g.check == "variant:ignore_index-hit" for s in g.tensors]
+    assert hit and set(hit) == {"pass"}

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from gradaudit_ops.logsoftmax import LogSoftmaxFunction
 from gradaudit_ops.rmsnorm import RMSNormFunction, compute_dtype
 from gradaudit_ops.xent import SoftmaxCrossEntropy
 
@@ -126,7 +127,31 @@ class RMSNormInPlace(RMSNormFunction):
         return dx, dw, None
 
 
+class XentIgnoresIgnoreIndex(SoftmaxCrossEntropy):
+    """Rows whose target is ignore_index get a gradient too (the mask is left out)."""
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        logits, safe, _, top, lse, n = ctx.saved_tensors
+        z = logits.reshape(-1, logits.shape[-1]).to(lse.dtype)
+        p = torch.exp((z - top) - lse)
+        p[torch.arange(p.shape[0]), safe] -= 1.0
+        p *= grad.to(p.dtype) / n  # bug: not `* valid[:, None]`
+        return p.view(logits.shape).to(logits.dtype), None, None, None
+
+
+class LogSoftmaxLastDim(LogSoftmaxFunction):
+    """The backward sums along the last dim, whatever `dim` the forward took."""
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return grad - torch.exp(y) * grad.sum(-1, keepdim=True), None  # bug: not ctx.dim
+
+
 BUGS: dict[str, tuple[type[torch.autograd.Function], str]] = {
+    "xent-ignores-ignore-index": (XentIgnoresIgnoreIndex, "ignored rows get a gradient"),
+    "log-softmax-last-dim": (LogSoftmaxLastDim, "a backward hard-wired to the last dim"),
     "xent-missing-scale": (XentMissingScale, "a scale factor missing in backward"),
     "xent-odd-vocab": (XentOddVocab, "odd sizes handled wrong"),
     "xent-local-normaliser": (XentLocalNormaliser, "accumulation normalisation"),

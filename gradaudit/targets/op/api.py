@@ -20,7 +20,7 @@ from gradaudit.spec import DTYPES, Tolerance
 from gradaudit.spec.op import InputDecl, OpChecks, OpSection, Variants
 from gradaudit.targets.op.call import OpAudit
 from gradaudit.targets.op.errors import OpSpecError
-from gradaudit.targets.op.resolve import resolve
+from gradaudit.targets.op.resolve import resolve, varied_arguments
 from gradaudit.targets.op.variants import derive, select
 
 OpRef = str | Callable[..., Any]
@@ -119,15 +119,17 @@ def check_op(
     section = OpSection(candidate="check_op", inputs=decls, dims=dict(dims or {}))
     for loc, message in section.problems():
         raise OpSpecError(f"check_op: {'.'.join(str(p) for p in loc[1:])}: {message}")
-    derived = derive(decls, dict(dims or {}), options, seed)
+    cand = resolve(candidate, "check_op", "candidate")
+    ref = None if reference is None else resolve(reference, "check_op", "reference")
+    varied = varied_arguments(cand, ref, dict(args or {}))
+    derived = derive(decls, dict(dims or {}), options, seed, varied)
     if isinstance(variants, Sequence) and not isinstance(variants, str):
-        derived = select(
-            derive(decls, dict(dims or {}), Variants(extreme=True), seed), list(variants)
-        )
+        everything = Variants(extreme=True)
+        derived = select(derive(decls, dict(dims or {}), everything, seed, varied), list(variants))
     audit = OpAudit(
         name=getattr(candidate, "__qualname__", str(candidate)),
-        candidate=resolve(candidate, "check_op", "candidate"),
-        reference=None if reference is None else resolve(reference, "check_op", "reference"),
+        candidate=cand,
+        reference=ref,
         inputs=decls,
         variants=derived,
         args=dict(args or {}),

@@ -53,9 +53,12 @@ class Run:
     grads: dict[str, torch.Tensor]
 
 
-def constants(values: Mapping[str, Any], variant: Variant) -> dict[str, Any]:
-    """`args`/`init` with dim names replaced by the variant's sizes (`dim: D` follows D)."""
-    return {k: variant.sizes.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+def constants(values: Mapping[str, Any], variant: Variant, args: bool = True) -> dict[str, Any]:
+    """`args` (or `init`, with `args=False`) with dim names replaced by the variant's sizes
+    (`dim: D` follows D), and an argument variant's own values (they may add an argument
+    the spec left out)."""
+    found = {k: variant.sizes.get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+    return found | dict(variant.args) if args else found
 
 
 def build_modules(audit: OpAudit, variant: Variant) -> tuple[Any, Any]:
@@ -72,7 +75,7 @@ def build_modules(audit: OpAudit, variant: Variant) -> tuple[Any, Any]:
                 "needs a Module candidate"
             )
         return None, None
-    init = constants(audit.init, variant)
+    init = constants(audit.init, variant, args=False)
 
     def build(kind: str, module_class: type) -> Any:
         with torch.random.fork_rng(devices=[]):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.targets.op.call import OpAudit
 from gradaudit.targets.op.errors import OpSpecError
-from gradaudit.targets.op.resolve import named_ops, resolve
+from gradaudit.targets.op.resolve import named_ops, resolve, varied_arguments
 from gradaudit.targets.op.variants import Variant, derive
 
 
@@ -48,7 +49,7 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
         candidate=candidate,
         reference=reference,
         inputs=dict(op.inputs),
-        variants=variants_of(loaded),
+        variants=variants_of(loaded, varied_arguments(candidate, reference, op.args)),
         args=dict(op.args),
         init=dict(op.init),
         tolerance=spec.tolerance,
@@ -57,11 +58,11 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
     )
 
 
-def variants_of(loaded: LoadedSpec) -> list[Variant]:
+def variants_of(loaded: LoadedSpec, arguments: dict[str, Any] | None = None) -> list[Variant]:
     """The spec's variants; a bad `variants.exclude` names its line."""
     op, seed = loaded.spec.op, loaded.spec.seed
     try:
-        return derive(op.inputs, op.dims, op.variant_options, seed)
+        return derive(op.inputs, op.dims, op.variant_options, seed, arguments)
     except OpSpecError as exc:
         raise OpSpecError(f"{loaded.where('op', 'variants')}: op.{exc}") from None
 
@@ -77,10 +78,10 @@ def _spec_dir_on_path(base_dir: Path) -> str | None:
     return folder
 
 
-def metadata(loaded: LoadedSpec) -> dict[str, str]:
+def metadata(loaded: LoadedSpec, variants: list[Variant] | None = None) -> dict[str, str]:
     """The op's facts for report headers (JUnit properties, the JSON `run` object)."""
     spec = loaded.spec
-    variants = variants_of(loaded)
+    variants = variants or variants_of(loaded)
     return {
         "candidate": spec.op.candidate,
         "reference": spec.op.reference or "float64 finite differences",

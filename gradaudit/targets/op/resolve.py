@@ -111,7 +111,40 @@ def _apply(cls: Any) -> Callable[..., Any]:
         return cls.apply(*bound.args)
 
     apply.__qualname__ = f"{cls.__qualname__}.apply"
+    apply.__signature__ = bare  # type: ignore[attr-defined]
     return apply
+
+
+VARIED = ("dim", "ignore_index")  # besides bools: the arguments argument variants vary
+
+
+def varied_arguments(
+    candidate: Callee, reference: Callee | None, declared: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The non-tensor arguments argument variants vary, with base's value: those declared
+    in `args:`, and the candidate's keyword defaults (bools, `dim`, `ignore_index`) that the
+    reference takes too (a function reference; both sides get the same value)."""
+    found = {k: v for k, v in declared.items() if _varied(k, v)}
+    mine = _defaults(candidate)
+    theirs = _defaults(reference) if reference is not None else mine
+    for key, value in mine.items():
+        if key not in declared and key in theirs and _varied(key, value):
+            found[key] = value
+    return found
+
+
+def _varied(key: str, value: Any) -> bool:
+    return isinstance(value, bool) or (key in VARIED and isinstance(value, int))
+
+
+def _defaults(callee: Callee) -> dict[str, Any]:
+    cls: Any = callee.module_class
+    fn = callee.fn if cls is None else cls.forward
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def named_ops(

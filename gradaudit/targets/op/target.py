@@ -73,9 +73,9 @@ class OpTarget:
     def from_spec(cls, loaded: LoadedSpec) -> OpTarget:
         spec = loaded.spec
         where = (spec.name, str(loaded.path), loaded.sha256)
-        return cls(
-            audit_of(loaded), spec.dtypes, where, metadata(loaded), f"op {spec.op.candidate}"
-        )
+        audit = audit_of(loaded)
+        facts = metadata(loaded, audit.variants)
+        return cls(audit, spec.dtypes, where, facts, f"op {spec.op.candidate}")
 
     def _draw(self, variant: Variant) -> None:
         """The variant's inputs (CPU, float64, rounded to the run's narrowest dtype) and its

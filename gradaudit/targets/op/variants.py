@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gradaudit.spec.op import InputDecl, Variants
 
@@ -34,6 +34,8 @@ class Variant:
     layout: str = "contiguous"
     scale: float = 1.0
     batch_inputs: tuple[str, ...] = ()  # inputs sharing the first input's leading dim
+    args: tuple[tuple[str, Any], ...] = ()  # non-tensor arguments this variant changes
+    hit: tuple[tuple[str, int], ...] = ()  # integer inputs given this special value in places
 
 
 def variant_seed(seed: int, name: str) -> int:
@@ -99,8 +101,11 @@ def derive(
     dims: Mapping[str, int],
     options: Variants | None,
     seed: int,
+    arguments: Mapping[str, Any] | None = None,
 ) -> list[Variant]:
-    """`base` (the shapes as declared) then the derived variants, in a fixed order."""
+    """`base` (the shapes as declared) then the derived variants, in a fixed order.
+    `arguments`: the op's non-tensor arguments that argument variants vary, with the value
+    `base` runs (declared in `args:`, or the callable's default)."""
     base_sizes = _sizes(inputs, dims)
     out = [_make("base", seed, inputs, base_sizes)]
     if options is None:
@@ -122,7 +127,35 @@ def derive(
             out.append(_make(name, seed, inputs, base_sizes, scale=scale))
     for i, shapes in enumerate(options.shapes):
         out.append(_explicit(f"shapes{i}", seed, inputs, base_sizes, shapes))
+    if options.arguments:
+        out += _argument_variants(seed, inputs, base_sizes, arguments or {})
+    for key, values in options.args.items():
+        for value in values:
+            out.append(_make(f"{key}={value}", seed, inputs, base_sizes, args=((key, value),)))
     return _without(out, options.exclude)
+
+
+def _argument_variants(
+    seed: int, inputs: Mapping[str, InputDecl], sizes: Mapping[Symbol, int], args: Mapping[str, Any]
+) -> list[Variant]:
+    """Variants over non-tensor arguments, on the declared shapes: every other `dim` of the
+    first input, each bool flipped (`keepdim`), and `ignore_index` hit by integer inputs."""
+    found = []
+    first = next(iter(inputs.values()))
+    ndim = len(first.shape)
+    for key, value in args.items():
+        if isinstance(value, bool):
+            found.append(_make(f"{key}={not value}", seed, inputs, sizes, args=((key, not value),)))
+        elif key == "dim" and isinstance(value, int) and ndim > 1 and -ndim <= value < ndim:
+            for d in range(ndim):
+                if d != value % ndim:
+                    found.append(_make(f"dim={d}", seed, inputs, sizes, args=((key, d),)))
+        elif key == "ignore_index" and isinstance(value, int):
+            targets = [n for n, d in inputs.items() if d.kind == "randint" and d.dtype != "bool"]
+            if targets:
+                hit = tuple((n, value) for n in targets)
+                found.append(_make(f"{key}-hit", seed, inputs, sizes, hit=hit))
+    return found
 
 
 def _without(variants: list[Variant], exclude: Sequence[str]) -> list[Variant]:
@@ -214,6 +247,9 @@ def draw_inputs(inputs: Mapping[str, InputDecl], variant: Variant) -> dict[str, 
             values = values * decl.std + decl.mean
         if decl.dtype == "float" and variant.scale != 1.0:
             values = values * variant.scale
+        for target, special in variant.hit:  # every third entry, the first among them
+            if target == name and values.numel():
+                values.view(-1)[::3] = special
         drawn[name] = values
     return drawn
 
