@@ -19,6 +19,9 @@ from junitparser import Error, Failure, JUnitXml, Skipped
 
 from tests.negative_controls import tensor_names
 
+# One worker runs this module: its session fixture runs once.
+pytestmark = pytest.mark.xdist_group("cli-heavy-runs")
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPEC = REPO / "specs" / "charrnn.yaml"
 TINY_SPEC = REPO / "specs" / "charrnn-shakespeare.yaml"
@@ -59,7 +62,7 @@ def outcome(case: Any) -> str:
 Run = tuple["subprocess.CompletedProcess[str]", Path]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, whatever runs between
 def heavy_runs(
     tmp_path_factory: pytest.TempPathFactory,
     run_cli: CliRun,

@@ -500,3 +500,43 @@ def test_argument_alternatives_declared_in_variants_run_and_can_be_turned_off() 
     on = check_op(log_softmax, log_softmax_reference, inputs=inputs)
     assert "variant:dim=0" in {g.check for g in on.groups}
     assert "variant:dim=0" not in {g.check for g in off.groups}
+
+
+CRASHES = """
+import json, os, signal
+import torch
+from gradaudit import check_op
+from gradaudit_ops import rmsnorm, rmsnorm_reference
+
+def crashing(x, weight, eps=1e-6):
+    if not x.is_contiguous():
+        os.kill(os.getpid(), signal.SIGSEGV)  # a kernel's out-of-bounds store, every time
+    return rmsnorm(x, weight, eps)
+
+result = check_op(crashing, rmsnorm_reference, inputs={"x": (4, 8), "weight": (8,)},
+                  dtypes=["float64"], isolate=True, raise_on_failure=False)
+print(json.dumps([[g.check, t.status, (t.errors or [""])[0]]
+                  for g in result.groups for t in g.tensors]))
+"""
+
+
+def test_check_op_isolated_keeps_going_past_a_candidate_that_kills_its_process() -> None:
+    """isolate=True: the variants with a non-contiguous x SIGSEGV their child; each is an
+    error naming the signal, and the others still run and pass, in the caller that lives."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", CRASHES], cwd=REPO, env=cli_env(), capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    crashed = {c for c, status, error in rows if status != "pass"}
+    assert crashed == {"variant:transposed", "variant:strided", "variant:expanded"}, rows
+    for check, status, error in rows:
+        if check in crashed:
+            assert status == "error" and "was killed by SIGSEGV" in error, error
+    assert len({c for c, _, _ in rows}) == 10  # every variant reported
