@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import ZYGOTE
 from tests.negative_controls import tensor_names
 
 # One worker runs this module: its session fixture runs once.
@@ -99,11 +100,12 @@ class Result:
 
 
 def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This environment without gradaudit's, GitHub's and NO_COLOR variables, plus `extra`."""
+    """This environment without gradaudit's (but the test zygote's), GitHub's and NO_COLOR
+    variables, plus `extra`."""
     base = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("GRADAUDIT_")
+        if (not k.startswith("GRADAUDIT_") or k == ZYGOTE)
         and k not in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "NO_COLOR")
     }
     base.update(extra or {})

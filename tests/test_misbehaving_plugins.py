@@ -28,7 +28,7 @@ from junitparser import Error, Failure, JUnitXml, Skipped
 
 import tests.misbehaving_plugins as mis
 from gradaudit.types import Batch, Forward
-from tests.conftest import run_gradaudit, small_spec
+from tests.conftest import ZYGOTE, run_gradaudit, small_spec
 from tests.negative_controls import tensor_names
 
 PLUGINS = Path(__file__).resolve().with_name("misbehaving_plugins.py")
@@ -134,7 +134,8 @@ def audit(
     from gradaudit.cli import main
 
     for name in list(os.environ):
-        if name.startswith("GRADAUDIT_") or name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
+        ours = name.startswith("GRADAUDIT_") and name != ZYGOTE  # the test zygote stays
+        if ours or name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"):
             monkeypatch.delenv(name)
     runs = iter(range(1000))
 
