@@ -107,7 +107,8 @@ def _shown(path: Path) -> Path:
 def _marks(item: pytest.Item, group: str) -> None:
     item.add_marker("gradaudit")
     if item.config.pluginmanager.hasplugin("xdist"):
-        # `-n N --dist loadgroup` keeps a pass's items on one worker: it runs once.
+        # `-n N --dist loadgroup` would keep a pass's items on one worker (not with pytest
+        # 9.2 and xdist 3.8: docs/pytest.md); `--dist loadfile` keeps the spec's on one.
         item.add_marker(pytest.mark.xdist_group(name=group))
 
 

@@ -19,9 +19,6 @@ from junitparser import Error, Failure, JUnitXml, Skipped
 
 from tests.negative_controls import tensor_names
 
-# One worker runs this module: its session fixture runs once.
-pytestmark = pytest.mark.xdist_group("cli-heavy-runs")
-
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPEC = REPO / "specs" / "charrnn.yaml"
 TINY_SPEC = REPO / "specs" / "charrnn-shakespeare.yaml"
@@ -62,7 +59,7 @@ def outcome(case: Any) -> str:
 Run = tuple["subprocess.CompletedProcess[str]", Path]
 
 
-@pytest.fixture(scope="session")  # once per worker, whatever runs between
+@pytest.fixture(scope="module")
 def heavy_runs(
     tmp_path_factory: pytest.TempPathFactory,
     run_cli: CliRun,

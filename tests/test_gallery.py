@@ -38,9 +38,6 @@ from gradaudit import Batch
 from gradaudit.plugins import ALLOW_ENV, plugin_manager
 from tests.negative_controls import tensor_names
 
-# One worker runs this module: its session fixture runs once.
-pytestmark = pytest.mark.xdist_group("gallery-runs")
-
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPEC = REPO / "specs" / "charrnn.yaml"
 DTYPES = ["float64", "float32", "bfloat16", "float16"]
@@ -257,7 +254,7 @@ def gallery_spec(bug: str) -> dict[str, Any]:
     return spec
 
 
-@pytest.fixture(scope="session")  # once per worker, whatever runs between
+@pytest.fixture(scope="module")
 def gallery_runs(
     tmp_path_factory: pytest.TempPathFactory, run_cli: CliRun
 ) -> dict[str, tuple[subprocess.CompletedProcess[str], dict[str, Any]]]:

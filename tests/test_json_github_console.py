@@ -28,9 +28,6 @@ import yaml
 from tests.conftest import ZYGOTE
 from tests.negative_controls import tensor_names
 
-# One worker runs this module: its session fixture runs once.
-pytestmark = pytest.mark.xdist_group("json-github-console-runs")
-
 REPO = Path(__file__).resolve().parents[1]
 GRADAUDIT = Path(sys.executable).with_name("gradaudit")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -165,7 +162,7 @@ def totals_of(line: str) -> dict[str, int]:
     )
 
 
-@pytest.fixture(scope="session")  # once per worker, whatever runs between
+@pytest.fixture(scope="module")
 def runs(
     tmp_path_factory: pytest.TempPathFactory, spec_dict: Callable[..., dict[str, Any]]
 ) -> dict[str, Any]:

@@ -24,7 +24,6 @@ pytestmark = [
         importlib.util.find_spec("triton") is None,
         reason="triton is not installed: pip install 'gradaudit[triton]'",
     ),
-    pytest.mark.xdist_group("triton-children"),  # one worker: the children run once
 ]
 
 SPEC = REPO / "specs" / "op-triton-rmsnorm.yaml"
@@ -172,7 +171,7 @@ def _interpreted() -> dict[str, str]:
     return cli_env({"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"})
 
 
-@pytest.fixture(scope="session")  # once per worker, whatever runs between
+@pytest.fixture(scope="module")
 def children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Start every child at once, wait for all: {name: exit status, name.log: output}."""
     tmp = tmp_path_factory.mktemp("triton")
@@ -226,7 +225,7 @@ def test_the_spec_is_green_in_four_dtypes_under_the_interpreter(
     assert all(t["numel"] > 0 for g in groups for t in g["tensors"])
 
 
-@pytest.fixture(scope="session")  # once per worker, whatever runs between
+@pytest.fixture(scope="module")
 def audits(children: dict[str, Any]) -> dict[str, Any]:
     assert children["audits"] == 0, children["audits.log"]
     result: dict[str, Any] = json.loads((children["tmp"] / "audits.json").read_text())

@@ -41,9 +41,6 @@ def register_gradients(register):
 """
 
 
-pytestmark = pytest.mark.xdist_group("zygote")  # one worker: one zygote of their own
-
-
 @pytest.fixture(scope="module")
 def own_zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A zygote of these tests' own, ready (its socket exists): (socket path, its pid)."""
