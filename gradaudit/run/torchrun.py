@@ -88,6 +88,9 @@ class Launcher:
             if self.proc is not None:
                 stop(self.proc, [r.pid for r in self.ranks.values() if r.pid], folder)
             self._read(folder)
+            # the batch each rank reached: a rank that moved on and died between two polls
+            # (a busy machine) would otherwise be blamed for the batch before
+            self._progress(folder, time.monotonic())
             self.log_tail = tail(folder / "launcher.log")
             signal.signal(signal.SIGTERM, previous)
             if not os.environ.get("GRADAUDIT_DEBUG"):
