@@ -143,7 +143,6 @@ def run_in_process(
 ) -> Result:
     """A job's events folded as a supervisor folds them, without an executor."""
     from gradaudit.commands import verdict
-    from gradaudit.errors import GradauditError
     from gradaudit.run.supervisor import Outcome
 
     outcome = Outcome()
@@ -160,9 +159,8 @@ def run_in_process(
                 outcome.fold.apply(event)
 
     run_job(job, emit, loaded, target)
-    if outcome.failed is not None:
-        error = GradauditError(outcome.failed.message)
-        error.exit_code = outcome.failed.exit_code  # type: ignore[assignment]
+    error = outcome.failure()
+    if error is not None:
         raise error
     assert outcome.fold is not None
     outcome.fold.close("the run ended before it", finished=True)

@@ -12,6 +12,7 @@ import click
 
 from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH
 from gradaudit.errors import ExitCode, GradauditError, UsageError
+from gradaudit.report.options import add_report_options, given_options
 from gradaudit.version import __version__
 
 
@@ -152,7 +153,6 @@ def run_command(
     if quiet and verbose:
         raise click.UsageError("-q and -v cannot be used together")
     from gradaudit.errors import Interrupted, stop_on_sigterm
-    from gradaudit.report.options import given_options
     from gradaudit.report.placeholder import interrupted, write_first
 
     stop_on_sigterm()  # a cancelled job, from now on, still writes what it has
@@ -369,10 +369,7 @@ def main() -> None:
     # torch warns on import when NumPy is absent; gradaudit never needs NumPy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
-        if sys.argv[1:2] == ["run"]:
-            from gradaudit.report.options import add_report_options
-
-            add_report_options(cli.commands["run"])
+        add_report_options(cli.commands["run"], sys.argv)
         code = cli.main(standalone_mode=False)
         if isinstance(code, int) and code:  # click returns ctx.exit()'s code here
             sys.exit(code)

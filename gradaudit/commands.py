@@ -235,9 +235,8 @@ def _fail_to_start(outcome: Outcome, why: str) -> int:
     """Exit 2 (or 3) with the executor's one-line error; 1 when plugin code ended it; the
     signal's code when interrupted."""
     code = outcome.exit_code
-    if outcome.failed is not None:
-        error = GradauditError(outcome.failed.message)
-        error.exit_code = ExitCode(outcome.failed.exit_code)
+    error = outcome.failure()
+    if error is not None:
         raise error
     if code is not None:
         return code

@@ -13,8 +13,16 @@ from gradaudit.errors import UsageError
 PLUGIN_OPTION = "plugin_option_"  # the prefix of reporter plugins' options' click names
 
 
-def add_report_options(command: click.Command) -> None:
-    """Reporter plugins' options (the `register_report_options` hook) as options of `run`."""
+def _dest(name: str) -> str:
+    """The click parameter name of the reporter option `--NAME`."""
+    return PLUGIN_OPTION + name.replace("-", "_")
+
+
+def add_report_options(command: click.Command, argv: list[str]) -> None:
+    """Reporter plugins' options (the `register_report_options` hook) as options of `run`,
+    when `argv` runs it (other commands load no plugin)."""
+    if argv[1:2] != ["run"]:
+        return
     from gradaudit.plugins import report_registry
 
     taken = {flag for param in command.params for flag in param.opts}
@@ -24,7 +32,7 @@ def add_report_options(command: click.Command) -> None:
             raise UsageError(f"a reporter plugin's option {flag} is taken by gradaudit run")
         command.params.append(
             click.Option(
-                [flag, PLUGIN_OPTION + name.replace("-", "_")],
+                [flag, _dest(name)],
                 is_flag=option.is_flag,
                 default=None,
                 metavar=None if option.is_flag else option.metavar,
@@ -40,7 +48,7 @@ def given_options(given: dict[str, Any]) -> dict[str, Any]:
     options = report_registry().objects("report-option")
     found = {}
     for name, option in options.items():
-        value = given.get(PLUGIN_OPTION + name.replace("-", "_"))
+        value = given.get(_dest(name))
         if value is not None and value is not False:
             found[name] = option(value)
     return found

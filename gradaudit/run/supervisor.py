@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
-from gradaudit.errors import ExitCode
+from gradaudit.errors import ExitCode, GradauditError
 from gradaudit.mutate import MutationReport
 from gradaudit.plan import Plan
 from gradaudit.results import CaseResult, GroupResult
@@ -109,6 +109,14 @@ class Outcome:
     failed: Failed | None = None  # it could not start
     signal: str | None = None  # "SIGTERM" | "SIGINT"
     mutations: list[MutationReport] = field(default_factory=list)
+
+    def failure(self, prefix: str = "") -> GradauditError | None:
+        """The executor's `Failed` as the error to raise (its line and exit code), or None."""
+        if self.failed is None:
+            return None
+        error = GradauditError(prefix + self.failed.message)
+        error.exit_code = ExitCode(self.failed.exit_code)
+        return error
 
     @property
     def exit_code(self) -> int | None:

@@ -184,7 +184,7 @@ def _isolated(
     target: Any, plan: Any, audit: OpAudit, devices: Sequence[str], seed: int
 ) -> OpResult:
     from gradaudit.commands import verdict
-    from gradaudit.errors import ExitCode, GradauditError
+    from gradaudit.errors import GradauditError
     from gradaudit.run.isolate import run_isolated
     from gradaudit.targets import Context
 
@@ -196,12 +196,11 @@ def _isolated(
     outcome = run_isolated(target, plan, Context(), f"check_op {audit.name}")
     if outcome.signal == "SIGINT":
         raise KeyboardInterrupt
-    if outcome.fold is None or outcome.failed is not None:
-        why = outcome.failed.message if outcome.failed else outcome.stopped
-        error = GradauditError(f"check_op: {why}")
-        if outcome.failed is not None:
-            error.exit_code = ExitCode(outcome.failed.exit_code)
+    error = outcome.failure("check_op: ")
+    if error is not None:
         raise error
+    if outcome.fold is None:
+        raise GradauditError(f"check_op: {outcome.stopped}")
     return OpResult(plan, verdict(outcome), seed=seed)
 
 

@@ -106,6 +106,26 @@ def case_module(master: Any, device: str, dtype: torch.dtype) -> Any:
     return None if master is None else copy.deepcopy(master).to(device=device, dtype=dtype)
 
 
+def reference_outputs(
+    audit: OpAudit,
+    variant: Variant,
+    drawn: Mapping[str, torch.Tensor],
+    masters: tuple[Any, Any],
+    device: str,
+    dtype: torch.dtype,
+) -> list[torch.Tensor]:
+    """The reference's forward on one variant, built as a case builds it (no gradients):
+    the plan's probes (how many outputs; whether the reference takes the variant)."""
+    assert audit.reference is not None
+    master, reference_master = masters
+    module = case_module(master, device, dtype)
+    params = dict(module.named_parameters()) if module is not None else {}
+    reference = case_module(reference_master, device, dtype)
+    inputs = make_inputs(audit, variant, drawn, dtype, device)
+    call_params = None if reference is not None else params
+    return forward(audit.reference, reference, inputs, constants(audit.args, variant), call_params)
+
+
 def make_inputs(
     audit: OpAudit,
     variant: Variant,

@@ -16,14 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gradaudit.results import Shard
-from gradaudit.targets.op.call import (
-    OpAudit,
-    case_module,
-    constants,
-    forward,
-    make_inputs,
-    output_names,
-)
+from gradaudit.targets.op.call import OpAudit, output_names, reference_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -91,16 +84,8 @@ class TensorNames:
         return None
 
     def _outputs_on(self, device: str, dtype: torch.dtype) -> int:
-        audit = self.audit
-        assert audit.reference is not None
-        base = audit.variants[0]
-        module = case_module(self.master, device, dtype)
-        params = dict(module.named_parameters()) if module is not None else {}
-        reference = case_module(self.reference_master, device, dtype)
-        inputs = make_inputs(audit, base, self.drawn, dtype, device)
-        args = constants(audit.args, base)
-        call_params = None if reference is not None else params
-        return len(forward(audit.reference, reference, inputs, args, call_params))
+        base, masters = self.audit.variants[0], (self.master, self.reference_master)
+        return len(reference_outputs(self.audit, base, self.drawn, masters, device, dtype))
 
     def params(self) -> list[str]:
         return [n for n, _ in self.master.named_parameters()] if self.master is not None else []

@@ -16,14 +16,7 @@ from gradaudit.run.events import CaseDone, Event
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.targets import Context, Linked, Pass
 from gradaudit.targets.devices import device_unavailable
-from gradaudit.targets.op.call import (
-    OpAudit,
-    build_modules,
-    case_module,
-    constants,
-    forward,
-    make_inputs,
-)
+from gradaudit.targets.op.call import OpAudit, build_modules, reference_outputs
 from gradaudit.targets.op.engine import run_case
 from gradaudit.targets.op.invariance import invariance_group
 from gradaudit.targets.op.load import audit_of, metadata
@@ -144,17 +137,11 @@ class OpTarget:
     def _probe(self, variant: Variant) -> str | None:
         import torch
 
-        audit, name = self.audit, variant.name
+        name = variant.name
         try:
             self._draw(variant)
-            master, reference_master = self.masters[name]
-            module = case_module(master, "cpu", torch.float64)
-            reference = case_module(reference_master, "cpu", torch.float64)
-            params = dict(module.named_parameters()) if module is not None else {}
-            inputs = make_inputs(audit, variant, self.drawn[name], torch.float64, "cpu")
-            call_params = None if reference is not None else params
-            assert audit.reference is not None
-            forward(audit.reference, reference, inputs, constants(audit.args, variant), call_params)
+            drawn, masters = self.drawn[name], self.masters[name]
+            reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
         except Exception as exc:
             return (
                 f"not applicable: the reference rejects variant {name} ({why(exc)}); "
