@@ -215,7 +215,7 @@ class Launcher:
         # A rank that died without a word is the cause: a peer stopped by its death says so
         # (the rank checks that a peer is gone before it blames itself).
         failed = dict(failures(self.log_tail))
-        for rank, state in sorted(self.ranks.items()):
+        for rank, state in sorted(self.ranks.items(), key=lambda r: _death_order(r, failed)):
             exit_code = failed.get(rank, 0)
             if state.abort is not None or state.finished or exit_code == -signal.SIGTERM:
                 continue
@@ -232,6 +232,15 @@ class Launcher:
             return aborts[0][1]
         last = " ".join(self.log_tail.strip().splitlines()[-1:])[:300]
         return f"the launcher exited with code {code} before every rank finished: {last}"
+
+
+def _death_order(item: tuple[int, _Rank], failed: dict[int, int]) -> tuple[int, int]:
+    """Silent deaths, the likeliest cause first: killed by a signal other than torchrun's
+    SIGTERM (from outside: nothing in the run kills a rank so), then the lowest rank. A
+    peer's failed collective that exits 1 without a word is a consequence, not a cause."""
+    rank, _ = item
+    code = failed.get(rank, 0)
+    return (0 if code < 0 and code != -signal.SIGTERM else 1, rank)
 
 
 def _die_with_parent() -> None:

@@ -143,6 +143,9 @@ def main() -> None:
         job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
         _run(job, rank, world, local, files)
     except BaseException as exc:
+        # The last word is written whole: torchrun's SIGTERM, sent once a peer died, would
+        # otherwise raise in the middle of it and leave this rank a silent death (exit 1).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         message = str(exc) if isinstance(exc, PluginRaised) else why(exc)
         cause = exc.__context__ if isinstance(exc, PluginRaised) else exc
         peer = isinstance(exc, Stopped) or isinstance(cause, Stopped)
