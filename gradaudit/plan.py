@@ -89,6 +89,7 @@ class Plan:
     tensors: tuple[str, ...]
     shard: Shard | None = None
     samples: tuple[int, ...] | None = None  # the selection, when the target numbers them
+    sample_count: int | None = None  # how many the target numbers, before the selection
     sample_names: tuple[str, ...] = ()  # an op's variants, by index
     warnings: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()  # each batch tensor with its shape, e.g. "inputs 32x8"
@@ -117,8 +118,7 @@ class Plan:
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         shard = None
         if data.get("shard"):
-            index, total = str(data["shard"]).split("/")
-            shard = Shard(int(index), int(total))
+            shard = Shard.parse(str(data["shard"]))
         cases = tuple(
             PlannedCase(
                 **{
@@ -206,7 +206,10 @@ def make_plan(
             k for k in chosen
             if (shard is None or shard.takes(k)) and (not selection.only or k in selection.only)
         )  # fmt: skip
-    return dataclasses.replace(head, cases=tuple(cases), shard=shard, samples=chosen)
+    count = None if head.samples is None else len(head.samples)
+    return dataclasses.replace(
+        head, cases=tuple(cases), shard=shard, samples=chosen, sample_count=count
+    )
 
 
 def _tol(s: Skeleton, name: str, tolerance: Tolerance) -> Tol:
@@ -225,7 +228,7 @@ def _samples(
     if s.samples is None:
         return None, None
     if len(s.samples) == 1 and shard is not None and not shard.takes(s.samples[0]):
-        return (), f"{RUN_BY} {s.samples[0] % shard.total + 1}/{shard.total}"
+        return (), f"{RUN_BY} {shard.owner(s.samples[0])}/{shard.total}"
     kept = tuple(
         k for k in s.samples if (shard is None or shard.takes(k)) and (not only or k in only)
     )

@@ -294,28 +294,40 @@ CaseListener = Callable[[CaseResult], None]
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard `index` of `total` (1-based) takes every batch k with k % total == index - 1."""
+    """Shard `index` of `total` (1-based) takes every batch k with (k + offset) % total ==
+    index - 1. `offset` is 0 for one spec; a run of several specs numbers their samples
+    one after the other (spec i starts at the sum of the sample counts before it), so the
+    whole set spreads evenly; its reports write such a shard `K/N@OFFSET`."""
 
     index: int
     total: int
+    offset: int = 0
 
     def __str__(self) -> str:
-        return f"{self.index}/{self.total}"
+        at = f"@{self.offset}" if self.offset else ""
+        return f"{self.index}/{self.total}{at}"
 
     @classmethod
     def parse(cls, text: str) -> Shard:
-        """K/N with 1 <= K <= N; UsageError (exit 2) otherwise."""
+        """K/N (or K/N@OFFSET) with 1 <= K <= N; UsageError (exit 2) otherwise."""
         import re
 
         from gradaudit.errors import UsageError
 
-        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        match = re.fullmatch(r"(\d+)/(\d+)(?:@(\d+))?", text.strip())
         if not match or not 1 <= int(match[1]) <= int(match[2]):
             raise UsageError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
-        return cls(int(match[1]), int(match[2]))
+        return cls(int(match[1]), int(match[2]), int(match[3] or 0))
 
     def takes(self, batch_index: int) -> bool:
-        return batch_index % self.total == self.index - 1
+        return self.owner(batch_index) == self.index
+
+    def owner(self, batch_index: int) -> int:
+        """The shard (1-based) that runs sample `batch_index`."""
+        return (batch_index + self.offset) % self.total + 1
+
+    def shifted(self, offset: int) -> Shard:
+        return Shard(self.index, self.total, offset % self.total)
 
 
 @dataclass

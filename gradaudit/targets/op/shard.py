@@ -1,13 +1,10 @@
-"""Sharding an op audit (`--shard K/N`), and the tensor names of cases that do not run here.
+"""The tensor names of an op audit's checks, known before they run.
 
-An op audit's cases are its variants, then its invariance checks, numbered in that order;
-shard K of N runs case k when k % N == K-1, on every device and dtype (so an invariance
-check, which runs on the base variant, goes to one shard whole). Merging needs every shard's
-report to list every group with the same tensors (gradaudit.report.merge), so a shard reports the
-cases of the other shards as skipped ("run by shard J/N"), under the names they have where
-they run; `gradaudit merge` folds each into the shard that ran it. A shard with no case at
-all skips everything with "shard K/N has no cases" and ends as model shards without
-batches do: nothing compared, exit 5.
+An op audit's samples are its variants: under `--shard K/N` the plan (gradaudit.plan) gives
+each variant's cases to one shard and lists them as skipped ("run by shard J/N") in the
+others, under the names they have where they run, so that every shard's report lists every
+group with the same tensors and `gradaudit merge` folds them together. The invariance
+checks (micro-batch, saved tensors) run on the base variant, so with its shard.
 """
 
 from __future__ import annotations
@@ -15,13 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gradaudit.results import Shard
 from gradaudit.targets.op.call import OpAudit, output_names, reference_outputs
 
 if TYPE_CHECKING:
     import torch
-
-AWAY = "run by shard"  # the skip reason's start, for a case another shard runs
 
 
 def case_checks(audit: OpAudit) -> list[str]:
@@ -32,19 +26,6 @@ def case_checks(audit: OpAudit) -> list[str]:
     if audit.checks.saved_tensors is not None:
         checks.append("saved_tensors")
     return checks
-
-
-def away(audit: OpAudit, shard: Shard | None, check: str) -> str | None:
-    """Why this shard does not run `check`, or None when it does."""
-    if shard is None:
-        return None
-    checks = case_checks(audit)
-    if not any(shard.takes(k) for k in range(len(checks))):
-        return f"shard {shard} has no cases"
-    index = checks.index(check)
-    if shard.takes(index):
-        return None
-    return f"{AWAY} {index % shard.total + 1}/{shard.total}"
 
 
 class TensorNames:
