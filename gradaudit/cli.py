@@ -91,7 +91,7 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command("run")
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("specs", nargs=-1, required=True, type=click.Path(), metavar="SPEC...")
 @click.option("--junit-xml", metavar="PATH", help="Write JUnit XML here (atomically).")
 @click.option("--json", "json_path", metavar="PATH", help="Write every metric as JSON here.")
 @DEVICES
@@ -131,7 +131,7 @@ def cli(ctx: click.Context) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also print a line per batch and tensor.")
 @COLOR
 def run_command(
-    spec: str,
+    specs: tuple[str, ...],
     junit_xml: str | None,
     json_path: str | None,
     devices: tuple[str, ...],
@@ -149,7 +149,8 @@ def run_command(
     color: bool | None,
     **plugin_options: Any,
 ) -> None:
-    """Audit the manual gradients named by SPEC against autograd."""
+    """Audit the manual gradients named by each SPEC (a folder: every spec in it) against
+    autograd; several specs give one report and the worst exit code."""
     if quiet and verbose:
         raise click.UsageError("-q and -v cannot be used together")
     from gradaudit.errors import Interrupted, stop_on_sigterm
@@ -160,37 +161,35 @@ def run_command(
         from gradaudit.ci.pictures import html_placeholder
 
         html_placeholder(html_path)
+    if len(specs) > 1 or os.path.isdir(specs[0]):
+        from gradaudit.spec_set import expand
+
+        paths = expand(specs)
+    else:
+        paths = list(specs)
     try:
-        write_first(spec, junit_xml, json_path)  # before anything slow: no old green survives
-        sys.exit(_run(spec, junit_xml, json_path, html_path, dict(
-            devices=devices, dtypes=dtypes, require_devices=require_devices, shard=shard,
-            batches=batches, variants=variants, timeout=timeout, color=color, quiet=quiet,
-            verbose=verbose, sets=sets, threads=threads, extra=given_options(plugin_options),
+        write_first(paths, junit_xml, json_path)  # before anything slow: no old green survives
+        tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sys.exit(_run(paths, len(paths) > 1 or paths != list(specs), html_path, dict(
+            junit_xml=junit_xml, json_path=json_path, devices=devices, dtypes=dtypes,
+            require_devices=require_devices, shard=shard, batches=batches, variants=variants,
+            timeout=timeout, color=tty if color is None else color, progress=sys.stderr.isatty(),
+            verbosity=-1 if quiet else 1 if verbose else 0, sets=sets, threads=threads,
+            extra=given_options(plugin_options),
         )))  # fmt: skip
     except (Interrupted, KeyboardInterrupt) as exc:
-        sys.exit(interrupted(spec, junit_xml, json_path, isinstance(exc, Interrupted)))
+        sys.exit(interrupted(paths, junit_xml, json_path, isinstance(exc, Interrupted)))
 
 
-def _run(
-    spec: str,
-    junit_xml: str | None,
-    json_path: str | None,
-    html_path: str | None,
-    given: dict[str, Any],
-) -> int:
+def _run(paths: list[str], several: bool, html_path: str | None, given: dict[str, Any]) -> int:
     from gradaudit import commands
 
-    quiet, verbose, color = given.pop("quiet"), given.pop("verbose"), given.pop("color")
-    tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    options = commands.RunOptions(
-        junit_xml=junit_xml,
-        json_path=json_path,
-        color=tty if color is None else color,
-        progress=sys.stderr.isatty(),
-        verbosity=-1 if quiet else 1 if verbose else 0,
-        **given,
-    )
-    return commands.run_with_html(spec, options, html_path)
+    options = commands.RunOptions(**given)
+    if not several:
+        return commands.run_with_html(lambda o: commands.run(paths[0], o), options, html_path)
+    from gradaudit.spec_set import run_set
+
+    return commands.run_with_html(lambda o: run_set(paths, o), options, html_path)
 
 
 @cli.command("plan")

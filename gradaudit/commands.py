@@ -12,7 +12,7 @@ import dataclasses
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,8 +165,24 @@ class Reports:
             reporter.finish(summary)
 
 
+@dataclass(frozen=True)
+class SpecRun:
+    """What one spec's run gave: its exit code, and its plan and summary when it planned."""
+
+    code: int
+    plan: Plan | None = None
+    summary: RunSummary | None = None
+
+
 def run(spec_path: str, options: RunOptions) -> int:
     """Audit one spec of any kind (the placeholders are written already: cli.py)."""
+    return run_spec(spec_path, options).code
+
+
+def run_spec(spec_path: str, options: RunOptions, restore: bool = False) -> SpecRun:
+    """`run`, telling what it planned and found too (a run of several specs sums them).
+    `restore`: the signal handlers are put back afterwards (more specs follow); else a
+    second signal is ignored while the reports are finished."""
     from gradaudit.report.placeholder import remove_first, write_placeholders
 
     placeholders = (spec_path, options.junit_xml, options.json_path, options.sets)
@@ -181,20 +197,20 @@ def run(spec_path: str, options: RunOptions) -> int:
         sigterm = isinstance(exc, Interrupted)
         how = "SIGTERM" if sigterm else "SIGINT (Ctrl-C)"
         write_placeholders(*placeholders, reason=f"the run did not finish: interrupted by {how}")
-        return int(ExitCode.SIGTERM if sigterm else ExitCode.SIGINT)
+        return SpecRun(int(ExitCode.SIGTERM if sigterm else ExitCode.SIGINT))
     reports = Reports(loaded, options)
-    supervisor = Supervisor(job_of(spec_path, options), reports, restore=False)
+    supervisor = Supervisor(job_of(spec_path, options), reports, restore=restore)
     reports.supervisor = supervisor
     outcome = supervisor.run()
     if outcome.fold is None:  # it never planned: the reports say why
         why = _not_started(outcome)
         write_placeholders(*placeholders, reason=f"the run could not start: {why}")
-        return _fail_to_start(outcome, why)
+        return SpecRun(_fail_to_start(outcome, why))
     summary = verdict(outcome)
     reports.finish(summary)
     if outcome.failed is not None:  # it planned, then could not go on: the reports say why too
         click.echo(f"gradaudit: error: {outcome.failed.message}", err=True)
-    return exit_code(outcome, summary)
+    return SpecRun(exit_code(outcome, summary), outcome.plan, summary)
 
 
 def verdict(outcome: Outcome) -> RunSummary:
@@ -244,11 +260,14 @@ def _fail_to_start(outcome: Outcome, why: str) -> int:
     return int(ExitCode.FAILED)
 
 
-def run_with_html(spec_path: str, options: RunOptions, html_path: str | None) -> int:
-    """`run`, then its HTML page drawn from its JSON report (a temporary one when no --json
-    was asked for). The GitHub Action appends the budget charts to the job summary."""
+def run_with_html(
+    runner: Callable[[RunOptions], int], options: RunOptions, html_path: str | None
+) -> int:
+    """`runner` (the run of one spec or of several), then its HTML page drawn from its JSON
+    report (a temporary one when no --json was asked for). The GitHub Action appends the
+    budget charts to the job summary."""
     if not html_path:
-        return run(spec_path, options)
+        return runner(options)
     import tempfile
 
     from gradaudit.ci.pictures import draw, remove_placeholder
@@ -256,7 +275,7 @@ def run_with_html(spec_path: str, options: RunOptions, html_path: str | None) ->
     with tempfile.TemporaryDirectory(prefix="gradaudit-") as scratch:
         report = options.json_path or os.path.join(scratch, "report.json")
         try:
-            code = run(spec_path, dataclasses.replace(options, json_path=report))
+            code = runner(dataclasses.replace(options, json_path=report))
         except GradauditError:
             remove_placeholder(html_path)
             raise

@@ -163,6 +163,7 @@ SLOWEST_FIRST = (
     "test_distributed.py",
     "test_gallery.py",
     "test_spec_fuzz.py",
+    "test_spec_set.py",
     "test_pytest_vs_run.py",
     "test_ops_shard.py",
     "test_pytest_plugin.py",

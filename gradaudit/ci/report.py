@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "gradaudit-run"
+SET_SCHEMA = "gradaudit-run-set"  # gradaudit.report.combine: the runs of several specs
 SCHEMA_VERSIONS = (1,)  # the versions this module reads
 RED = frozenset({"fail", "error"})
 STATUSES = frozenset({"pass", "fail", "error", "skipped"})
@@ -85,6 +86,8 @@ def check_report(value: object, source: str = "report") -> dict[str, Any]:
             f"{source}: not a gradaudit JSON report (a {_kind(value)}, not an object)"
         )
     schema = value.get("schema")
+    if schema == SET_SCHEMA:
+        return flatten_set(value, source)
     if schema != SCHEMA:
         raise ReportError(f"{source}: not a gradaudit JSON report (schema {schema!r})")
     version = value.get("schema_version")
@@ -111,6 +114,37 @@ def check_report(value: object, source: str = "report") -> dict[str, Any]:
             if not isinstance(tensor, dict) or not isinstance(tensor.get("tensor"), str):
                 raise ReportError(f"{source}: groups[{i}].tensors[{j}] has no tensor name")
     return value
+
+
+def flatten_set(value: dict[str, Any], source: str) -> dict[str, Any]:
+    """A run of several specs (gradaudit.report.combine) read as one report whose cases are
+    each spec's, their device named with the spec (`charrnn/cpu`): what `diff`, the HTML page
+    and the summary read. Its run facts are those all the specs share."""
+    runs = value.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ReportError(f"{source}: a run of several specs without 'runs'")
+    checked = [check_report(run, f"{source}: runs[{i}]") for i, run in enumerate(runs)]
+    names = [spec_name(run) for run in checked]
+    facts = [run_facts(run) for run in checked]
+    shared = {k: v for k, v in facts[0].items() if all(f.get(k) == v for f in facts[1:])}
+    shared["spec_name"] = f"{len(runs)} specs ({', '.join(names)})"
+    flat = [
+        {**group, "device": f"{name}/{group['device']}"}
+        for name, run in zip(names, checked, strict=True)
+        for group in run["groups"]
+    ]
+    stops = [
+        f"{n}: {r['stopped']}" for n, r in zip(names, checked, strict=True) if r.get("stopped")
+    ]
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSIONS[-1],
+        "run": shared,
+        "cases": [],
+        "groups": flat,
+        "totals": value.get("totals"),
+        "stopped": "; ".join(stops) or None,
+    }
 
 
 def groups(report: Mapping[str, Any]) -> list[Group]:

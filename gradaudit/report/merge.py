@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradaudit.compare import TensorSummary
 from gradaudit.errors import UsageError
 from gradaudit.results import GroupResult, RunSummary
+
+if TYPE_CHECKING:
+    from gradaudit.report.junit import ReadSuite
 
 Key = tuple[str, str, str]  # (device, dtype, check)
 Plan = dict[Key, tuple[str, ...]]  # the groups of a run and the tensors of each
@@ -53,7 +57,7 @@ def check_set(reports: list[Report]) -> None:
     shards: dict[int, Report] = {}
     total = None
     for report in reports:
-        match = re.fullmatch(r"(\d+)/(\d+)", report.shard)
+        match = re.fullmatch(r"(\d+)/(\d+)(@\d+)?", report.shard)
         if not match:
             raise UsageError(
                 f"{report.path}: the report of an unsharded run; merge takes the reports of "
@@ -61,8 +65,8 @@ def check_set(reports: list[Report]) -> None:
             )
         index, count = int(match[1]), int(match[2])
         if total is None:
-            total = count
-        elif count != total:
+            total, offset = count, match[3]
+        elif count != total or match[3] != offset:
             raise UsageError(
                 f"{report.path}: shard {report.shard}, but {first.path} is shard {first.shard}: "
                 "the shards of different splits overlap and leave batches out"
@@ -157,10 +161,69 @@ class _Groups:
 
 
 def merge_junit(out: str, inputs: list[str]) -> RunSummary:
-    from gradaudit.report.junit import read_suites, run_document
+    """Merge JUnit reports: of one spec, or of a run of several (each spec's suites merged
+    with the same spec's in the other inputs)."""
+    from gradaudit.report.elements import document
+    from gradaudit.report.junit import read_suites
     from gradaudit.write import write_atomic
 
     read = {path: _read(path, read_suites) for path in inputs}
+    for path, suites in read.items():
+        if not suites or not suites[0].properties.get("spec_sha256"):
+            raise UsageError(f"{path}: no spec_sha256: not a gradaudit report")
+    elements: list[ET.Element] = []
+    summaries = []
+    specs = {p: list(dict.fromkeys(_spec_of(s.properties) for s in v)) for p, v in read.items()}
+    if all(len(found) == 1 for found in specs.values()):  # one spec each: check_set compares
+        parts = [read]
+    else:
+        parts = [
+            {p: [s for s in v if _spec_of(s.properties) == spec] for p, v in read.items()}
+            for spec in _same_specs(specs)
+        ]
+    for part in parts:
+        found, summary = _merge_junit_spec(part)
+        elements += found
+        summaries.append(summary)
+    write_atomic(out, document(elements))
+    return _total(summaries)
+
+
+def _spec_of(facts: dict[str, Any]) -> tuple[str, str]:
+    return (str(facts.get("spec_sha256", "")), str(facts.get("spec_name", "")))
+
+
+def _same_specs(specs: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """The specs of the inputs, in the first one's order; every input must have the same."""
+    first, *_ = specs
+    order = specs[first]
+    for path, mine in specs.items():
+        if set(mine) != set(order):
+            only = [f"{n} ({s[:12]}…)" for s, n in mine if (s, n) not in order]
+            lacking = [f"{n} ({s[:12]}…)" for s, n in order if (s, n) not in mine]
+            raise UsageError(
+                f"{path}: reports other specs than {first} (only here: {only or 'none'}; "
+                f"missing here: {lacking or 'none'}): merge takes the shards of one run"
+            )
+    return order
+
+
+def _total(summaries: list[RunSummary]) -> RunSummary:
+    if len(summaries) == 1:
+        return summaries[0]
+    total = RunSummary()
+    for summary in summaries:
+        for group in summary.groups:
+            total.add(group)
+    stops = [s.stopped for s in summaries if s.stopped]
+    total.stopped = "; ".join(stops) or None
+    return total
+
+
+def _merge_junit_spec(read: dict[str, list[ReadSuite]]) -> tuple[list[ET.Element], RunSummary]:
+    from gradaudit.report.elements import stopped_suite
+    from gradaudit.report.junit import group_suite
+
     reports = []
     for path, suites in read.items():
         facts = suites[0].properties if suites else {}
@@ -200,8 +263,11 @@ def merge_junit(out: str, inputs: list[str]) -> RunSummary:
     drop = {"device", "device_name", "dtype", "check", "incomplete", "shard", "rerun"}
     facts = {k: v for k, v in metadata.items() if k not in drop}
     facts["merged_from"] = ", ".join(f"{r.shard} ({r.path})" for r in reports)
-    write_atomic(out, run_document(metadata.get("spec_name", ""), summary, facts))
-    return summary
+    name = metadata.get("spec_name", "")
+    elements = [group_suite(name, g, facts) for g in summary.groups]
+    if summary.stopped:
+        elements.append(stopped_suite(name, summary.stopped, facts))
+    return elements, summary
 
 
 def _key(props: dict[str, str]) -> Key:
@@ -209,21 +275,58 @@ def _key(props: dict[str, str]) -> Key:
 
 
 def merge_json(out: str, inputs: list[str]) -> RunSummary:
-    from gradaudit.report.jsonfile import group_record, totals
-    from gradaudit.report.jsonvalues import SCHEMA, dumps, unfinite
+    """Merge JSON reports: of one spec, or of a run of several (`gradaudit-run-set`
+    documents, merged run by run into one)."""
+    from gradaudit.report.combine import is_set, set_document
+    from gradaudit.report.jsonvalues import dumps
     from gradaudit.write import write_atomic
 
-    read: dict[str, dict[str, Any]] = {}
-    reports = []
-    for path in inputs:
-        read[path], report = _read(path, _json_report)
-        reports.append(report)
+    read: dict[str, dict[str, Any]] = {path: _read(path, _load_json) for path in inputs}
+    sets = [is_set(data) for data in read.values()]
+    if any(sets) and not all(sets):
+        raise UsageError(
+            f"{inputs[sets.index(False)]}: the report of one spec, but {inputs[sets.index(True)]} "
+            "is the report of several: merge takes the shards of one run"
+        )
+    if not all(sets):
+        document, summary = _merge_json_spec(inputs, list(read.values()))
+        write_atomic(out, dumps(document) + "\n")
+        return summary
+    runs = {p: {_spec_of(r["run"]): r for r in d["runs"]} for p, d in read.items()}
+    documents, summaries = [], []
+    for spec in _same_specs({p: list(dict.fromkeys(r)) for p, r in runs.items()}):
+        document, summary = _merge_json_spec(inputs, [r[spec] for r in runs.values()])
+        documents.append(document)
+        summaries.append(summary)
+    total = _total(summaries)
+    write_atomic(out, dumps(set_document(documents, 0 if total.ok else 1)) + "\n")
+    return total
+
+
+def _load_json(path: str) -> dict[str, Any]:
+    from gradaudit.report.combine import is_set
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    for run in data["runs"] if is_set(data) else [data]:
+        _json_report(path, run)  # a gradaudit-run document
+    return data
+
+
+def _merge_json_spec(
+    inputs: list[str], read: list[dict[str, Any]]
+) -> tuple[dict[str, Any], RunSummary]:
+    from gradaudit.report.jsonfile import group_record, totals
+    from gradaudit.report.jsonvalues import SCHEMA, unfinite
+
+    reports = [_json_report(path, data) for path, data in zip(inputs, read, strict=True)]
     check_set(reports)
 
     merged = _Groups()
     run_facts: dict[str, Any] = {}
     cases: list[dict[str, Any]] = []
-    for path, data in read.items():
+    for path, data in zip(inputs, read, strict=True):
         run_facts = run_facts or dict(data["run"])
         cases += data["cases"]
         if data.get("stopped"):
@@ -259,15 +362,14 @@ def merge_json(out: str, inputs: list[str]) -> RunSummary:
         "totals": totals(summary),
         "stopped": summary.stopped,
     }
-    write_atomic(out, dumps(document) + "\n")
-    return summary
+    return document, summary
 
 
-def _json_report(path: str) -> tuple[dict[str, Any], Report]:
+def _json_report(path: str, data: dict[str, Any]) -> Report:
+    """What merge checks of one `gradaudit-run` document (KeyError: not one)."""
     from gradaudit.report.jsonvalues import SCHEMA
 
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if data.get("schema") != SCHEMA:
         raise ValueError("no gradaudit-run schema")
     run = data["run"]
     plan = {
@@ -278,7 +380,7 @@ def _json_report(path: str) -> tuple[dict[str, Any], Report]:
     }
     stopped = bool(data.get("stopped"))
     facts = (run.get("spec_sha256", ""), run.get("shard", ""))
-    return data, Report(path, *facts, plan, run.get("plan_sha256", ""), stopped)
+    return Report(path, *facts, plan, run.get("plan_sha256", ""), stopped)
 
 
 def _read(path: str, reader: Callable[[str], Any]) -> Any:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from gradaudit.report.elements import document, stopped_suite
 from gradaudit.report.jsonvalues import SCHEMA, SCHEMA_VERSION, dumps
 from gradaudit.write import same_file, write_atomic
 
+Specs = str | Sequence[str]  # one spec's path, or the paths of a run of several
 STARTING = "the run did not finish: it stopped while starting (before the spec was read)"
 LOADING = "the run did not finish: it stopped while loading (torch, plugins, data, model)"
 
@@ -47,34 +49,39 @@ def write_placeholders(
         )
 
 
-def write_first(spec_path: str, junit_xml: str | None, json_path: str | None) -> None:
+def write_first(specs: Specs, junit_xml: str | None, json_path: str | None) -> None:
     """The first thing `run` does: replace each report path with a "did not finish" report.
-    A path that may be an input (the spec itself by any name, a Python file) or that names
+    A path that may be an input (a spec itself by any name, a Python file) or that names
     the other report is left alone: the checks after loading refuse it (exit 2). A path
     that cannot be written is left to those checks too."""
-    chosen = _writable(spec_path, junit_xml, json_path)
+    chosen = _writable(specs, junit_xml, json_path)
     try:
-        write_placeholders(spec_path, chosen.get("junit"), chosen.get("json"), reason=STARTING)
+        write_placeholders(_first(specs), chosen.get("junit"), chosen.get("json"), reason=STARTING)
     except OSError:
         return
 
 
-def remove_first(spec_path: str, junit_xml: str | None, json_path: str | None) -> None:
+def remove_first(specs: Specs, junit_xml: str | None, json_path: str | None) -> None:
     """Take back what `write_first` wrote, for a run refused as bad input (exit 2): files
     that still hold its placeholder, and nothing else."""
-    for path in _writable(spec_path, junit_xml, json_path).values():
+    for path in _writable(specs, junit_xml, json_path).values():
         with contextlib.suppress(OSError):
             target = Path(path)
             if target.is_file() and STARTING in target.read_text(encoding="utf-8"):
                 target.unlink()
 
 
-def _writable(spec_path: str, junit_xml: str | None, json_path: str | None) -> dict[str, str]:
-    """The report paths a placeholder may go to before the run's checks: not the spec (by any
+def _first(specs: Specs) -> str:
+    return specs if isinstance(specs, str) else specs[0]
+
+
+def _writable(specs: Specs, junit_xml: str | None, json_path: str | None) -> dict[str, str]:
+    """The report paths a placeholder may go to before the run's checks: not a spec (by any
     name), not a Python file, not one path for both reports."""
     chosen = {}
+    every = [specs] if isinstance(specs, str) else list(specs)
     for option, path in (("junit", junit_xml), ("json", json_path)):
-        if not path or path.endswith(".py") or same_file(path, spec_path):
+        if not path or path.endswith(".py") or any(same_file(path, s) for s in every):
             continue
         chosen[option] = path
     if len(chosen) == 2 and same_file(chosen["junit"], chosen["json"]):
@@ -82,11 +89,11 @@ def _writable(spec_path: str, junit_xml: str | None, json_path: str | None) -> d
     return chosen
 
 
-def interrupted(spec_path: str, junit_xml: str | None, json_path: str | None, sigterm: bool) -> int:
+def interrupted(specs: Specs, junit_xml: str | None, json_path: str | None, sigterm: bool) -> int:
     """A run stopped before its supervisor took the signals: its reports say so; the code."""
     how = "SIGTERM" if sigterm else "SIGINT (Ctrl-C)"
     reason = f"the run did not finish: interrupted by {how} while starting"
-    chosen = _writable(spec_path, junit_xml, json_path)
+    chosen = _writable(specs, junit_xml, json_path)
     with contextlib.suppress(OSError):
-        write_placeholders(spec_path, chosen.get("junit"), chosen.get("json"), reason=reason)
+        write_placeholders(_first(specs), chosen.get("junit"), chosen.get("json"), reason=reason)
     return 143 if sigterm else 130
