@@ -166,15 +166,10 @@ def test_the_documented_sharding_commands_run(tmp_path: Path) -> None:
         outputs.append(result.stdout)
     assert "variants N=7, D=1, transposed (shard 2/3)" in outputs[0]
     assert outputs[-1].startswith("148 passed, 0 failed, 0 errors, 0 skipped")
-    assert cases(tmp_path / "all.xml") and "skipped" not in cases(tmp_path / "all.xml").values()
-    # the merge is the unsharded run: the same cases, the same verdicts
-    whole = run_gradaudit(
-        "run", "specs/op-rmsnorm.yaml", "--junit-xml", "one.xml", "--json", "one.json",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert whole.returncode == 0, whole.stdout + whole.stderr
-    assert cases(tmp_path / "all.xml") == cases(tmp_path / "one.xml")
-    assert statuses(tmp_path / "all.json") == statuses(tmp_path / "one.json")
+    merged = cases(tmp_path / "all.xml")
+    assert merged and "skipped" not in merged.values()
+    # each case ran in exactly one shard (that the merge is the unsharded run, verdict for
+    # verdict: test_merged_shards_are_the_unsharded_run_and_a_bug_is_red_in_its_shard_only)
     ran = [{k for k, v in cases(tmp_path / f"shard{k}.xml").items() if v != "skipped"}
            for k in (1, 2, 3)]  # fmt: skip
-    assert all(ran) and sum(map(len, ran)) == len(cases(tmp_path / "one.xml"))
+    assert all(ran) and sum(map(len, ran)) == len(merged) == len(set().union(*ran))

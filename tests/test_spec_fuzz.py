@@ -81,7 +81,7 @@ checks:
 """
 BASES: dict[str, bytes] = {p.name: p.read_bytes() for p in SHIPPED} | {"rich.yaml": RICH.encode()}
 FUZZ = settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -238,7 +238,7 @@ def _random_text(text: str) -> None:
     COUNTS["random text"][outcome] += 1
 
 
-@settings(FUZZ, max_examples=200)  # drawing nested documents is hypothesis's slowest part
+@settings(FUZZ, max_examples=100)  # drawing nested documents is hypothesis's slowest part
 @given(doc=st.one_of(DOCS, NEAR_VALID), flow=st.sampled_from([None, True, False]))
 def _random_documents(doc: Any, flow: bool | None) -> None:
     text = yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True, sort_keys=False)

@@ -27,7 +27,7 @@ op:
     x: {shape: [N, D]}
     weight: {shape: [D]}
   args: {eps: 1.0e-6}
-dtypes: [float64, float32]
+dtypes: [float64]
 """
 OP_BUG = OP_OK.replace("rmsnorm-ok", "rmsnorm-in-place").replace(
     "gradaudit_ops.rmsnorm:RMSNormFunction.apply", "gradaudit_ops.gallery:RMSNormInPlace"
@@ -37,7 +37,9 @@ OP_BUG = OP_OK.replace("rmsnorm-ok", "rmsnorm-in-place").replace(
 def specs(folder: Path, red: bool = True) -> Path:
     """A folder with a small model spec, a correct op and (red) an op with a bug."""
     folder.mkdir()
-    model = small_spec(batches={"split": "train", "count": 3, "size": 4, "seed": 3})
+    model = small_spec(
+        batches={"split": "train", "count": 3, "size": 4, "seed": 3}, dtypes=["float32"]
+    )
     (folder / "a-model.yaml").write_text(yaml.safe_dump(model), "utf-8")
     (folder / "b-op.yml").write_text(OP_OK, "utf-8")
     if red:
