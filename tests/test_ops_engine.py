@@ -84,7 +84,13 @@ def test_derived_variants_and_their_shapes() -> None:
         "expanded",
         "large",
         "tiny",
+        "N=4096",  # long reductions: the longest within 32k elements per input, half types
+        "D=4096",
     ]
+    assert variants["N=4096"].long and variants["N=4096"].shapes == {"x": (4096, 8), "w": (8,)}
+    assert variants["D=4096"].shapes == {"x": (4, 4096), "w": (4096,)}
+    wide = derive({"x": InputDecl(shape=[64, 16])}, {}, Variants(), 0)
+    assert [v.name for v in wide if v.long] == ["x.0=2048"]  # x.1: 64 x 1024 > 32k elements
     assert variants["D=11"].shapes == {"x": (4, 11), "w": (11,)}  # D moves together
     assert variants["lead2"].shapes == {"x": (2, 3, 4, 8), "w": (8,)}  # batch inputs only
     assert variants["large"].scale == 1e3

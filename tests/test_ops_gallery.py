@@ -91,6 +91,9 @@ EXPECTED: dict[str, tuple[dict[str, Any], dict[str, set[str]]]] = {
             ]
         },
     ),
+    # a half-precision accumulator: exact where the accumulator is float32 or float64
+    # (test_the_accumulator_bug_is_red_only_on_the_long_batch_in_half_types)
+    "rmsnorm-low-accumulator": (RMS, {}),
     # the audit's sides get their own inputs, so only saved_tensors sees the overwrite
     # (and `expanded`, where writing into a stride-0 input raises)
     "rmsnorm-in-place": (
@@ -134,6 +137,7 @@ def test_the_gallery_covers_the_issue() -> None:
         "odd sizes handled wrong",
         "needs a non-uniform upstream gradient",
         "accumulation normalisation",
+        "a half-precision accumulator",
     } <= kinds
     assert set(EXPECTED) == set(BUGS)
 
@@ -146,7 +150,7 @@ def test_each_bug_fails_exactly_where_stated(
     assert failing(gallery[name], dtype) == EXPECTED[name][1]
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
+@pytest.mark.parametrize("name", [name for name, (_, cases) in EXPECTED.items() if cases])
 def test_the_failure_names_the_variant_and_seed(name: str) -> None:
     settings, cases = EXPECTED[name]
     with pytest.raises(AssertionError) as info:
@@ -158,6 +162,20 @@ def test_the_failure_names_the_variant_and_seed(name: str) -> None:
     ), first
     assert "worst element" in str(info.value) or "raised" in str(info.value)
     assert "reproduce: check_op(" in str(info.value)
+
+
+def test_the_accumulator_bug_is_red_only_on_the_long_batch_in_half_types() -> None:
+    """The long variants (each dim at the longest size within 32k elements per input: N=2048,
+    D=4096) run in bfloat16 and float16 only; a row loop with a half accumulator is red on
+    the long batch's weight gradient, and the correct op is green there."""
+    half = ["bfloat16", "float16"]
+    bug = check_op(BUGS["rmsnorm-low-accumulator"][0], dtypes=half, raise_on_failure=False, **RMS)
+    good = check_op(RMSNormFunction, dtypes=half, raise_on_failure=False, **RMS)
+    for dtype in half:
+        assert failing(bug, dtype) == {"N=2048": {"grad.weight"}}
+        assert failing(good, dtype) == {}
+    checks = {g.check for g in good.groups}
+    assert {"variant:N=2048", "variant:D=4096"} <= checks
 
 
 def test_the_reproduce_line_reproduces_the_failure() -> None:

@@ -140,6 +140,25 @@ class XentIgnoresIgnoreIndex(SoftmaxCrossEntropy):
         return p.view(logits.shape).to(logits.dtype), None, None, None
 
 
+class RMSNormLowAccumulator(RMSNormFunction):
+    """The weight gradient's sum over rows keeps its running total in the input dtype: each
+    row is added in float32, then the total is stored back in bfloat16/float16, as a kernel
+    that loops over rows with an accumulator of the tensor's dtype does. Exact for float32
+    and float64 (the accumulator is the compute dtype); in half types it loses what a
+    float32 accumulator keeps once there are many rows (a long batch)."""
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, weight, rstd = ctx.saved_tensors
+        dx, _, _ = _rmsnorm_backward(x, weight, rstd, grad)
+        work = compute_dtype(x.dtype)
+        rows = (grad.to(work) * x.to(work) * rstd).reshape(-1, x.shape[-1])
+        acc = torch.zeros(x.shape[-1], dtype=x.dtype)  # bug: not `dtype=work`
+        for row in rows:
+            acc = (acc.to(work) + row).to(x.dtype)
+        return dx, acc.to(weight.dtype), None
+
+
 class LogSoftmaxLastDim(LogSoftmaxFunction):
     """The backward sums along the last dim, whatever `dim` the forward took."""
 
@@ -152,6 +171,7 @@ class LogSoftmaxLastDim(LogSoftmaxFunction):
 BUGS: dict[str, tuple[type[torch.autograd.Function], str]] = {
     "xent-ignores-ignore-index": (XentIgnoresIgnoreIndex, "ignored rows get a gradient"),
     "log-softmax-last-dim": (LogSoftmaxLastDim, "a backward hard-wired to the last dim"),
+    "rmsnorm-low-accumulator": (RMSNormLowAccumulator, "a half-precision accumulator"),
     "xent-missing-scale": (XentMissingScale, "a scale factor missing in backward"),
     "xent-odd-vocab": (XentOddVocab, "odd sizes handled wrong"),
     "xent-local-normaliser": (XentLocalNormaliser, "accumulation normalisation"),

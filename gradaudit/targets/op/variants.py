@@ -7,6 +7,7 @@ spec's seed and its own name, so it draws the same tensors whatever else runs.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ Symbol = str | int  # a dim name, or a size standing for every dim of that size
 LAYOUTS = ("contiguous", "transposed", "strided", "expanded")
 LEADING = {1: (3,), 2: (2, 3)}
 EXTREME = {"large": 1e3, "tiny": 1e-3}
+LONG = (4096, 2048, 1024)  # a long reduction's sizes, the longest that fits (variants.long)
+LONG_NUMEL = 1 << 15  # no long variant makes an input larger than this
+LONG_DTYPES = ("bfloat16", "float16")  # the dtypes long variants are planned in
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Variant:
     batch_inputs: tuple[str, ...] = ()  # inputs sharing the first input's leading dim
     args: tuple[tuple[str, Any], ...] = ()  # non-tensor arguments this variant changes
     hit: tuple[tuple[str, int], ...] = ()  # integer inputs given this special value in places
+    long: bool = False  # a long reduction: planned in bfloat16 and float16 only
 
 
 def variant_seed(seed: int, name: str) -> int:
@@ -132,7 +137,29 @@ def derive(
     for key, values in options.args.items():
         for value in values:
             out.append(_make(f"{key}={value}", seed, inputs, base_sizes, args=((key, value),)))
+    if options.long:
+        out += _long_variants(seed, inputs, base_sizes)
     return _without(out, options.exclude)
+
+
+def _long_variants(
+    seed: int, inputs: Mapping[str, InputDecl], sizes: Mapping[Symbol, int]
+) -> list[Variant]:
+    """Each dimension long (the others as declared): the longest of LONG sizes that keeps
+    every input within LONG_NUMEL elements. A sum over it then runs long enough for an
+    accumulator in bfloat16 or float16 to lose what a float32 one keeps (a kernel's tiles
+    of 32 add up 32 to 128 partial sums). They are planned in those two dtypes only
+    (LONG_DTYPES), where accumulators differ: kept cheap."""
+    found = []
+    for symbol, label in _labels(inputs).items():
+        for size in LONG:
+            if size <= sizes[symbol]:
+                break
+            variant = _make(f"{label}={size}", seed, inputs, {**sizes, symbol: size}, long=True)
+            if all(math.prod(shape) <= LONG_NUMEL for shape in variant.shapes.values()):
+                found.append(variant)
+                break
+    return found
 
 
 def _argument_variants(
