@@ -159,15 +159,22 @@ def run_op_spec(
 # The modules that take longest (seconds of CPU, measured with --durations=0): run first, so
 # that `-n 2 --dist loadfile` does not leave one worker alone with one of them at the end.
 SLOWEST_FIRST = (
-    "test_triton_ops.py",
     "test_distributed.py",
-    "test_gallery.py",
-    "test_spec_fuzz.py",
-    "test_spec_set.py",
     "test_pytest_vs_run.py",
     "test_ops_shard.py",
     "test_pytest_plugin.py",
+    "test_gallery.py",
+    "test_triton_ops.py",
+    "test_verdicts.py",
+    "test_spec_fuzz.py",
+    "test_docs_generated.py",
+    "test_spec_set.py",
+    "test_green_is_true.py",
+    "test_cli.py",
+    "test_core_contracts.py",
     "test_triton_crash.py",
+    "test_zygote.py",
+    "test_mlp.py",
 )
 
 
