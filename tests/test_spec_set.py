@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import run_gradaudit, small_spec
+from tests.test_ops_shard import cases as junit_cases
 from tests.test_report_schema import assert_valid
 
 OP_OK = """\
@@ -60,17 +60,6 @@ def statuses(document: dict[str, Any]) -> dict[tuple[str, ...], str]:
         for g in r["groups"]
         for t in g["tensors"]
     }
-
-
-def junit_cases(path: Path) -> dict[tuple[str, str], str]:
-    out = {}
-    for suite in ET.parse(path).getroot().iter("testsuite"):
-        for case in suite.iter("testcase"):
-            key = (suite.get("name", ""), case.get("name", ""))
-            assert key not in out, f"{key} twice in {path}"
-            kinds = [k for k in ("failure", "error", "skipped") if case.find(k) is not None]
-            out[key] = kinds[0] if kinds else "pass"
-    return out
 
 
 @pytest.fixture(scope="module")
