@@ -238,3 +238,34 @@ def test_check_is_exported_lazily_and_import_stays_torch_free() -> None:
     code = "import sys, gradaudit, gradaudit.targets.values.check; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def _tanh_graph() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """loss = sum(tanh(x @ w)^2) with h = x @ w kept, and the hand-written gradients."""
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_()
+    w.requires_grad_()
+    h = x @ w
+    loss = (h.tanh() ** 2).sum()
+    dh = (2 * h.tanh() * (1 - h.tanh() ** 2)).detach()
+    return loss, {"h": h, "w": w, "x": x}, {"h": dh, "w": x.detach().T @ dh, "x": dh @ w.T}
+
+
+def test_check_after_loss_backward_uses_the_grads_it_left() -> None:
+    """A notebook that already called loss.backward() (its `cmp` reads .grad): check compares
+    with those .grad instead of autograd's raw "backward through the graph a second time"."""
+    loss, tensors, grads = _tanh_graph()
+    tensors["h"].retain_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert check(loss, tensors, grads, print_table=False).ok
+    wrong = {**grads, "w": grads["w"] * 1.01}
+    result = check(loss, tensors, wrong, print_table=False)
+    assert not result.ok and result["w"].status == "fail" and result["h"].status == "pass"
+
+
+def test_check_after_loss_backward_without_a_grad_says_how_to_call_it() -> None:
+    loss, tensors, grads = _tanh_graph()
+    loss.backward()  # type: ignore[no-untyped-call]  # h (not a leaf) kept no .grad
+    with pytest.raises(ValueError, match=r"left no \.grad on h: call gradaudit.check before"):
+        check(loss, tensors, grads, print_table=False)

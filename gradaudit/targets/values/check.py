@@ -274,14 +274,36 @@ def _reference(case: _Case) -> None:
             wanted.append(pair)
     if not wanted:
         return
-    grads = torch.autograd.grad(
-        case.loss, [p.tensor for p in wanted], retain_graph=True, allow_unused=True
-    )
+    try:
+        grads = torch.autograd.grad(
+            case.loss, [p.tensor for p in wanted], retain_graph=True, allow_unused=True
+        )
+    except RuntimeError as exc:
+        if "backward through the graph a second time" not in str(exc):
+            raise
+        grads = _stored_grads(wanted)
     for pair, grad in zip(wanted, grads, strict=True):
         if grad is None:
             pair.problem = f"'{pair.name}' is not part of the loss's graph (a stale tensor?)"
         else:
             case.references[pair.name] = grad.detach()
+
+
+def _stored_grads(wanted: Sequence[_Pair]) -> tuple[torch.Tensor, ...]:
+    """After `loss.backward()` freed the graph: the `.grad` it left on each tensor (what a
+    notebook's own `cmp` compares with), or a one-line ValueError saying how to call."""
+    missing = [
+        p.name
+        for p in wanted
+        if not (p.tensor.is_leaf or p.tensor.retains_grad) or p.tensor.grad is None
+    ]
+    if missing:
+        raise ValueError(
+            f"loss.backward() freed the graph and left no .grad on {', '.join(missing[:3])}: "
+            "call gradaudit.check before loss.backward(), or call .retain_grad() on those "
+            "tensors before it"
+        )
+    return tuple(p.tensor.grad for p in wanted)
 
 
 def _needs_truth(case: _Case, spec: Tolerance) -> bool:
