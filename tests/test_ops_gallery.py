@@ -238,3 +238,20 @@ def test_argument_variants_run_and_the_correct_ops_stay_green() -> None:
     groups = run_op_spec(REPO / "specs" / "op-softmax-xent.yaml")
     hit = [s.status for g in groups if g.check == "variant:ignore_index-hit" for s in g.tensors]
     assert hit and set(hit) == {"pass"}
+
+
+def test_check_op_prints_a_one_screen_overview_on_a_pass_and_on_a_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    good = check_op(RMSNormFunction, dtypes=["float64", "bfloat16"], verbose=True, **RMS)
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0].startswith("check_op: op RMSNormFunction, 12 variants of x 6x16")
+    assert shown[0].endswith(
+        f"passed ({good.summary.passed} passed, 0 failed, 0 errors, 0 skipped)"
+    )
+    assert [line.split()[0] for line in shown[1:3]] == ["float64", "bfloat16"]
+    assert "worst budget" in shown[1] and shown[3].startswith("  12 variants: base, N=7,")
+    assert len(shown) == 4
+    bad = check_op(BUGS["rmsnorm-wrong-axis"][0], dtypes=["float32"], raise_on_failure=False, **RMS)
+    text = bad.overview()
+    assert ": FAILED (" in text.splitlines()[0] and "reproduce: check_op(" in text

@@ -55,6 +55,29 @@ class OpResult(Result):
             lines.append("  also: " + "; ".join(others) + (f"; +{more} more" if more else ""))
         return "\n".join(lines)
 
+    def overview(self) -> str:
+        """One screen, green or red: the counts, each dtype's worst budget (the largest share
+        of its allowance any element used, and where), the variants that ran; then why it
+        failed, if it did."""
+        totals = self.summary.totals()
+        head = self.plan.header if self.plan else "check_op"
+        counts = ", ".join(f"{n} {k}" for k, n in totals.items())
+        lines = [f"check_op: {head}: {'passed' if self.ok else 'FAILED'} ({counts})"]
+        worst: dict[str, tuple[float, str]] = {}
+        for group in self.groups:
+            for t in group.tensors:
+                budget = t.budget if t.batches else None
+                if budget is not None and budget >= worst.get(group.dtype, (-1.0, ""))[0]:
+                    worst[group.dtype] = (budget, f"{t.tensor}, {_variant(group)}")
+        for dtype, (budget, where) in worst.items():
+            lines.append(f"  {dtype:<9} worst budget {100 * budget:.3g}% ({where})")
+        names = self.plan.sample_names if self.plan else ()
+        if names:
+            lines.append(f"  {len(names)} variants: {', '.join(names)}")
+        if not self.ok:
+            lines.append(self.report())
+        return "\n".join(lines)
+
 
 def _variant(group: GroupResult) -> str:
     return group.check.removeprefix("variant:")
@@ -98,6 +121,7 @@ def check_op(
     checks: OpChecks | Mapping[str, Any] | None = None,
     raise_on_failure: bool = True,
     isolate: bool = False,
+    verbose: bool = False,
 ) -> OpResult:
     """Audit `candidate` against `reference` (None: float64 finite differences).
 
@@ -106,6 +130,7 @@ def check_op(
     shapes as given), a list of variant names, or a spec's `variants` mapping. isolate: run
     the cases in forked children (cpu only), so that a kernel that kills its process
     (an out-of-bounds store) is an error of the case it ran in, and the rest still runs.
+    verbose: print `OpResult.overview()` (one screen, on a pass too) before returning.
     """
     decls = {name: _input(name, value) for name, value in inputs.items()}
     options = _variant_options(variants)
@@ -138,6 +163,8 @@ def check_op(
         checks=op_checks,
     )
     result = _run(audit, devices, dtypes, tol, seed, isolate)
+    if verbose:
+        print(result.overview())
     if raise_on_failure and not result.ok:
         raise AssertionError(result.report())
     return result
