@@ -71,7 +71,8 @@ class OpResult(Result):
                     worst[group.dtype] = (budget, f"{t.tensor}, {_variant(group)}")
         for dtype, (budget, where) in worst.items():
             lines.append(f"  {dtype:<9} worst budget {100 * budget:.3g}% ({where})")
-        names = self.plan.sample_names if self.plan else ()
+        planned = {c.check.removeprefix("variant:") for c in self.plan.cases} if self.plan else ()
+        names = [n for n in (self.plan.sample_names if self.plan else ()) if n in planned]
         if names:
             lines.append(f"  {len(names)} variants: {', '.join(names)}")
         if not self.ok:
