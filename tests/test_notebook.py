@@ -93,6 +93,17 @@ def test_a_stale_tensor_outside_the_graph_is_an_error() -> None:
     assert "not part of the loss's graph" in result["W"].message
 
 
+def test_list_rows_are_named_by_the_callers_variables() -> None:
+    """check(loss, [W, b], [dW, db]) names its rows W and b, as a notebook's cmp does by hand;
+    a tensor given twice, or found under no name (as through a wrapper), keeps tensors[i]."""
+    ns = layer()
+    W, b, dW, db = ns["W"], ns["b"], ns["dW"], ns["db"]
+    named = check(ns["loss"], [W, b], [dW, db], print_table=False)
+    assert names(named) == {"W": "pass", "b": "pass"}
+    twice = check(ns["loss"], [W, W], [dW, dW], print_table=False)
+    assert names(twice) == {"tensors[0]": "pass", "tensors[1]": "pass"}
+
+
 def test_positional_pairs_and_the_graph_is_kept() -> None:
     ns = layer()
     result = quiet(ns["loss"], [ns["W"], ns["b"]], [ns["dW"], ns["db"]])

@@ -22,6 +22,7 @@ from gradaudit.compare import Comparison, TensorSummary, Tol, check_all, mismatc
 from gradaudit.numpy_adapter import computed_problem
 from gradaudit.results import GroupResult, RunSummary
 from gradaudit.spec import DTYPES, Tolerance
+from gradaudit.targets.values.names import list_names
 from gradaudit.targets.values.report import CheckResult, render, write_junit
 
 if TYPE_CHECKING:
@@ -85,7 +86,8 @@ def check(
     if loss is None and build is None:
         raise ValueError("give a loss (and tensors/grads or namespace=), or build=fn(dtype)")
     if loss is not None:
-        cases = [_case(loss, tensors, grads, namespace, prefix, ignore)]
+        rows = list_names(tensors, sys._getframe(1))  # the caller's names for a list
+        cases = [_case(loss, tensors, grads, namespace, prefix, ignore, rows)]
     else:
         assert build is not None
         cases = [_built(build, d, prefix, ignore) for d in _dtype_names(dtypes)]
@@ -167,6 +169,7 @@ def _case(
     namespace: Mapping[str, Any] | None,
     prefix: str,
     ignore: Sequence[str],
+    rows: list[str] | None = None,
 ) -> _Case:
     import torch
 
@@ -180,7 +183,7 @@ def _case(
         return _Case(loss, _by_prefix(namespace, prefix, ignore))
     if tensors is None or grads is None:
         raise ValueError("give tensors and grads (or namespace=locals(), prefix='d')")
-    return _Case(loss, _by_name(tensors, grads))
+    return _Case(loss, _by_name(tensors, grads, rows))
 
 
 def _is_gradient(value: object) -> bool:
@@ -226,7 +229,9 @@ def _by_prefix(namespace: Mapping[str, Any], prefix: str, ignore: Sequence[str])
 
 
 def _by_name(
-    tensors: Mapping[str, Any] | Sequence[Any], grads: Mapping[str, Any] | Sequence[Any]
+    tensors: Mapping[str, Any] | Sequence[Any],
+    grads: Mapping[str, Any] | Sequence[Any],
+    rows: Sequence[str] | None = None,
 ) -> list[_Pair]:
     if isinstance(tensors, Mapping) != isinstance(grads, Mapping):
         raise ValueError("tensors and grads must both be mappings or both be sequences")
@@ -234,10 +239,8 @@ def _by_name(
         assert not isinstance(grads, Mapping)
         if len(tensors) != len(grads):
             raise ValueError(f"{len(tensors)} tensors but {len(grads)} gradients")
-        return [
-            _Pair(f"tensors[{i}]", t, g)
-            for i, (t, g) in enumerate(zip(tensors, grads, strict=True))
-        ]
+        names = rows or [f"tensors[{i}]" for i in range(len(tensors))]
+        return [_Pair(n, t, g) for n, t, g in zip(names, tensors, grads, strict=True)]
     assert isinstance(grads, Mapping)
     # A NumpyGradients mapping says what each array was computed in, and why some are missing.
     computed: Mapping[str, str] = getattr(grads, "computed_in", {})
