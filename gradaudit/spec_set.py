@@ -176,6 +176,7 @@ def table(specs: Sequence[str], ran: Sequence[SpecRun]) -> list[str]:
                 counts[key] += totals[key]
             detail = ", ".join(f"{totals[k]} {k}" for k in counts if totals[k])
         elif r.code:
+            counts["errors"] += 1  # as in the reports: the spec's one error case
             detail = "could not start (see above)"
         lines.append(f"  {spec:<{width}}  {word:<5}  {detail}".rstrip())
     tally = ", ".join(f"{n} {k}" for k, n in counts.items())

@@ -125,6 +125,22 @@ def test_a_green_set_exits_0_and_diffs_clean_against_itself(tmp_path: Path) -> N
     assert "rmsnorm-ok/cpu" in diff.stdout and "small/cpu" in diff.stdout
 
 
+def test_a_spec_that_cannot_start_is_its_error_and_the_set_goes_on(tmp_path: Path) -> None:
+    specs(tmp_path / "specs", red=False)
+    broken = "name: broken\nplugins: [no_such_module_xyz]\n"
+    broken += "model: {plugin: charrnn}\ngradients: {plugin: charrnn-bptt}\n"
+    (tmp_path / "specs" / "a-broken.yaml").write_text(broken, "utf-8")
+    result = run_gradaudit("run", "specs", "--json", "out.json", "-q", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "specs/a-broken.yaml:2: plugin 'no_such_module_xyz' failed to import" in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-4].split()[:2] == ["specs/a-broken.yaml", "ERROR"]
+    assert [line.split()[1] for line in lines[-3:-1]] == ["PASS", "PASS"]  # the rest ran
+    document = json.loads((tmp_path / "out.json").read_text("utf-8"))
+    assert document["exit_code"] == 2 and "could not start" in document["runs"][0]["stopped"]
+    assert f"{document['totals']['errors']} errors" in lines[-1]
+
+
 def test_a_bad_spec_anywhere_in_the_set_is_exit_2_before_anything_runs(tmp_path: Path) -> None:
     specs(tmp_path / "specs")
     (tmp_path / "specs" / "d-bad.yaml").write_text(OP_OK + "typo: 1\n", "utf-8")
