@@ -98,10 +98,21 @@ class OpChecks(Strict):
     saved_tensors: SavedTensors | None = None
 
 
+class PairRef(Strict):
+    """A hand-written forward/backward pair without an autograd.Function: `forward(...) ->
+    (out, cache)`, `backward(dout, cache) -> gradients` (gradaudit/targets/op/pair.py)."""
+
+    forward: Ref
+    backward: Ref
+
+    def __str__(self) -> str:
+        return f"{self.forward} + {self.backward}"
+
+
 class OpSection(Strict):
     """What is audited: a candidate against a reference (or float64 finite differences)."""
 
-    candidate: Ref
+    candidate: Ref | PairRef
     reference: Ref | None = None
     dims: dict[Identifier, PositiveInt] = Field(default_factory=dict)
     inputs: dict[Identifier, InputDecl] = Field(min_length=1)

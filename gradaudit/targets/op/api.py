@@ -23,7 +23,7 @@ from gradaudit.targets.op.errors import OpSpecError
 from gradaudit.targets.op.resolve import resolve, varied_arguments
 from gradaudit.targets.op.variants import derive, select
 
-OpRef = str | Callable[..., Any]
+OpRef = str | Callable[..., Any] | tuple[Callable[..., Any], Callable[..., Any]]
 InputArg = Sequence[int | str] | Mapping[str, Any] | InputDecl
 
 
@@ -153,7 +153,7 @@ def check_op(
         everything = Variants(extreme=True)
         derived = select(derive(decls, dict(dims or {}), everything, seed, varied), list(variants))
     audit = OpAudit(
-        name=getattr(candidate, "__qualname__", str(candidate)),
+        name=cand.label,
         candidate=cand,
         reference=ref,
         inputs=decls,

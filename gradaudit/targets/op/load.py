@@ -18,8 +18,10 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
     spec, op = loaded.spec, loaded.spec.op
     sys_path_added = _spec_dir_on_path(loaded.base_dir)
     try:
-        named = [r for r in (op.candidate, op.reference) if r is not None and ":" not in r]
-        where = loaded.where("op", "candidate" if op.candidate in named else "reference")
+        pair = op.candidate
+        own = [pair] if isinstance(pair, str) else [pair.forward, pair.backward]
+        named = [r for r in (*own, op.reference) if r is not None and ":" not in r]
+        where = loaded.where("op", "candidate" if set(own) & set(named) else "reference")
         known = named_ops(spec.plugins, loaded.base_dir, where) if named else None
         candidate = resolve(
             op.candidate,
@@ -83,7 +85,7 @@ def metadata(loaded: LoadedSpec, variants: list[Variant] | None = None) -> dict[
     spec = loaded.spec
     variants = variants or variants_of(loaded)
     return {
-        "candidate": spec.op.candidate,
+        "candidate": str(spec.op.candidate),
         "reference": spec.op.reference or "float64 finite differences",
         "seed": str(spec.seed),
         "variants": ", ".join(v.name for v in variants),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gradaudit.targets.op.errors import OpError
+from gradaudit.targets.op.pair import as_function
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Callee:
 
 
 def resolve(
-    ref: str | Callable[..., Any],
+    ref: Any,
     where: str,
     field: str,
     plugins: Iterable[str] = (),
@@ -35,7 +36,16 @@ def resolve(
     known: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callee:
     """Import or look up one side; OpError (`where: field: why`) when that fails. `known`:
-    the registered ops, when the caller already loaded the plugins."""
+    the registered ops, when the caller already loaded the plugins. A (forward, backward)
+    pair (a tuple, or a spec's `{forward:, backward:}`) becomes one Function (pair.py)."""
+    parts = _pair_parts(ref)
+    if parts is not None:
+        sides = [
+            resolve(part, where, f"{field}.{side}", plugins, base_dir, known)
+            for part, side in zip(parts, ("forward", "backward"), strict=True)
+        ]
+        label = f"{sides[0].label} + {sides[1].label}"
+        return Callee(label, as_function(sides[0].fn, sides[1].fn, label))
     if callable(ref) and not isinstance(ref, str):
         return _classify(getattr(ref, "__qualname__", repr(ref)), ref)
     if ":" in ref:
@@ -51,6 +61,16 @@ def resolve(
             f"or write module.path:attribute"
         )
     return _classify(ref, known[ref])
+
+
+def _pair_parts(ref: object) -> tuple[Any, Any] | None:
+    """(forward, backward) of a pair: a 2-tuple, or an object with both (the spec's)."""
+    if isinstance(ref, tuple) and len(ref) == 2:
+        return ref[0], ref[1]
+    forward, backward = getattr(ref, "forward", None), getattr(ref, "backward", None)
+    if isinstance(forward, str) and isinstance(backward, str):
+        return forward, backward
+    return None
 
 
 def _import(ref: str, where: str, field: str) -> Any:
