@@ -167,6 +167,38 @@ def test_finite_differences_catch_a_wrong_custom_backward(
     }
 
 
+def test_a_custom_function_in_the_model_runs_finite_differences_by_default(
+    write_spec: SpecWriter, tmp_path: Path
+) -> None:
+    """Without `checks.finite_difference` in the spec, a graph holding a custom Function with
+    a wrong backward (and a manual gradient repeating it) is red, not a warning and exit 0;
+    the same model with a correct backward runs the same check and stays green."""
+    code, report = _run(
+        write_spec,
+        tmp_path,
+        model={"plugin": "charrnn-badtanh", "options": {"d_model": 8, "n_hidden": 16}},
+        gradients={"plugin": "bptt-tanh-sign"},
+        dtypes=["float64"],
+    )
+    assert code == 1
+    assert set(_statuses(report, "gradients").values()) == {"pass"}
+    assert _statuses(report, "finite_difference") == {
+        ("float64", "manual"): "fail",
+        ("float64", "autograd"): "fail",
+    }
+    assert "checks.finite_difference runs" in report["run"]["warnings"]
+    code, report = _run(
+        write_spec,
+        tmp_path,
+        model={"plugin": "charrnn-goodtanh", "options": {"d_model": 8, "n_hidden": 16}},
+        dtypes=["float64"],
+    )
+    assert code == 0
+    assert set(_statuses(report, "finite_difference").values()) == {"pass"}
+    code, report = _run(write_spec, tmp_path, dtypes=["float64"])  # no Function: not planned
+    assert code == 0 and not _statuses(report, "finite_difference")
+
+
 def test_finite_differences_pass_for_a_correct_model(
     write_spec: SpecWriter, tmp_path: Path
 ) -> None:

@@ -2,7 +2,9 @@
 
 A model audit takes autograd's gradient as the reference; through a custom Function that
 reference *is* the Function's hand-written backward, so a wrong backward passes as exact.
-The model runner calls this on the loss to warn, and to point at op audits.
+A model audit whose graph holds one runs the finite-difference check (gradaudit.checks.
+finite_difference), unless the spec configures it: the loss's own differences are the one
+reference that Function cannot fool. The plan says so, and points at op audits.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ if TYPE_CHECKING:
 
 WARNING = (
     "the reference gradients run the hand-written backward of custom autograd.Function(s) "
-    "{names}: a wrong backward there passes as exact; audit them with an op spec "
-    "(docs/ops.md) or enable checks.finite_difference"
+    "{names}: a wrong backward there would pass as exact, so checks.finite_difference runs "
+    "(float64 differences of the loss; configure it under checks:); audit them with an op "
+    "spec too (docs/ops.md)"
 )
 
 
@@ -39,7 +42,6 @@ def custom_functions_in_graph(loss: torch.Tensor) -> list[str]:
     return sorted(found)
 
 
-def warning_for(loss: torch.Tensor) -> str | None:
-    """The one-line warning for a model audit, or None when the graph holds no Function."""
-    names = custom_functions_in_graph(loss)
+def warning_for(names: list[str]) -> str | None:
+    """The one-line note for a model audit, or None when the graph holds no Function."""
     return WARNING.format(names=", ".join(names)) if names else None

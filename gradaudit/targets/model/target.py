@@ -24,6 +24,9 @@ class ModelTarget:
 
     def __init__(self, loaded: LoadedSpec, share: bool = True) -> None:
         self.audit = Audit(loaded)
+        if self.audit.functions and loaded.spec.checks.finite_difference is None:
+            loaded = _with_finite_differences(loaded)  # a custom backward cannot fool them
+            self.audit.loaded = loaded
         self.spec: Spec = loaded.spec
         self.share = share  # False: every float64 truth afresh (tests compare the two)
         kinds = self.audit.registry.objects("check")
@@ -104,6 +107,16 @@ class ModelTarget:
 
     def link(self, passes: Sequence[Pass]) -> Linked:
         return Sharing([p for p in passes if isinstance(p, DtypePass)], self.share)
+
+
+def _with_finite_differences(loaded: LoadedSpec) -> LoadedSpec:
+    """The spec with `checks.finite_difference` at its defaults."""
+    import dataclasses
+
+    from gradaudit.spec.model import FiniteDifference
+
+    checks = loaded.spec.checks.model_copy(update={"finite_difference": FiniteDifference()})
+    return dataclasses.replace(loaded, spec=loaded.spec.model_copy(update={"checks": checks}))
 
 
 def _skip(s: Skeleton, reason: str) -> Skeleton:
