@@ -27,8 +27,10 @@ lint: setup
 test: setup
 	$(MAKE) --no-print-directory -j2 lint pytest
 
+# --max-worker-restart 0: a worker that dies fails the run at once (xdist's loadfile
+# scheduling can hang forever replacing a crashed worker: pytest-xdist issue 784).
 pytest: setup
-	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile
+	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile --max-worker-restart 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache reports

@@ -3,6 +3,7 @@ failure text it shows is what check_op prints for the gallery's wrong-axis RMSNo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from gradaudit_ops.gallery import RMSNormWrongAxis
 from gradaudit_ops.rmsnorm import rmsnorm_reference
 
 from gradaudit.targets.op.api import check_op
-from tests.conftest import run_op_spec
+from tests.conftest import run_gradaudit
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "ops.md"
 
@@ -27,10 +28,14 @@ def test_the_shortest_examples_are_short() -> None:
 
 @pytest.mark.parametrize("index", range(len(blocks("yaml"))))
 def test_each_spec_runs_green(index: int, tmp_path: Path) -> None:
+    """As a user runs it: `gradaudit run` (a supervised executor; a native crash in an op
+    is then this test's failure, not the death of a pytest worker)."""
     path = tmp_path / "spec.yaml"
     path.write_text(blocks("yaml")[index])
-    groups = run_op_spec(path)
-    assert groups and all(s.status == "pass" for g in groups for s in g.tensors)
+    result = run_gradaudit("run", path, "--json", tmp_path / "out.json", "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    groups = json.loads((tmp_path / "out.json").read_text("utf-8"))["groups"]
+    assert groups and all(t["status"] == "pass" for g in groups for t in g["tensors"])
 
 
 def test_the_python_blocks_run() -> None:
