@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH
-from gradaudit.errors import ExitCode, GradauditError, UsageError
+from gradaudit.errors import ExitCode, GradauditError, UsageError, error_lines
 from gradaudit.report.options import add_report_options, given_options
 from gradaudit.version import __version__
 
@@ -161,7 +161,8 @@ def run_command(
         from gradaudit.ci.pictures import html_placeholder
 
         html_placeholder(html_path)
-    if len(specs) > 1 or os.path.isdir(specs[0]):
+    several = len(specs) > 1 or os.path.isdir(specs[0])  # a folder: a set, even of one
+    if several:
         from gradaudit.spec_set import expand
 
         paths = expand(specs)
@@ -170,7 +171,7 @@ def run_command(
     try:
         write_first(paths, junit_xml, json_path)  # before anything slow: no old green survives
         tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        sys.exit(_run(paths, len(paths) > 1 or paths != list(specs), html_path, dict(
+        sys.exit(_run(paths, several, html_path, dict(
             junit_xml=junit_xml, json_path=json_path, devices=devices, dtypes=dtypes,
             require_devices=require_devices, shard=shard, batches=batches, variants=variants,
             timeout=timeout, color=tty if color is None else color, progress=sys.stderr.isatty(),
@@ -383,8 +384,8 @@ def main() -> None:
         click.echo("gradaudit: aborted", err=True)
         sys.exit(130)
     except GradauditError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            click.echo(f"gradaudit: error: {line}", err=True)
+        for line in error_lines(exc):
+            click.echo(line, err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # an internal error: still one line unless asked for more
         if os.environ.get("GRADAUDIT_DEBUG"):

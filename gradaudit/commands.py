@@ -179,19 +179,22 @@ def run(spec_path: str, options: RunOptions) -> int:
     return run_spec(spec_path, options).code
 
 
-def run_spec(spec_path: str, options: RunOptions, restore: bool = False) -> SpecRun:
+def run_spec(
+    spec_path: str, options: RunOptions, restore: bool = False, loaded: LoadedSpec | None = None
+) -> SpecRun:
     """`run`, telling what it planned and found too (a run of several specs sums them).
     `restore`: the signal handlers are put back afterwards (more specs follow); else a
-    second signal is ignored while the reports are finished."""
+    second signal is ignored while the reports are finished. `loaded`: the spec, when the
+    caller has read it already."""
     from gradaudit.report.placeholder import remove_first, write_placeholders
 
     placeholders = (spec_path, options.junit_xml, options.json_path, options.sets)
     try:
-        loaded = load_spec(spec_path, options.sets)
+        loaded = loaded or load_spec(spec_path, options.sets)
         check_inputs(spec_path, options, loaded)
         write_placeholders(*placeholders)
     except GradauditError:  # bad input, exit 2: nothing written, not even a placeholder
-        remove_first(spec_path, options.junit_xml, options.json_path)
+        remove_first([spec_path], options.junit_xml, options.json_path)
         raise
     except (Interrupted, KeyboardInterrupt) as exc:  # before the supervisor takes signals
         sigterm = isinstance(exc, Interrupted)

@@ -108,3 +108,9 @@ EXIT_OK = ExitCode.OK
 EXIT_CHECK_FAILED = ExitCode.FAILED
 EXIT_USAGE = ExitCode.USAGE
 EXIT_INTERNAL = ExitCode.INTERNAL
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """What the command line prints for a gradaudit error: `gradaudit: error: ...`, a line
+    per line of its message."""
+    return [f"gradaudit: error: {line}" for line in str(exc).splitlines() or [type(exc).__name__]]

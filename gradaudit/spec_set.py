@@ -27,8 +27,8 @@ from pathlib import Path
 import click
 
 from gradaudit.commands import RunOptions, SpecRun, run_spec
-from gradaudit.errors import ExitCode, GradauditError, Interrupted, UsageError
-from gradaudit.report.combine import combine_json, combine_junit
+from gradaudit.errors import ExitCode, GradauditError, Interrupted, UsageError, error_lines
+from gradaudit.report.combine import COUNTS, combine_json, combine_junit
 from gradaudit.report.placeholder import remove_first, write_placeholders
 from gradaudit.results import Shard
 from gradaudit.spec import LoadedSpec, load_spec
@@ -78,15 +78,14 @@ def run_set(specs: Sequence[str], options: RunOptions) -> int:
         for spec, (xml, js) in zip(specs, parts, strict=True):
             write_placeholders(spec, xml, js, options.sets, reason=PENDING)
         ran: list[SpecRun] = []
+        whole = Shard.parse(options.shard) if options.shard else None
         try:
             _combine(options, parts, None)
             offset = 0
-            for spec, (xml, js) in zip(specs, parts, strict=True):
-                shard = Shard.parse(options.shard).shifted(offset) if options.shard else None
-                one = dataclasses.replace(
-                    options, junit_xml=xml, json_path=js, shard=str(shard) if shard else None
-                )
-                ran.append(_one(spec, one))
+            for spec, read, (xml, js) in zip(specs, loaded, parts, strict=True):
+                shard = str(whole.shifted(offset)) if whole else None
+                one = dataclasses.replace(options, junit_xml=xml, json_path=js, shard=shard)
+                ran.append(_one(spec, one, read))
                 plan = ran[-1].plan
                 offset += (plan.sample_count or 0) if plan else 0
                 _combine(options, parts, None)
@@ -104,13 +103,13 @@ def run_set(specs: Sequence[str], options: RunOptions) -> int:
     return code
 
 
-def _one(spec: str, options: RunOptions) -> SpecRun:
+def _one(spec: str, options: RunOptions, loaded: LoadedSpec) -> SpecRun:
     """One spec's run; its bad input is its error (exit 2), and the set goes on."""
-    try:
-        return run_spec(spec, options, restore=True)  # a signal between specs stops the set
+    try:  # restore: a signal between specs stops the set
+        return run_spec(spec, options, restore=True, loaded=loaded)
     except GradauditError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            click.echo(f"gradaudit: error: {line}", err=True)
+        for line in error_lines(exc):
+            click.echo(line, err=True)
         reason = f"the run could not start: {' '.join(str(exc).split())}"
         write_placeholders(spec, options.junit_xml, options.json_path, options.sets, reason)
         return SpecRun(int(exc.exit_code))
@@ -162,7 +161,7 @@ def table(specs: Sequence[str], ran: Sequence[SpecRun]) -> list[str]:
     """The closing table: one line per spec, then the set's counts."""
     width = max(len(s) for s in specs)
     lines = ["", f"gradaudit: {len(specs)} specs"]
-    counts = dict.fromkeys(("passed", "failed", "errors", "skipped"), 0)
+    counts = dict.fromkeys(COUNTS, 0)
     for i, spec in enumerate(specs):
         if i >= len(ran):
             lines.append(f"  {spec:<{width}}  NOT RUN  (the run stopped before it)")

@@ -146,16 +146,20 @@ def test_negative_controls_fail_in_every_dtype(
             assert {"W.weight", "h.1"} <= failing and "logits" not in failing, (dtype, failing)
 
 
+# A model whose tanh is a custom Function with a wrong backward, and a manual gradient that
+# repeats the mistake: manual and autograd agree, both wrong (tests/checks_plugins.py).
+BAD_TANH: dict[str, Any] = {
+    "model": {"plugin": "charrnn-badtanh", "options": {"d_model": 8, "n_hidden": 16}},
+    "gradients": {"plugin": "bptt-tanh-sign"},
+    "dtypes": ["float64"],
+}
+
+
 def test_finite_differences_catch_a_wrong_custom_backward(
     write_spec: SpecWriter, tmp_path: Path
 ) -> None:
     code, report = _run(
-        write_spec,
-        tmp_path,
-        model={"plugin": "charrnn-badtanh", "options": {"d_model": 8, "n_hidden": 16}},
-        gradients={"plugin": "bptt-tanh-sign"},
-        dtypes=["float64"],
-        checks={"finite_difference": {"directions": 4}},
+        write_spec, tmp_path, **BAD_TANH, checks={"finite_difference": {"directions": 4}}
     )
     assert code == 1
     # The manual gradient repeats the model's mistake: manual vs autograd alone is green ...
@@ -173,13 +177,7 @@ def test_a_custom_function_in_the_model_runs_finite_differences_by_default(
     """Without `checks.finite_difference` in the spec, a graph holding a custom Function with
     a wrong backward (and a manual gradient repeating it) is red, not a warning and exit 0;
     the same model with a correct backward runs the same check and stays green."""
-    code, report = _run(
-        write_spec,
-        tmp_path,
-        model={"plugin": "charrnn-badtanh", "options": {"d_model": 8, "n_hidden": 16}},
-        gradients={"plugin": "bptt-tanh-sign"},
-        dtypes=["float64"],
-    )
+    code, report = _run(write_spec, tmp_path, **BAD_TANH)
     assert code == 1
     assert set(_statuses(report, "gradients").values()) == {"pass"}
     assert _statuses(report, "finite_difference") == {
@@ -187,12 +185,8 @@ def test_a_custom_function_in_the_model_runs_finite_differences_by_default(
         ("float64", "autograd"): "fail",
     }
     assert "checks.finite_difference runs" in report["run"]["warnings"]
-    code, report = _run(
-        write_spec,
-        tmp_path,
-        model={"plugin": "charrnn-goodtanh", "options": {"d_model": 8, "n_hidden": 16}},
-        dtypes=["float64"],
-    )
+    good = {"plugin": "charrnn-goodtanh", "options": BAD_TANH["model"]["options"]}
+    code, report = _run(write_spec, tmp_path, model=good, dtypes=["float64"])
     assert code == 0
     assert set(_statuses(report, "finite_difference").values()) == {"pass"}
     code, report = _run(write_spec, tmp_path, dtypes=["float64"])  # no Function: not planned

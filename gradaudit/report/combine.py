@@ -17,15 +17,15 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gradaudit.ci.report import SET_SCHEMA
 from gradaudit.report.elements import document
 from gradaudit.report.jsonvalues import dumps
 from gradaudit.write import temp_beside, write_atomic
 
-SET_SCHEMA = "gradaudit-run-set"
 SET_SCHEMA_VERSION = 1
 COUNTS = ("passed", "failed", "errors", "skipped")
 
@@ -41,14 +41,7 @@ def combine_junit(out: str | Path, parts: Sequence[str | Path]) -> None:
 def combine_json(out: str | Path, parts: Sequence[str | Path], exit_code: int | None) -> None:
     """One `gradaudit-run-set` document of the `gradaudit-run` documents in `parts`, each
     copied as it is; read one at a time, so memory holds one spec's report at most."""
-    counts = dict.fromkeys(COUNTS, 0)
-    stops = []
-    for part in parts:
-        data = json.loads(Path(part).read_text(encoding="utf-8"))
-        for key in COUNTS:
-            counts[key] += int(data.get("totals", {}).get(key, 0))
-        if data.get("stopped"):
-            stops.append(f"{data.get('run', {}).get('spec', part)}: {data['stopped']}")
+    counts, stopped = _tally(json.loads(Path(part).read_text(encoding="utf-8")) for part in parts)
     target = Path(out)
     fd, tmp = temp_beside(target)
     try:
@@ -60,8 +53,7 @@ def combine_json(out: str | Path, parts: Sequence[str | Path], exit_code: int | 
             for i, part in enumerate(parts):
                 text = Path(part).read_text(encoding="utf-8").rstrip()
                 handle.write(("" if i == 0 else ",\n") + text)
-            stopped = dumps("; ".join(stops) or None)
-            handle.write(f'\n ],\n "totals": {dumps(counts)},\n "stopped": {stopped}\n}}\n')
+            handle.write(f'\n ],\n "totals": {dumps(counts)},\n "stopped": {dumps(stopped)}\n}}\n')
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,16 +66,24 @@ def is_set(document: Mapping[str, Any]) -> bool:
 
 def set_document(runs: Sequence[Mapping[str, Any]], exit_code: int | None) -> dict[str, Any]:
     """A set document of run documents in memory (what `gradaudit merge` writes)."""
-    counts = dict.fromkeys(COUNTS, 0)
-    for run in runs:
-        for key in COUNTS:
-            counts[key] += int(run.get("totals", {}).get(key, 0))
-    stops = [f"{r['run'].get('spec', '?')}: {r['stopped']}" for r in runs if r.get("stopped")]
+    counts, stopped = _tally(runs)
     return {
         "schema": SET_SCHEMA,
         "schema_version": SET_SCHEMA_VERSION,
         "exit_code": exit_code,
         "runs": list(runs),
         "totals": counts,
-        "stopped": "; ".join(stops) or None,
+        "stopped": stopped,
     }
+
+
+def _tally(runs: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], str | None]:
+    """The set's totals (the runs' sums) and why its runs stopped early ("SPEC: why; ...")."""
+    counts = dict.fromkeys(COUNTS, 0)
+    stops = []
+    for run in runs:
+        for key in COUNTS:
+            counts[key] += int(run.get("totals", {}).get(key, 0))
+        if run.get("stopped"):
+            stops.append(f"{run.get('run', {}).get('spec', '?')}: {run['stopped']}")
+    return counts, "; ".join(stops) or None

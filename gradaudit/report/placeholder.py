@@ -14,7 +14,6 @@ from gradaudit.report.elements import document, stopped_suite
 from gradaudit.report.jsonvalues import SCHEMA, SCHEMA_VERSION, dumps
 from gradaudit.write import same_file, write_atomic
 
-Specs = str | Sequence[str]  # one spec's path, or the paths of a run of several
 STARTING = "the run did not finish: it stopped while starting (before the spec was read)"
 LOADING = "the run did not finish: it stopped while loading (torch, plugins, data, model)"
 
@@ -49,19 +48,19 @@ def write_placeholders(
         )
 
 
-def write_first(specs: Specs, junit_xml: str | None, json_path: str | None) -> None:
+def write_first(specs: Sequence[str], junit_xml: str | None, json_path: str | None) -> None:
     """The first thing `run` does: replace each report path with a "did not finish" report.
     A path that may be an input (a spec itself by any name, a Python file) or that names
     the other report is left alone: the checks after loading refuse it (exit 2). A path
     that cannot be written is left to those checks too."""
     chosen = _writable(specs, junit_xml, json_path)
     try:
-        write_placeholders(_first(specs), chosen.get("junit"), chosen.get("json"), reason=STARTING)
+        write_placeholders(specs[0], chosen.get("junit"), chosen.get("json"), reason=STARTING)
     except OSError:
         return
 
 
-def remove_first(specs: Specs, junit_xml: str | None, json_path: str | None) -> None:
+def remove_first(specs: Sequence[str], junit_xml: str | None, json_path: str | None) -> None:
     """Take back what `write_first` wrote, for a run refused as bad input (exit 2): files
     that still hold its placeholder, and nothing else."""
     for path in _writable(specs, junit_xml, json_path).values():
@@ -71,17 +70,12 @@ def remove_first(specs: Specs, junit_xml: str | None, json_path: str | None) -> 
                 target.unlink()
 
 
-def _first(specs: Specs) -> str:
-    return specs if isinstance(specs, str) else specs[0]
-
-
-def _writable(specs: Specs, junit_xml: str | None, json_path: str | None) -> dict[str, str]:
+def _writable(specs: Sequence[str], junit_xml: str | None, json_path: str | None) -> dict[str, str]:
     """The report paths a placeholder may go to before the run's checks: not a spec (by any
     name), not a Python file, not one path for both reports."""
     chosen = {}
-    every = [specs] if isinstance(specs, str) else list(specs)
     for option, path in (("junit", junit_xml), ("json", json_path)):
-        if not path or path.endswith(".py") or any(same_file(path, s) for s in every):
+        if not path or path.endswith(".py") or any(same_file(path, s) for s in specs):
             continue
         chosen[option] = path
     if len(chosen) == 2 and same_file(chosen["junit"], chosen["json"]):
@@ -89,11 +83,13 @@ def _writable(specs: Specs, junit_xml: str | None, json_path: str | None) -> dic
     return chosen
 
 
-def interrupted(specs: Specs, junit_xml: str | None, json_path: str | None, sigterm: bool) -> int:
+def interrupted(
+    specs: Sequence[str], junit_xml: str | None, json_path: str | None, sigterm: bool
+) -> int:
     """A run stopped before its supervisor took the signals: its reports say so; the code."""
     how = "SIGTERM" if sigterm else "SIGINT (Ctrl-C)"
     reason = f"the run did not finish: interrupted by {how} while starting"
     chosen = _writable(specs, junit_xml, json_path)
     with contextlib.suppress(OSError):
-        write_placeholders(_first(specs), chosen.get("junit"), chosen.get("json"), reason=reason)
+        write_placeholders(specs[0], chosen.get("junit"), chosen.get("json"), reason=reason)
     return 143 if sigterm else 130

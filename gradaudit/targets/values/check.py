@@ -22,7 +22,7 @@ from gradaudit.compare import Comparison, TensorSummary, Tol, check_all, mismatc
 from gradaudit.numpy_adapter import computed_problem
 from gradaudit.results import GroupResult, RunSummary
 from gradaudit.spec import DTYPES, Tolerance
-from gradaudit.targets.values.names import list_names
+from gradaudit.targets.values.pairs import Pair, by_name, by_prefix, is_gradient, list_names
 from gradaudit.targets.values.report import CheckResult, render, write_junit
 
 if TYPE_CHECKING:
@@ -33,22 +33,11 @@ TRUTH = "float64"
 
 
 @dataclass
-class _Pair:
-    """One tensor to audit: autograd's side (`tensor`) and the manual gradient, if any."""
-
-    name: str
-    tensor: Any = None
-    grad: Any = None
-    problem: str | None = None
-    computed: str | None = None  # the dtype the gradient was computed in, when known
-
-
-@dataclass
 class _Case:
     """One run of the user's code: the loss and its pairs, labelled with the asked dtype."""
 
     loss: Any
-    pairs: list[_Pair]
+    pairs: list[Pair]
     asked: str | None = None  # the dtype build() was called with
     references: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -180,85 +169,10 @@ def _case(
     if namespace is not None:
         if tensors is not None or grads is not None:
             raise ValueError("give tensors and grads, or namespace=, not both")
-        return _Case(loss, _by_prefix(namespace, prefix, ignore))
+        return _Case(loss, by_prefix(namespace, prefix, ignore))
     if tensors is None or grads is None:
         raise ValueError("give tensors and grads (or namespace=locals(), prefix='d')")
-    return _Case(loss, _by_name(tensors, grads, rows))
-
-
-def _is_gradient(value: object) -> bool:
-    import torch
-
-    numpy = sys.modules.get("numpy")
-    return isinstance(value, torch.Tensor) or (
-        numpy is not None and isinstance(value, numpy.ndarray)
-    )
-
-
-def _by_prefix(namespace: Mapping[str, Any], prefix: str, ignore: Sequence[str]) -> list[_Pair]:
-    """`dX` pairs with `X`; a tensor named with the prefix that pairs with nothing is
-    reported by name (pass its name in `ignore` when it is not a gradient)."""
-    import fnmatch
-
-    import torch
-
-    if not prefix:
-        raise ValueError("prefix must not be empty")
-    pairs = []
-    for key, value in namespace.items():
-        if not (key.startswith(prefix) and len(key) > len(prefix) and _is_gradient(value)):
-            continue
-        if any(fnmatch.fnmatchcase(key, glob) for glob in ignore):
-            continue
-        target = key[len(prefix) :]
-        tensor = namespace.get(target)
-        if isinstance(tensor, torch.Tensor):
-            pairs.append(_Pair(target, tensor, value))
-        else:
-            what = "no" if target not in namespace else f"a {type(tensor).__name__}, not a"
-            pairs.append(
-                _Pair(
-                    key,
-                    problem=f"'{key}' cannot be paired: there is {what} tensor '{target}' "
-                    f"(ignore=['{key}'] if it is not a gradient)",
-                )
-            )
-    if not pairs:
-        raise ValueError(f"no tensors named '{prefix}X' with a tensor 'X' in the namespace")
-    return pairs
-
-
-def _by_name(
-    tensors: Mapping[str, Any] | Sequence[Any],
-    grads: Mapping[str, Any] | Sequence[Any],
-    rows: Sequence[str] | None = None,
-) -> list[_Pair]:
-    if isinstance(tensors, Mapping) != isinstance(grads, Mapping):
-        raise ValueError("tensors and grads must both be mappings or both be sequences")
-    if not isinstance(tensors, Mapping):
-        assert not isinstance(grads, Mapping)
-        if len(tensors) != len(grads):
-            raise ValueError(f"{len(tensors)} tensors but {len(grads)} gradients")
-        names = rows or [f"tensors[{i}]" for i in range(len(tensors))]
-        return [_Pair(n, t, g) for n, t, g in zip(names, tensors, grads, strict=True)]
-    assert isinstance(grads, Mapping)
-    # A NumpyGradients mapping says what each array was computed in, and why some are missing.
-    computed: Mapping[str, str] = getattr(grads, "computed_in", {})
-    problems: Mapping[str, str] = getattr(grads, "problems", {})
-    pairs = []
-    for n, t in tensors.items():
-        if n in grads:
-            pairs.append(_Pair(str(n), t, grads[n], computed=computed.get(n)))
-        else:
-            pairs.append(_Pair(str(n), t, problem=problems.get(n, "no manual gradient")))
-    pairs += [
-        _Pair(str(n), problem=f"gradient for '{n}' has no tensor of that name to pair with")
-        for n in [*grads, *problems]
-        if n not in tensors
-    ]
-    if not pairs:
-        raise ValueError("no tensors to check")
-    return pairs
+    return _Case(loss, by_name(tensors, grads, rows))
 
 
 def _reference(case: _Case) -> None:
@@ -292,7 +206,7 @@ def _reference(case: _Case) -> None:
             case.references[pair.name] = grad.detach()
 
 
-def _stored_grads(wanted: Sequence[_Pair]) -> tuple[torch.Tensor, ...]:
+def _stored_grads(wanted: Sequence[Pair]) -> tuple[torch.Tensor, ...]:
     """After `loss.backward()` freed the graph: the `.grad` it left on each tensor (what a
     notebook's own `cmp` compares with), or a one-line ValueError saying how to call."""
     missing = [
@@ -324,7 +238,7 @@ def _manual(name: str, grad: Any, device: torch.device) -> tuple[Any, str | None
 
     if isinstance(grad, torch.Tensor):
         return grad.detach(), None, None
-    if _is_gradient(grad):  # a numpy array
+    if is_gradient(grad):  # a numpy array
         from gradaudit.numpy_adapter import to_tensor
 
         tensor, why = to_tensor(name, grad, device)
@@ -361,7 +275,7 @@ def _compare(
     return list(groups.values())
 
 
-def _where(pair: _Pair, reference: Any, case: _Case) -> tuple[str, str]:
+def _where(pair: Pair, reference: Any, case: _Case) -> tuple[str, str]:
     source = reference if reference is not None else pair.tensor
     if source is None or not hasattr(source, "dtype"):
         source = case.loss
@@ -370,7 +284,7 @@ def _where(pair: _Pair, reference: Any, case: _Case) -> tuple[str, str]:
 
 
 def _comparison(
-    pair: _Pair,
+    pair: Pair,
     reference: torch.Tensor,
     tol: Tol,
     rules: post.Rules,
