@@ -9,16 +9,20 @@ of `floor_ulps` ULPs of the truth's scale, truth = autograd in float64); ulps (f
 precision: |manual - autograd| <= floor_ulps ULPs of the tensor's largest entry + batch_ulps
 ULPs of the batch's largest gradient). auto: ulps for float64, baseline for lower precisions.
 The systematic-error check across batches (gradaudit.systematic) runs wherever there is a
-truth to pair with (`has_truth`), unless a spec says `systematic: false`.
+truth to pair with (`Rule.has_truth`), unless a spec says `systematic: false`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from gradaudit.spec.common import Tolerance
+if TYPE_CHECKING:
+    from gradaudit.spec.common import Tolerance
 
 # torch.testing.assert_close's defaults, so `allclose` with no numbers means what torch means.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {  # dtype -> (rtol, atol)
@@ -79,105 +83,195 @@ def is_noise(own: float, batch_scale: float) -> bool:
 
 
 @dataclass(frozen=True)
-class Tol:
-    """The tolerance applied to one tensor, with `auto` already resolved for its dtype."""
+class Rule:
+    """What one tolerance mode is. Everything outside this module asks a Tol these questions
+    (through its properties), never its mode's name: a new mode is one more entry in MODES
+    (and the spec schema's `Mode`)."""
 
-    mode: str = "allclose"  # exact | allclose | baseline | ulps
+    allowed: Callable[[Tol, float, float, float], float]  # (tol, scale, autograd's error, batch)
+    describe: Callable[[Tol], str]
+    explain: Callable[[Tol, float, float], str]  # (tol, allowed, autograd's error)
+    compared_with: str = "autograd"
+    elementwise: bool = False  # allowed per element: atol + rtol |second|; else one number
+    truth: bool = False  # measured against the float64 truth (autograd's own error known)
+    batch: bool = False  # counts ULPs of the batch's largest gradient, so needs that scale
+    floor: bool = False  # its floor_ulps stand for summation-order noise (mutation's unit)
+    has_truth: Callable[[str], bool] = lambda dtype: False  # a systematic check's truth
+    without_truth: str | None = None  # the mode where the truth is no autograd run
+
+
+def _g(value: float) -> str:
+    """A number as describe() writes it; "?" for one a report's record lacked (NaN)."""
+    return "?" if math.isnan(value) else f"{value:g}"
+
+
+def _bias(tol: Tol) -> str:
+    return " + bias" if tol.systematic else ""
+
+
+def _baseline_allowed(tol: Tol, scale: float, reference_error: float, batch: float) -> float:
+    """Baseline's one number: k x autograd's own error + the ULP floor, and CANCEL_K x
+    whatever of autograd's error exceeds CANCEL_ULPS ULPs of the floor's scale."""
+    floor = floor_scale(scale, reference_error, batch)
+    excess = max(0.0, reference_error - CANCEL_ULPS * tol.eps * floor)
+    return (
+        tol.k * reference_error
+        + tol.floor_ulps * tol.eps * floor
+        + max(0.0, CANCEL_K - tol.k) * excess
+    )
+
+
+def _baseline_explain(tol: Tol, allowed: float, reference_error: float) -> str:
+    floor = allowed - tol.k * reference_error
+    return (
+        f"allowed {allowed:.3g} = {tol.k:g} x autograd's own error {reference_error:.3g} + "
+        f"{floor:.3g} ({tol.floor_ulps:g} ULPs of the truth's largest entry; of the batch's "
+        "for a gradient zero by cancellation; more where autograd's error shows cancellation)"
+    )
+
+
+def _allclose_explain(tol: Tol, allowed: float, reference_error: float) -> str:
+    return f"allowed at the worst element {allowed:.3g} = {tol.atol:g} + {tol.rtol:g} x |autograd|"
+
+
+MODES: dict[str, Rule] = {
+    "exact": Rule(
+        allowed=lambda tol, scale, error, batch: 0.0,
+        describe=lambda tol: "exact (bitwise)",
+        explain=lambda tol, allowed, error: "bitwise equality",
+    ),
+    "allclose": Rule(
+        allowed=lambda tol, scale, error, batch: tol.atol + tol.rtol * scale,
+        describe=lambda tol: f"allclose rtol={_g(tol.rtol)} atol={_g(tol.atol)}",
+        explain=_allclose_explain,
+        elementwise=True,
+        has_truth=lambda dtype: dtype == "float64",  # autograd in float64 is the truth
+    ),
+    "baseline": Rule(
+        allowed=_baseline_allowed,
+        describe=lambda tol: f"baseline k={_g(tol.k)} floor={_g(tol.floor_ulps)} ulps{_bias(tol)}",
+        explain=_baseline_explain,
+        compared_with="float64 truth",
+        truth=True,
+        floor=True,
+        has_truth=lambda dtype: True,
+        without_truth="allclose",
+    ),
+    "ulps": Rule(
+        allowed=lambda tol, scale, error, batch: (
+            tol.eps * (tol.floor_ulps * scale + tol.batch_ulps * batch)
+        ),
+        describe=lambda tol: (
+            f"ulps {_g(tol.floor_ulps)} own + {_g(tol.batch_ulps)} batch{_bias(tol)}"
+        ),
+        explain=lambda tol, allowed, error: (
+            f"allowed {allowed:.3g} = {tol.floor_ulps:g} ULPs of the tensor's largest entry + "
+            f"{tol.batch_ulps:g} ULPs of the batch's largest gradient"
+        ),
+        compared_with="float64 autograd",
+        batch=True,
+        floor=True,
+        has_truth=lambda dtype: True,
+        without_truth="allclose",
+    ),
+}
+AUTO = {"float64": "ulps"}  # `auto`, per dtype; any other dtype: DEFAULT_AUTO
+DEFAULT_AUTO = "baseline"
+
+
+@dataclass(frozen=True)
+class Tol:
+    """The tolerance applied to one tensor, with `auto` already resolved for its dtype. Its
+    mode names a Rule in MODES; the properties below are what comparison code may ask."""
+
+    mode: str = "allclose"
     rtol: float = 0.0
     atol: float = 0.0
     k: float = DEFAULT_K
     floor_ulps: float = 2.0
-    eps: float = 0.0  # machine epsilon of the tested dtype (baseline's floor unit)
-    batch_ulps: float = 0.0  # ulps: ULPs of the batch's largest gradient added to the floor
+    eps: float = 0.0  # machine epsilon of the tested dtype (the floor's unit)
+    batch_ulps: float = 0.0  # ULPs of the batch's largest gradient added to the floor
     systematic: bool = False  # the systematic-error check across batches (auto)
 
-    def describe(self) -> str:
-        """The rule in a few words, with its numbers."""
-        bias = " + bias" if self.systematic else ""
-        if self.mode == "exact":
-            return "exact (bitwise)"
-        if self.mode == "baseline":
-            return f"baseline k={self.k:g} floor={self.floor_ulps:g} ulps{bias}"
-        if self.mode == "ulps":
-            return f"ulps {self.floor_ulps:g} own + {self.batch_ulps:g} batch{bias}"
-        return f"allclose rtol={self.rtol:g} atol={self.atol:g}"
+    @property
+    def rule(self) -> Rule:
+        return MODES[self.mode]
 
-    def baseline_allowed(self, scale: float, reference_error: float, batch_scale: float) -> float:
-        """Baseline's one number: k x autograd's own error + the ULP floor, and CANCEL_K x
-        whatever of autograd's error exceeds CANCEL_ULPS ULPs of the floor's scale."""
-        floor = floor_scale(scale, reference_error, batch_scale)
-        excess = max(0.0, reference_error - CANCEL_ULPS * self.eps * floor)
-        return (
-            self.k * reference_error
-            + self.floor_ulps * self.eps * floor
-            + max(0.0, CANCEL_K - self.k) * excess
-        )
-
-    def ulps_allowed(self, scale: float, batch_scale: float) -> float:
-        """ulps' one number: ULPs of the tensor's largest entry and of the batch's."""
-        return self.eps * (self.floor_ulps * scale + self.batch_ulps * batch_scale)
-
-    def allowed(self, scale: float, reference_error: float, batch_scale: float) -> float:
-        """The one allowed difference of a tensor (baseline and ulps)."""
-        if self.mode == "ulps":
-            return self.ulps_allowed(scale, batch_scale)
-        return self.baseline_allowed(scale, reference_error, batch_scale)
-
-    def sensitivity(self, scale: float, reference_error: float, batch_scale: float = 0.0) -> float:
-        """The smallest relative error (1 + d) * g that this tolerance still catches on a
-        tensor whose largest entry is `scale`.
-
-        allclose: d > rtol + atol / max|g|; baseline, ulps: d > allowed / max|g|.
-        """
-        if scale == 0.0:
-            return float("inf")
-        if self.mode == "exact":
-            return self.eps or 0.0
-        if self.mode in ("baseline", "ulps"):
-            return self.allowed(scale, reference_error, batch_scale) / scale
-        return self.rtol + self.atol / scale
-
-    def explain(self, allowed: float, reference_error: float) -> str:
-        """The sentence a report gives for the numbers one batch was held to."""
-        if self.mode == "baseline":
-            floor = allowed - self.k * reference_error
-            return (
-                f"allowed {allowed:.3g} = {self.k:g} x autograd's own error "
-                f"{reference_error:.3g} + {floor:.3g} ({self.floor_ulps:g} ULPs of the truth's "
-                "largest entry; of the batch's for a gradient zero by cancellation; more where "
-                "autograd's error shows cancellation)"
-            )
-        if self.mode == "ulps":
-            return (
-                f"allowed {allowed:.3g} = {self.floor_ulps:g} ULPs of the tensor's largest "
-                f"entry + {self.batch_ulps:g} ULPs of the batch's largest gradient"
-            )
-        if self.mode == "exact":
-            return "bitwise equality"
-        return (
-            f"allowed at the worst element {allowed:.3g} = {self.atol:g} + {self.rtol:g} "
-            "x |autograd|"
-        )
-
-    def without_truth(self) -> Tol:
-        """This tolerance where the truth is no autograd run (finite differences): a rule
-        that takes a baseline or ULPs from autograd becomes allclose, without the
-        systematic check."""
-        if self.mode in ("baseline", "ulps"):
-            return dataclasses.replace(self, mode="allclose", systematic=False)
-        return self
+    @property
+    def elementwise(self) -> bool:
+        """Whether the allowance is per element (atol + rtol |second|), not one number."""
+        return self.rule.elementwise
 
     @property
     def needs_truth(self) -> bool:
-        """Whether the comparison measures against a float64 truth (baseline)."""
-        return self.mode == "baseline"
+        """Whether the comparison measures against a float64 truth."""
+        return self.rule.truth
+
+    @property
+    def needs_batch_scale(self) -> bool:
+        """Whether the allowance counts ULPs of the batch's largest gradient."""
+        return self.rule.batch
+
+    @property
+    def resolution_ulps(self) -> float:
+        """ULPs of summation-order noise this rule allows for (0: none)."""
+        return self.floor_ulps if self.rule.floor else 0.0
 
     @property
     def compared_with(self) -> str:
         """What the manual value is measured against."""
-        if self.mode == "baseline":
-            return "float64 truth"
-        return "float64 autograd" if self.mode == "ulps" else "autograd"
+        return self.rule.compared_with
+
+    def describe(self) -> str:
+        """The rule in a few words, with its numbers."""
+        return self.rule.describe(self)
+
+    def allowed(self, scale: float, reference_error: float, batch_scale: float) -> float:
+        """The one allowed difference of a tensor whose largest entry is `scale` (for an
+        elementwise rule: at an element of that size)."""
+        return self.rule.allowed(self, scale, reference_error, batch_scale)
+
+    def sensitivity(self, scale: float, reference_error: float, batch_scale: float = 0.0) -> float:
+        """The smallest relative error (1 + d) * g that this tolerance still catches on a
+        tensor whose largest entry is `scale`: allowed / max|g|, and one ULP where nothing
+        is allowed (exact)."""
+        if scale == 0.0:
+            return float("inf")
+        allowed = self.allowed(scale, reference_error, batch_scale)
+        return allowed / scale if allowed > 0.0 else self.eps
+
+    def explain(self, allowed: float, reference_error: float) -> str:
+        """The sentence a report gives for the numbers one batch was held to."""
+        return self.rule.explain(self, allowed, reference_error)
+
+    def without_truth(self) -> Tol:
+        """This tolerance where the truth is no autograd run (finite differences): a rule
+        that takes a baseline or ULPs from autograd becomes its `without_truth` rule,
+        without the systematic check."""
+        fallback = self.rule.without_truth
+        if fallback is None:
+            return self
+        return dataclasses.replace(self, mode=fallback, systematic=False)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> Tol | None:
+        """A Tol from a report's `tol` record (a number it lacks is NaN); None when its mode
+        is not one this version knows."""
+        mode = record.get("mode")
+        if not isinstance(mode, str) or mode not in MODES:
+            return None
+        fields: dict[str, Any] = {"mode": mode}
+        for f in dataclasses.fields(cls):
+            value = record.get(f.name)
+            if f.name == "systematic":
+                fields[f.name] = bool(value)
+            elif (
+                f.name != "mode" and isinstance(value, int | float) and not isinstance(value, bool)
+            ):
+                fields[f.name] = float(value)
+            elif f.name != "mode":
+                fields[f.name] = math.nan
+        return cls(**fields)
 
 
 def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
@@ -203,7 +297,7 @@ def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
                 settings[key] = value
     mode = str(settings["mode"])
     if mode == "auto":
-        mode = "ulps" if dtype == "float64" else "baseline"
+        mode = AUTO.get(dtype, DEFAULT_AUTO)
     rtol, atol = DEFAULT_TOLERANCES[dtype]
     return Tol(
         mode=mode,
@@ -214,13 +308,6 @@ def tolerance_for(spec: Tolerance, tensor: str, device: str, dtype: str) -> Tol:
             DEFAULT_FLOOR_ULPS[dtype] if settings["floor_ulps"] is None else settings["floor_ulps"]
         ),
         eps=EPS[dtype],
-        batch_ulps=DEFAULT_BATCH_ULPS if mode == "ulps" else 0.0,
-        systematic=bool(settings["systematic"]) and has_truth(mode, dtype),
+        batch_ulps=DEFAULT_BATCH_ULPS if MODES[mode].batch else 0.0,
+        systematic=bool(settings["systematic"]) and MODES[mode].has_truth(dtype),
     )
-
-
-def has_truth(mode: str, dtype: str) -> bool:
-    """Whether a tensor's comparison has a truth to measure a systematic error against:
-    baseline's float64 run, or autograd itself in float64. `allclose` below float64 compares
-    with autograd in the same dtype only, and `exact` needs no statistic."""
-    return mode in ("baseline", "ulps") or (mode == "allclose" and dtype == "float64")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradaudit.tolerance import Tol
+
 SCHEMA = "gradaudit-run"
 SET_SCHEMA = "gradaudit-run-set"  # gradaudit.report.combine: the runs of several specs
 SCHEMA_VERSIONS = (1,)  # the versions this module reads
@@ -288,22 +290,8 @@ def tolerance_text(tol: object) -> str | None:
     from the report's `tol` record; None when the record is missing."""
     if not isinstance(tol, Mapping) or not isinstance(tol.get("mode"), str):
         return None
-
-    def n(key: str) -> str:
-        value = number(tol.get(key))
-        return "?" if value is None else f"{value:g}"
-
-    bias = " + bias" if tol.get("systematic") else ""
-    mode = tol["mode"]
-    if mode == "exact":
-        return "exact (bitwise)"
-    if mode == "baseline":
-        return f"baseline k={n('k')} floor={n('floor_ulps')} ulps{bias}"
-    if mode == "ulps":
-        return f"ulps {n('floor_ulps')} own + {n('batch_ulps')} batch{bias}"
-    if mode == "allclose":
-        return f"allclose rtol={n('rtol')} atol={n('atol')}"
-    return str(mode)
+    known = Tol.from_record(tol)
+    return str(tol["mode"]) if known is None else known.describe()
 
 
 def printable(text: str) -> str:

@@ -62,7 +62,7 @@ def comparable(items: list[Comparison]) -> None:
         problem = mismatch(item.manual, item.reference)
         if problem:
             raise GradientMismatch(problem)
-        if item.tol.mode == "baseline" and item.truth is None:
+        if item.tol.needs_truth and item.truth is None:
             raise ValueError("baseline mode needs the float64 truth")
 
 
@@ -115,7 +115,7 @@ def check_all(
             batch_scale = largest(todo)
         elif not isinstance(batch_scale, float):
             batch_scale = float(batch_scale)
-        if not batch_scale and any(item.tol.mode == "ulps" for item in todo):
+        if not batch_scale and any(item.tol.needs_batch_scale for item in todo):
             batch_scale = largest(todo)
         for i, result in zip(live, measure(todo, batch_scale, scratch), strict=True):
             found[i] = result

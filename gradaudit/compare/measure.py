@@ -60,7 +60,7 @@ def working_dtype(items: list[Comparison]) -> torch.dtype:
     import torch
 
     narrow = {torch.float32, torch.float16, torch.bfloat16}
-    if any(item.tol.mode == "baseline" or item.manual.dtype not in narrow for item in items):
+    if any(item.tol.needs_truth or item.manual.dtype not in narrow for item in items):
         return torch.float64
     return torch.float32
 
@@ -143,7 +143,7 @@ class _Flat:
         self.reference_cross = [cross for _, cross in measured]
         self.allowed: list[float | None] = []  # per tensor: one number, or None (elementwise)
         tols = {item.tol for item in items}
-        if len(tols) == 1 and items[0].tol.mode == "allclose":  # the usual case: one call
+        if len(tols) == 1 and items[0].tol.elementwise:  # the usual case: one call
             tol = items[0].tol
             torch.mul(magnitude, tol.rtol, out=allowed).add_(tol.atol)
             self.allowed = [None] * len(items)
@@ -250,19 +250,17 @@ def _fill_allowed(
     """Write one tensor's allowed differences into `row`; return it when it is one number."""
     import torch
 
-    if tol.mode == "allclose":
+    if tol.elementwise:
         torch.mul(magnitude, tol.rtol, out=row).add_(tol.atol)
         return None
-    value = 0.0
-    if tol.mode in ("baseline", "ulps"):
-        value = tol.allowed(float(magnitude.max()), error, batch_scale)
+    value = tol.allowed(float(magnitude.max()) if magnitude.numel() else 0.0, error, batch_scale)
     row.fill_(value)
     return value
 
 
 def second(item: Comparison) -> torch.Tensor:
     """What the manual gradient is measured against: the truth in baseline mode."""
-    if item.tol.mode == "baseline" and item.truth is not None:
+    if item.tol.needs_truth and item.truth is not None:
         return item.truth.to(item.manual.device)
     return item.reference
 
@@ -273,7 +271,7 @@ def _reference_errors(items: list[Comparison], scratch: Scratch) -> list[tuple[f
     tensor laid end to end in float64 and read once, not twice per tensor."""
     import torch
 
-    chosen = [i for i, item in enumerate(items) if item.tol.mode == "baseline"]
+    chosen = [i for i, item in enumerate(items) if item.tol.needs_truth]
     found = [(0.0, 0.0)] * len(items)
     if not chosen:
         return found

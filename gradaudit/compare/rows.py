@@ -67,7 +67,7 @@ def check_rows(
     layout = _Layout(items, exact_row=not on_cpu)
     table = _reduce(items, rows, scratch, dtype, layout).tolist()  # the one read
     magnitude = layout.row["magnitude"]
-    ulps = any(item.tol.mode == "ulps" for item in items)
+    ulps = any(item.tol.needs_batch_scale for item in items)
     narrow = dtype != torch.float64
     found: list[list[Check | None]] = [[] for _ in items]
     worst = list(beat)

@@ -49,8 +49,8 @@ class _Layout:
     the systematic check's dot products use it before it becomes |second|."""
 
     def __init__(self, items: list[Comparison], exact_row: bool) -> None:
-        self.allclose = any(item.tol.mode == "allclose" for item in items)
-        self.baseline = any(item.tol.mode == "baseline" for item in items)
+        self.allclose = any(item.tol.elementwise for item in items)
+        self.baseline = any(item.tol.needs_truth for item in items)
         self.systematic = any(item.tol.systematic for item in items)
         self.exact_row = exact_row and self.baseline
         names = ["diff"]
@@ -88,7 +88,7 @@ def screen(
     if scale_at is not None:
         batch_scale = reads.value(scale_at)
     assert not isinstance(batch_scale, torch.Tensor)
-    if batch_scale is None or (not batch_scale and any(i.tol.mode == "ulps" for i in items)):
+    if batch_scale is None or (not batch_scale and any(i.tol.needs_batch_scale for i in items)):
         own = [row[layout.row["magnitude"]] for row in table]
         batch_scale = max((v for v in own if math.isfinite(v)), default=0.0)
     narrow = dtype != torch.float64
@@ -231,7 +231,7 @@ def _ratio(
     it; |d| for the others (their allowance is one number, applied after the read)."""
     import torch
 
-    if item.tol.mode != "allclose":
+    if not item.tol.elementwise:
         out.copy_(diff)
         return
     torch.mul(magnitude, item.tol.rtol, out=out).add_(item.tol.atol)
@@ -252,7 +252,7 @@ def _settle(
     """The Check of a clean pass, not described (see module doc); None for anything the
     full measurement must see."""
     tol = item.tol
-    baseline = tol.mode == "baseline"
+    baseline = tol.needs_truth
     diff, own = row[layout.row["diff"]], row[layout.row["magnitude"]]
     error = row[layout.row["gap"]] if baseline else 0.0
     cross, reference_cross, square = row[layout.reduced :] or [0.0, 0.0, 0.0]
@@ -262,10 +262,10 @@ def _settle(
     if not all(map(math.isfinite, needed)):
         return None
     allowed = math.nan  # allclose: elementwise, known once described
-    if tol.mode == "allclose":
+    if tol.elementwise:
         budget = row[layout.row["ratio"]]
     else:
-        allowed = 0.0 if tol.mode == "exact" else tol.allowed(own, error, batch_scale)
+        allowed = tol.allowed(own, error, batch_scale)
         budget = diff / allowed if allowed > 0.0 else (0.0 if diff == 0.0 else math.inf)
     if not budget < (1.0 - TRIAGE_MARGIN if narrow else 1.0):
         return None
@@ -321,7 +321,7 @@ def _describe(
         t = second(items[i]).reshape(-1).to(dtype)
         d, s = (m - t).abs_(), t.abs()
         allowed = s * tol.rtol + tol.atol
-        if tol.mode == "allclose":
+        if tol.elementwise:
             ratio = torch.div(d, allowed)
             where = (ratio if tol.atol > 0.0 else ratio.nan_to_num_(nan=0.0)).argmax()
         else:
@@ -346,7 +346,7 @@ def _describe(
             worst_index=unravel(int(index), tuple(items[i].manual.shape)),
             manual_value=manual,
             reference_value=reference,
-            allowed=allowed_at if items[i].tol.mode == "allclose" else check.allowed,
+            allowed=allowed_at if items[i].tol.elementwise else check.allowed,
             max_rel=max_rel,
             sym_rel=2.0 * half_sym,
             cosine=value,

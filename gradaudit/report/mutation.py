@@ -17,9 +17,7 @@ RESOLUTION_ULPS = 4.0  # a relative change within this many roundings is the dty
 def resolution(tol: Tol) -> float:
     """The smallest relative change this dtype can tell from its own rounding under this
     rule: a few ULPs, and never below the floor the rule needs for summation-order noise."""
-    return max(RESOLUTION_ULPS, tol.floor_ulps if tol.mode in ("baseline", "ulps") else 0.0) * (
-        tol.eps
-    )
+    return max(RESOLUTION_ULPS, tol.resolution_ulps) * tol.eps
 
 
 def survivor_line(report: MutationReport, result: MutantResult) -> str:

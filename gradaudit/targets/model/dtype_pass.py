@@ -122,7 +122,7 @@ class DtypePass:
                 p.untyped_storage().data_ptr(): f"parameter {n}"
                 for n, p in self.model.named_parameters()
             }
-            needs_truth = any(s.tol.mode == "baseline" for s in self.summaries.values())
+            needs_truth = any(s.tol.needs_truth for s in self.summaries.values())
             if needs_truth or len(self.groups) > 1:
                 # Built from the tested dtype's weights, so only arithmetic differs.
                 self.truth_model = copy.deepcopy(self.model).to(

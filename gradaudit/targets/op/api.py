@@ -97,7 +97,7 @@ def _explain(s: TensorSummary) -> list[str]:
     lines = [verdict_line(s)]
     w = s.worst
     if s.status == "fail" and w is not None:
-        against = "float64 truth" if s.tol.mode == "baseline" else "reference"
+        against = "float64 truth" if s.tol.needs_truth else "reference"
         index = ", ".join(str(i) for i in w.worst_index)
         lines.append(
             f"worst element [{index}]: candidate {w.manual_value:.9g}, {against} "

@@ -165,7 +165,7 @@ def _compare(
     cand = differentiate(Run(outs, wrt_of(audit, inputs, params)), grads64, variant)
     tols = {n: tol(n) for n in [*names, *cand.grads]}
     truth: Run | None = None
-    if any(t.mode == "baseline" for t in tols.values()):
+    if any(t.needs_truth for t in tols.values()):
 
         def compute() -> Run:
             run = _side(
@@ -181,11 +181,11 @@ def _compare(
             items.append((name, Comparison(manual, reference, Tol("exact"))))
             continue
         t = tols[name]
-        exact = truth.outputs[i].detach() if truth and t.mode == "baseline" else None
+        exact = truth.outputs[i].detach() if truth and t.needs_truth else None
         items.append((name, Comparison(manual, reference, t, exact)))
     for name, grad in cand.grads.items():
         t = tols[name]
-        exact = truth.grads[name] if truth and t.mode == "baseline" else None
+        exact = truth.grads[name] if truth and t.needs_truth else None
         items.append((name, Comparison(grad, ref.grads[name], t, exact)))
     return items
 

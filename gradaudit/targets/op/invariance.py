@@ -175,20 +175,20 @@ def _micro_batch(
         start += size
     truth = None
     tols = {n: tol(n) for n in [*output_names(len(full.outputs)), *full.grads]}
-    if any(t.mode == "baseline" for t in tols.values()):
+    if any(t.needs_truth for t in tols.values()):
         truth = _candidate(audit, device, torch.float64, base, drawn, master, rounded_from=dtype)
         truth = differentiate(truth, ups, base, rounded_from=dtype)
     for i, name in enumerate(output_names(len(full.outputs))):
         parts = combined_out[i]
         together = torch.cat(parts) if options.reduction == "none" else sum(parts[1:], parts[0])
         reference = full.outputs[i].detach()
-        exact = truth.outputs[i].detach() if truth and tols[name].mode == "baseline" else None
+        exact = truth.outputs[i].detach() if truth and tols[name].needs_truth else None
         yield name, Comparison(together.to(reference.dtype), reference, tols[name], exact)
     for name, parts in combined_grads.items():
         batch = name.removeprefix("grad.") in base.batch_inputs
         together = torch.cat(parts) if batch else sum(parts[1:], parts[0])
         reference = full.grads[name]
-        exact = truth.grads[name] if truth and tols[name].mode == "baseline" else None
+        exact = truth.grads[name] if truth and tols[name].needs_truth else None
         yield name, Comparison(together.to(reference.dtype), reference, tols[name], exact)
 
 

@@ -224,7 +224,7 @@ def _stored_grads(wanted: Sequence[Pair]) -> tuple[torch.Tensor, ...]:
 
 
 def _needs_truth(case: _Case, spec: Tolerance) -> bool:
-    return any(_tol(spec, name, ref).mode == "baseline" for name, ref in case.references.items())
+    return any(_tol(spec, name, ref).needs_truth for name, ref in case.references.items())
 
 
 def _tol(spec: Tolerance, name: str, reference: torch.Tensor) -> Tol:
@@ -309,9 +309,9 @@ def _comparison(
     if saturated:
         errors.append(saturated)
     true = truth.get(pair.name)
-    if tol.mode == "baseline":
+    if tol.needs_truth:
         if true is None or true.shape != reference.shape:
             got = "none" if true is None else f"shape {tuple(true.shape)}"
             return None, [*errors, f"no float64 truth of the same shape (build gave {got})"]
         true = post.apply(pair.name, true, rules)
-    return Comparison(manual, reference, tol, true if tol.mode == "baseline" else None), errors
+    return Comparison(manual, reference, tol, true if tol.needs_truth else None), errors
