@@ -62,7 +62,7 @@ def test_baseline_is_unchanged_for_well_resolved_tensors() -> None:
     scale, eps = 1.0, 2.0**-23
     for ulps in (0.5, 4.0, 16.0):  # autograd within CANCEL_ULPS ULPs of the tensor's scale
         error = ulps * eps * scale
-        assert F32.baseline_allowed(scale, error, 10.0) == pytest.approx(2 * error + 8 * eps)
+        assert F32.allowed(scale, error, 10.0) == pytest.approx(2 * error + 8 * eps)
 
 
 def test_baseline_is_robust_to_a_cancellation_dominated_rmsnorm_gradient(

@@ -296,9 +296,10 @@ class Supervisor:
             state.stopped = event.reason
         elif fold is None:
             raise _Stop(f"the executor sent {type(event).__name__} before its plan")
-        elif isinstance(event, At):
+        elif isinstance(event, At):  # a sample not lost before (those are skipped): further
             state.at, state.at_time = (event.device, event.sample), state.last
             state.dtype = event.dtype
+            state.progress = True
         elif isinstance(event, CaseStarted):
             fold.start(event.key)
         elif isinstance(event, CaseResult):
@@ -377,7 +378,7 @@ class _State:
     dtype: str = ""  # of the pass in progress
     at_time: float = 0.0
     fatal: bool = False  # no restart: the executor broke the protocol
-    progress: bool = False  # it sent a result or ended a case
+    progress: bool = False  # it reached a sample, sent a result or ended a case
     finished: bool = False
     stopped: str | None = None  # the executor could go no further (Stopped), and why
 

@@ -71,7 +71,8 @@ class Variants(Strict):
     extreme: bool = False  # inputs scaled by 1e3 and 1e-3
     shapes: list[dict[Identifier, list[Annotated[int, Field(ge=1)]]]] = Field(default_factory=list)
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # by name
-    # non-tensor arguments: every other `dim`, each bool flipped, `ignore_index` hit
+    # non-tensor arguments (variants.alternatives): other dims and a tuple of two, each bool
+    # flipped, a string's other values, an int + 1, a float 0.5, None as 1, ignore_index hit
     arguments: bool = True
     args: dict[Identifier, list[Any]] = Field(default_factory=dict)  # alternatives to run
 

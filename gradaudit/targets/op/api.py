@@ -147,7 +147,7 @@ def check_op(
         raise OpSpecError(f"check_op: {'.'.join(str(p) for p in loc[1:])}: {message}")
     cand = resolve(candidate, "check_op", "candidate")
     ref = None if reference is None else resolve(reference, "check_op", "reference")
-    varied = varied_arguments(cand, ref, dict(args or {}))
+    varied = varied_arguments(cand, ref, dict(args or {}), decls)
     derived = derive(decls, dict(dims or {}), options, seed, varied)
     if isinstance(variants, Sequence) and not isinstance(variants, str):
         everything = Variants(extreme=True)

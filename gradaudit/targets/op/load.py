@@ -51,7 +51,7 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
         candidate=candidate,
         reference=reference,
         inputs=dict(op.inputs),
-        variants=variants_of(loaded, varied_arguments(candidate, reference, op.args)),
+        variants=variants_of(loaded, varied_arguments(candidate, reference, op.args, op.inputs)),
         args=dict(op.args),
         init=dict(op.init),
         tolerance=spec.tolerance,

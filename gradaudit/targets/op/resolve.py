@@ -135,26 +135,28 @@ def _apply(cls: Any) -> Callable[..., Any]:
     return apply
 
 
-VARIED = ("dim", "ignore_index")  # besides bools: the arguments argument variants vary
-
-
 def varied_arguments(
-    candidate: Callee, reference: Callee | None, declared: Mapping[str, Any]
+    candidate: Callee,
+    reference: Callee | None,
+    declared: Mapping[str, Any],
+    inputs: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The non-tensor arguments argument variants vary, with base's value: those declared
-    in `args:`, and the candidate's keyword defaults (bools, `dim`, `ignore_index`) that the
-    reference takes too (a function reference; both sides get the same value)."""
-    found = {k: v for k, v in declared.items() if _varied(k, v)}
+    in `args:`, and the candidate's keyword defaults (bool, int, float, str or None; not
+    the declared inputs) that the reference takes too (a function reference; both sides
+    get the same value). gradaudit.targets.op.variants derives their alternatives."""
+    found = {k: v for k, v in declared.items() if _varied(v)}
     mine = _defaults(candidate)
     theirs = _defaults(reference) if reference is not None else mine
+    tensors = set(inputs)
     for key, value in mine.items():
-        if key not in declared and key in theirs and _varied(key, value):
+        if key not in declared and key not in tensors and key in theirs and _varied(value):
             found[key] = value
     return found
 
 
-def _varied(key: str, value: Any) -> bool:
-    return isinstance(value, bool) or (key in VARIED and isinstance(value, int))
+def _varied(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def _defaults(callee: Callee) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradaudit.errors import why
 from gradaudit.plan import Plan, PlannedCase, Skeleton
@@ -24,6 +24,9 @@ from gradaudit.targets.op.shard import TensorNames, case_checks
 from gradaudit.targets.op.share import Shared
 from gradaudit.targets.op.variants import LONG_DTYPES, Variant, draw_inputs
 from gradaudit.tolerance import Tol
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,23 @@ class OpTarget:
         try:
             self._draw(variant)
             drawn, masters = self.drawn[name], self.masters[name]
-            reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
+            first = reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
+            again = first
+            if variant.args:  # a reference with randomness (`p=0.5`) differs run to run
+                again = reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
         except Exception as exc:
             return (
                 f"not applicable: the reference rejects variant {name} ({why(exc)}); "
+                f"leave it out with variants: {{exclude: [{name}]}}"
+            )
+        if variant.args and not all(t.isfinite().all() for t in first if t.is_floating_point()):
+            return (
+                f"not applicable: the reference's outputs are not finite at variant {name}; "
+                f"leave it out with variants: {{exclude: [{name}]}}"
+            )
+        if not all(map(_same, first, again)):
+            return (
+                f"not applicable: the reference is not deterministic at variant {name}; "
                 f"leave it out with variants: {{exclude: [{name}]}}"
             )
         return None
@@ -257,3 +273,11 @@ def _tols(case: PlannedCase) -> Any:
     tols = {t.name: t.tol for t in case.tensors}
     fallback = next(iter(tols.values()), Tol("allclose"))
     return lambda name: tols.get(name, fallback)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two runs' outputs agree, NaN where NaN."""
+    import torch
+
+    nan = a.isnan()
+    return a.shape == b.shape and torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan])

@@ -136,10 +136,12 @@ def derive(
         out += _argument_variants(seed, inputs, base_sizes, arguments or {})
     for key, values in options.args.items():
         for value in values:
-            out.append(_make(f"{key}={value}", seed, inputs, base_sizes, args=((key, value),)))
+            name = f"{key}={_label(value)}"
+            out.append(_make(name, seed, inputs, base_sizes, args=((key, value),)))
     if options.long:
         out += _long_variants(seed, inputs, base_sizes)
-    return _without(out, options.exclude)
+    named = {v.name: v for v in reversed(out)}  # a name derived twice: its first variant
+    return _without([v for v in out if named[v.name] is v], options.exclude)
 
 
 def _long_variants(
@@ -162,27 +164,59 @@ def _long_variants(
     return found
 
 
+# torch.nn.functional's vocabularies for a string argument of that name (others: `args:`).
+CHOICES = {"reduction": ("mean", "sum", "none"), "approximate": ("none", "tanh")}
+DIMS = ("dim", "axis")  # an argument naming a dimension of the first input
+
+
 def _argument_variants(
     seed: int, inputs: Mapping[str, InputDecl], sizes: Mapping[Symbol, int], args: Mapping[str, Any]
 ) -> list[Variant]:
-    """Variants over non-tensor arguments, on the declared shapes: every other `dim` of the
-    first input, each bool flipped (`keepdim`), and `ignore_index` hit by integer inputs."""
+    """Variants over non-tensor arguments, on the declared shapes, one argument at a time
+    (see `alternatives`); `ignore_index` is hit by the integer inputs instead."""
     found = []
-    first = next(iter(inputs.values()))
-    ndim = len(first.shape)
+    ndim = len(next(iter(inputs.values())).shape)
+    targets = [n for n, d in inputs.items() if d.kind == "randint" and d.dtype != "bool"]
     for key, value in args.items():
-        if isinstance(value, bool):
-            found.append(_make(f"{key}={not value}", seed, inputs, sizes, args=((key, not value),)))
-        elif key == "dim" and isinstance(value, int) and ndim > 1 and -ndim <= value < ndim:
-            for d in range(ndim):
-                if d != value % ndim:
-                    found.append(_make(f"dim={d}", seed, inputs, sizes, args=((key, d),)))
-        elif key == "ignore_index" and isinstance(value, int):
-            targets = [n for n, d in inputs.items() if d.kind == "randint" and d.dtype != "bool"]
+        if key == "ignore_index" and isinstance(value, int) and not isinstance(value, bool):
             if targets:
                 hit = tuple((n, value) for n in targets)
                 found.append(_make(f"{key}-hit", seed, inputs, sizes, hit=hit))
+            continue
+        for other in alternatives(key, value, ndim):
+            name = f"{key}={_label(other)}"
+            found.append(_make(name, seed, inputs, sizes, args=((key, other),)))
     return found
+
+
+def alternatives(key: str, value: Any, ndim: int) -> list[Any]:
+    """The values an argument variant gives `key` besides `value`: a bool flipped; for a
+    dimension (`dim`, `axis`) every other dim of the first input and two of them as a
+    tuple; a string's other values in CHOICES; an int + 1 (`num_groups`, `groups`); a
+    float 0.5 (2.0 where it is 0.5: `beta`, `threshold`, `delta`, `eps` cross into the
+    regions their defaults never reach); None as 1 (`padding_idx`, a count). A value the
+    reference rejects, where its outputs are not finite or not deterministic, is not
+    applicable (targets.op.target)."""
+    if isinstance(value, bool):
+        return [not value]
+    if key in DIMS and (value is None or isinstance(value, int)) and ndim >= 1:
+        dims: list[Any] = [d for d in range(ndim) if value is None or d != value % ndim]
+        return dims + ([(0, ndim - 1)] if ndim >= 2 else [])
+    if isinstance(value, str):
+        return [c for c in CHOICES.get(key, ()) if c != value]
+    if isinstance(value, int):
+        return [value + 1]
+    if isinstance(value, float):
+        return [0.5 if value != 0.5 else 2.0]
+    return [1] if value is None else []
+
+
+def _label(value: Any) -> str:
+    """An argument value in a variant's name: a tuple of dims as `0+1` (no comma, so the
+    name stays one item of a YAML flow list)."""
+    if isinstance(value, tuple):
+        return "+".join(str(v) for v in value)
+    return str(value)
 
 
 def _without(variants: list[Variant], exclude: Sequence[str]) -> list[Variant]:
