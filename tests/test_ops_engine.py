@@ -68,6 +68,9 @@ def test_upstream_gradients_are_random_never_ones() -> None:
         assert g.std() > 0.5 and not torch.all(g == 1)
 
 
+LONG = Variants(sizes=False, leading=0, layouts=False, arguments=False)
+
+
 def test_derived_variants_and_their_shapes() -> None:
     inputs = {"x": InputDecl(shape=["N", "D"]), "w": InputDecl(shape=["D"])}
     variants = {v.name: v for v in derive(inputs, {"N": 4, "D": 8}, Variants(extreme=True), 0)}
@@ -84,13 +87,20 @@ def test_derived_variants_and_their_shapes() -> None:
         "expanded",
         "large",
         "tiny",
-        "N=4096",  # long reductions: the longest within 32k elements per input, half types
-        "D=4096",
+        "N=16384",  # long reductions, half types: the other dims halved to fit 32k elements
+        "D=16384",
     ]
-    assert variants["N=4096"].long and variants["N=4096"].shapes == {"x": (4096, 8), "w": (8,)}
-    assert variants["D=4096"].shapes == {"x": (4, 4096), "w": (4096,)}
-    wide = derive({"x": InputDecl(shape=[64, 16])}, {}, Variants(), 0)
-    assert [v.name for v in wide if v.long] == ["x.0=2048"]  # x.1: 64 x 1024 > 32k elements
+    assert variants["N=16384"].long
+    assert variants["N=16384"].shapes == {"x": (16384, 2), "w": (2,)}
+    assert variants["D=16384"].shapes == {"x": (2, 16384), "w": (16384,)}
+    wide = derive({"x": InputDecl(shape=[64, 16]), "y": InputDecl(shape=[16, 16])}, {}, LONG, 0)
+    # x.1 and y's two dims are one size, so one dim: y is 1024 x 1024 at the shortest long
+    # size, past 32k elements whatever the others: no variant for it
+    assert {v.name: v.shapes for v in wide if v.long} == {
+        "x.0=16384": {"x": (16384, 2), "y": (2, 2)}
+    }
+    wide = derive({"x": InputDecl(shape=[64, 16])}, {}, LONG, 0)
+    assert [v.shapes for v in wide if v.long] == [{"x": (16384, 2)}, {"x": (2, 16384)}]
     assert variants["D=11"].shapes == {"x": (4, 11), "w": (11,)}  # D moves together
     assert variants["lead2"].shapes == {"x": (2, 3, 4, 8), "w": (8,)}  # batch inputs only
     assert variants["large"].scale == 1e3

@@ -30,7 +30,8 @@ SPEC = REPO / "specs" / "op-triton-rmsnorm.yaml"
 ALL = {"out", "grad.x", "grad.weight"}
 GRADS = {"grad.x", "grad.weight"}
 VARIANTS = ["base", "N=7", "N=1", "D=17", "D=1", "lead1", "lead2"]
-VARIANTS += ["transposed", "strided", "expanded"]
+LAYOUTS = ["transposed", "strided", "expanded"]
+VARIANTS += [*LAYOUTS, "eps=0.5"]  # eps=0.5: an argument variant (the float default 1e-6)
 
 # (bug, dtype, audit) -> {failing case: failing tensors}; every other case passes. An audit
 # is "default" (every variant, micro_batch and saved_tensors at N=6, D=16), "no-strided"
@@ -40,7 +41,7 @@ EXPECTED: dict[tuple[str, str, str], dict[str, set[str]]] = {
     # BLOCK = 16 = D everywhere but D=17 (D=1 has BLOCK 1): only there is the tail read
     ("tail-mask", "float32", "default"): {"D=17": ALL},
     # the upstream gradient is non-contiguous exactly in the three layouts
-    ("contiguous-grad", "float32", "default"): {c: GRADS for c in VARIANTS[-3:]},
+    ("contiguous-grad", "float32", "default"): {c: GRADS for c in LAYOUTS},
     # 8 programs: one row each up to 8 rows; lead1 has 18 rows and lead2 36
     ("dw-overwrite", "float32", "default"): {"lead1": {"grad.weight"}, "lead2": {"grad.weight"}},
     # empty_like keeps a transposed x's strides, so only expanded (row stride 0) is wrong

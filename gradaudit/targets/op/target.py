@@ -22,7 +22,7 @@ from gradaudit.targets.op.invariance import invariance_group
 from gradaudit.targets.op.load import audit_of, metadata
 from gradaudit.targets.op.shard import TensorNames, case_checks
 from gradaudit.targets.op.share import Shared
-from gradaudit.targets.op.variants import LONG_DTYPES, Variant, draw_inputs
+from gradaudit.targets.op.variants import LONG_DTYPES, LONG_OUTPUT, Variant, draw_inputs
 from gradaudit.tolerance import Tol
 
 if TYPE_CHECKING:
@@ -146,6 +146,14 @@ class OpTarget:
         try:
             self._draw(variant)
             drawn, masters = self.drawn[name], self.masters[name]
+            if variant.long:  # shapes first, without memory: a long dim may not be reduced
+                size = _largest_output(self.audit, variant, drawn, masters)
+                if size > LONG_OUTPUT:
+                    return (
+                        f"not applicable: variant {name} gives an output of {size} elements "
+                        f"(its long dim is not reduced); leave it out with variants: "
+                        f"{{exclude: [{name}]}}"
+                    )
             first = reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
             again = first
             if variant.args:  # a reference with randomness (`p=0.5`) differs run to run
@@ -281,3 +289,17 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
     nan = a.isnan()
     return a.shape == b.shape and torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan])
+
+
+def _largest_output(
+    audit: OpAudit, variant: Variant, drawn: dict[str, torch.Tensor], masters: tuple[Any, Any]
+) -> int:
+    """The reference's largest output at this variant, run on the meta device (shapes
+    only); 0 where it cannot run there (the CPU probe then decides)."""
+    import torch
+
+    try:
+        outputs = reference_outputs(audit, variant, drawn, masters, "meta", torch.float64)
+    except Exception:
+        return 0
+    return max((t.numel() for t in outputs), default=0)

@@ -22,8 +22,9 @@ Symbol = str | int  # a dim name, or a size standing for every dim of that size
 LAYOUTS = ("contiguous", "transposed", "strided", "expanded")
 LEADING = {1: (3,), 2: (2, 3)}
 EXTREME = {"large": 1e3, "tiny": 1e-3}
-LONG = (4096, 2048, 1024)  # a long reduction's sizes, the longest that fits (variants.long)
+LONG = (16384, 4096, 1024)  # a long reduction's sizes, the longest that fits (variants.long)
 LONG_NUMEL = 1 << 15  # no long variant makes an input larger than this
+LONG_OUTPUT = 1 << 17  # nor an output (a long dim the op does not reduce): not applicable
 LONG_DTYPES = ("bfloat16", "float16")  # the dtypes long variants are planned in
 
 
@@ -147,21 +148,41 @@ def derive(
 def _long_variants(
     seed: int, inputs: Mapping[str, InputDecl], sizes: Mapping[Symbol, int]
 ) -> list[Variant]:
-    """Each dimension long (the others as declared): the longest of LONG sizes that keeps
-    every input within LONG_NUMEL elements. A sum over it then runs long enough for an
-    accumulator in bfloat16 or float16 to lose what a float32 one keeps (a kernel's tiles
-    of 32 add up 32 to 128 partial sums). They are planned in those two dtypes only
-    (LONG_DTYPES), where accumulators differ: kept cheap."""
+    """Each dimension long: the longest of LONG sizes at which halving the other dims (the
+    largest first, down to 1) keeps every input within LONG_NUMEL elements. A sum over it
+    then runs long enough for an accumulator in bfloat16 or float16 to lose what a float32
+    one keeps (16384 terms: a kernel's 32-wide tiles add up 512 partial sums; at 4096 a
+    softmax's half accumulator was still inside the allowance). They are planned in those
+    two dtypes only (LONG_DTYPES), where accumulators differ: kept cheap."""
     found = []
     for symbol, label in _labels(inputs).items():
         for size in LONG:
             if size <= sizes[symbol]:
                 break
-            variant = _make(f"{label}={size}", seed, inputs, {**sizes, symbol: size}, long=True)
-            if all(math.prod(shape) <= LONG_NUMEL for shape in variant.shapes.values()):
-                found.append(variant)
+            fitted = _fit(inputs, {**sizes, symbol: size}, symbol)
+            if fitted is not None:
+                found.append(_make(f"{label}={size}", seed, inputs, fitted, long=True))
                 break
     return found
+
+
+def _fit(
+    inputs: Mapping[str, InputDecl], sizes: dict[Symbol, int], long: Symbol
+) -> dict[Symbol, int] | None:
+    """`sizes` with the dims other than `long` halved, the largest first, until every input
+    has at most LONG_NUMEL elements; None when even 1 is too large."""
+
+    def numel() -> int:
+        return max(math.prod(sizes[s] for s in _symbols(d)) for d in inputs.values())
+
+    used = {s for d in inputs.values() for s in _symbols(d)} - {long}
+    while numel() > LONG_NUMEL:
+        others = [s for s in used if sizes[s] > 1]
+        if not others:
+            return None
+        largest = max(others, key=lambda s: sizes[s])
+        sizes[largest] = max(1, sizes[largest] // 2)
+    return sizes
 
 
 # torch.nn.functional's vocabularies for a string argument of that name (others: `args:`).

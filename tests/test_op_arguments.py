@@ -1,0 +1,138 @@
+"""Argument variants derived from an op's keyword defaults, and the contract probes that keep
+a correct op green on the variants it cannot take (issue 28 items 1, 2 and 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradaudit import check_op
+from gradaudit.targets.op.api import OpResult
+from gradaudit.targets.op.variants import alternatives
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("keepdim", False, [True]),
+        ("dim", -1, [0, (0, 1)]),
+        ("dim", None, [0, 1, (0, 1)]),
+        ("axis", 0, [1, (0, 1)]),
+        ("reduction", "mean", ["sum", "none"]),
+        ("approximate", "none", ["tanh"]),
+        ("mode", "bilinear", []),  # a string whose vocabulary is not known: `args:` lists it
+        ("num_groups", 1, [2]),
+        ("beta", 1.0, [0.5]),
+        ("lambd", 0.5, [2.0]),
+        ("padding_idx", None, [1]),
+    ],
+)
+def test_the_alternatives_of_an_argument(key: str, value: Any, expected: list[Any]) -> None:
+    assert alternatives(key, value, ndim=2) == expected
+
+
+def _softplus(sigmoid_of_beta_x: bool) -> Any:
+    class Softplus(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+            ctx.save_for_backward(x)
+            ctx.beta = beta
+            return F.softplus(x, beta)
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+            (x,) = ctx.saved_tensors
+            scale = ctx.beta if sigmoid_of_beta_x else 1.0  # the bug: sigmoid(x) always
+            return g * torch.sigmoid(scale * x), None
+
+    return Softplus
+
+
+def softplus_reference(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    return F.softplus(x, beta)
+
+
+def _failing(result: OpResult) -> set[str]:
+    return {g.check for g in result.groups for s in g.tensors if s.status in ("fail", "error")}
+
+
+def _skipped(result: OpResult) -> dict[str, str]:
+    return {
+        g.check: s.errors[0] if s.errors else (g.skipped or "")
+        for g in result.groups
+        for s in g.tensors
+        if s.status == "skipped"
+    }
+
+
+ONE = {"dtypes": ["float64", "float32"], "raise_on_failure": False}
+PLAIN = {"sizes": False, "leading": 0, "layouts": False, "long": False}
+
+
+def test_a_bug_behind_a_float_argument_is_red_only_at_that_argument() -> None:
+    inputs = {"x": (8, 16)}
+    good = check_op(_softplus(True), softplus_reference, inputs=inputs, **ONE)
+    bad = check_op(_softplus(False), softplus_reference, inputs=inputs, **ONE)
+    assert good.ok and "variant:beta=0.5" in {g.check for g in good.groups}
+    assert _failing(bad) == {"variant:beta=0.5"}
+
+
+def _sum_or_mean(divides_always: bool) -> Any:
+    def candidate(x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        total = (x * x).sum()
+        if divides_always or reduction == "mean":  # the bug: 'sum' divided by n too
+            return total / x.numel()
+        return total if reduction == "sum" else x * x
+
+    return candidate
+
+
+def squares(x: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.mse_loss(x, torch.zeros_like(x), reduction=reduction)
+
+
+def test_a_bug_behind_a_string_argument_is_red_only_at_that_value() -> None:
+    good = check_op(_sum_or_mean(False), squares, inputs={"x": (4, 5)}, variants=PLAIN, **ONE)
+    bad = check_op(_sum_or_mean(True), squares, inputs={"x": (4, 5)}, variants=PLAIN, **ONE)
+    assert good.ok, good.overview()
+    assert _failing(bad) == {"variant:reduction=sum", "variant:reduction=none"}
+
+
+def test_a_reference_that_is_not_deterministic_at_a_derived_value_is_not_applicable() -> None:
+    def dropout(x: torch.Tensor, p: float = 0.0) -> torch.Tensor:
+        return F.dropout(x, p)
+
+    result = check_op(dropout, dropout, inputs={"x": (4, 5)}, variants=PLAIN, **ONE)
+    assert result.ok
+    why = _skipped(result)["variant:p=0.5"]
+    assert "not deterministic at variant p=0.5" in why and "exclude: [p=0.5]" in why
+
+
+def test_a_reference_not_finite_at_a_derived_value_is_not_applicable() -> None:
+    def per_item(x: torch.Tensor, count: int = -1) -> torch.Tensor:
+        return x.sum(-1) / count
+
+    result = check_op(per_item, per_item, inputs={"x": (4, 5)}, variants=PLAIN, **ONE)
+    assert result.ok
+    assert "outputs are not finite at variant count=0" in _skipped(result)["variant:count=0"]
+
+
+def test_a_long_dim_the_op_does_not_reduce_is_not_applicable_and_costs_no_memory() -> None:
+    """M and N are both 8, so one dim: at 16384 the product would be 16384 x 16384 (2 GB in
+    float64); the reference on the meta device says so before anything is allocated."""
+
+    def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a, b)
+
+    result = check_op(
+        bmm, torch.bmm, inputs={"a": (2, 8, 4), "b": (2, 4, 8)},
+        dtypes=["bfloat16"], raise_on_failure=False,
+    )  # fmt: skip
+    assert result.ok
+    why = _skipped(result)["variant:a.1=16384"]
+    assert "gives an output of 268435456 elements (its long dim is not reduced)" in why
+    shapes = {g.check for g in result.groups if g.check.endswith("=16384")}
+    assert {"variant:a.0=16384", "variant:a.2=16384"} <= shapes  # the batch and K dims ran
