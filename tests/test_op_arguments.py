@@ -68,8 +68,8 @@ def _skipped(result: OpResult) -> dict[str, str]:
     }
 
 
-ONE = {"dtypes": ["float64", "float32"], "raise_on_failure": False}
-PLAIN = {"sizes": False, "leading": 0, "layouts": False, "long": False}
+ONE: dict[str, Any] = {"dtypes": ["float64", "float32"], "raise_on_failure": False}
+PLAIN: dict[str, Any] = {"sizes": False, "leading": 0, "layouts": False, "long": False}
 
 
 def test_a_bug_behind_a_float_argument_is_red_only_at_that_argument() -> None:
