@@ -117,7 +117,7 @@ def test_a_reference_not_finite_at_a_derived_value_is_not_applicable() -> None:
 
     result = check_op(per_item, per_item, inputs={"x": (4, 5)}, variants=PLAIN, **ONE)
     assert result.ok
-    assert "outputs are not finite at variant count=0" in _skipped(result)["variant:count=0"]
+    assert "results are not finite at variant count=0" in _skipped(result)["variant:count=0"]
 
 
 def test_a_long_dim_the_op_does_not_reduce_is_not_applicable_and_costs_no_memory() -> None:
@@ -136,3 +136,68 @@ def test_a_long_dim_the_op_does_not_reduce_is_not_applicable_and_costs_no_memory
     assert "gives an output of 268435456 elements (its long dim is not reduced)" in why
     shapes = {g.check for g in result.groups if g.check.endswith("=16384")}
     assert {"variant:a.0=16384", "variant:a.2=16384"} <= shapes  # the batch and K dims ran
+
+
+def _cumprod(divides: bool) -> Any:
+    class CumProd(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cumprod(x, -1)
+            ctx.save_for_backward(x, y)
+            return y
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            x: torch.Tensor
+            y: torch.Tensor
+            x, y = ctx.saved_tensors
+            if divides:  # the bug: d y_k / d x_i = y_k / x_i, inf/NaN at an exact zero
+                return (g * y).flip(-1).cumsum(-1).flip(-1) / x
+            n = x.shape[-1]
+            grads = []
+            for i in range(n):
+                others = torch.cat(
+                    [x[..., :i], torch.ones_like(x[..., i : i + 1]), x[..., i + 1 :]], -1
+                )
+                grads.append((g * torch.cumprod(others, -1))[..., i:].sum(-1))
+            return torch.stack(grads, -1)
+
+    return CumProd
+
+
+def cumprod_reference(x: torch.Tensor) -> torch.Tensor:
+    return torch.cumprod(x, -1)
+
+
+def test_a_backward_that_divides_by_an_input_is_red_only_at_exact_zeros() -> None:
+    inputs = {"x": (3, 6)}
+    good = check_op(_cumprod(False), cumprod_reference, inputs=inputs, **ONE)
+    bad = check_op(_cumprod(True), cumprod_reference, inputs=inputs, **ONE)
+    assert good.ok, good.overview()
+    assert _failing(bad) == {"variant:zeros"}
+    (row,) = [s for g in bad.groups if g.check == "variant:zeros" and g.dtype == "float32"
+              for s in g.tensors if s.status == "fail"]  # fmt: skip
+    assert row.tensor == "grad.x" and row.tol.describe() == "finite (where the reference is)"
+
+
+def test_another_subgradient_at_a_kink_is_not_blamed_at_exact_zeros() -> None:
+    """relu'(0): torch takes 0; a hand-written `x >= 0` takes 1. Both are right."""
+
+    class Relu(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            x: torch.Tensor = ctx.saved_tensors[0]
+            return g * (x >= 0)
+
+    result = check_op(Relu, torch.relu, inputs={"x": (4, 8)}, **ONE)
+    assert result.ok and "variant:zeros" in {g.check for g in result.groups}
+
+
+def test_zeros_where_the_reference_itself_is_not_finite_are_not_applicable() -> None:
+    result = check_op(torch.log, torch.log, inputs={"x": (4, 8)}, variants=PLAIN, **ONE)
+    assert "results are not finite at variant zeros" in _skipped(result)["variant:zeros"]

@@ -68,7 +68,7 @@ def test_upstream_gradients_are_random_never_ones() -> None:
         assert g.std() > 0.5 and not torch.all(g == 1)
 
 
-LONG = Variants(sizes=False, leading=0, layouts=False, arguments=False)
+LONG = Variants(sizes=False, leading=0, layouts=False, arguments=False, zeros=False)
 
 
 def test_derived_variants_and_their_shapes() -> None:
@@ -87,6 +87,7 @@ def test_derived_variants_and_their_shapes() -> None:
         "expanded",
         "large",
         "tiny",
+        "zeros",  # a quarter of the float inputs exactly zero, compared for finiteness
         "N=16384",  # long reductions, half types: the other dims halved to fit 32k elements
         "D=16384",
     ]
@@ -111,7 +112,7 @@ def test_derived_variants_and_their_shapes() -> None:
     listed = derive(
         inputs,
         {"N": 4, "D": 8},
-        Variants(sizes=False, leading=0, layouts=False, shapes=[{"x": [3, 5]}]),
+        Variants(sizes=False, leading=0, layouts=False, zeros=False, shapes=[{"x": [3, 5]}]),
         0,
     )
     assert [(v.name, v.shapes) for v in listed][1] == ("shapes0", {"x": (3, 5), "w": (5,)})
@@ -510,7 +511,8 @@ def test_argument_alternatives_declared_in_variants_run_and_can_be_turned_off() 
     inputs = {"x": (4, 6)}
     result = check_op(
         rmsnorm, rmsnorm_reference, inputs={"x": (4, 8), "weight": (8,)}, args={"eps": 1e-6},
-        variants={"args": {"eps": [0.5]}, "sizes": False, "layouts": False, "leading": 0},
+        variants={"args": {"eps": [0.5]}, "sizes": False, "layouts": False, "leading": 0,
+                  "zeros": False},
     )  # fmt: skip
     assert {g.check for g in result.groups} == {"variant:base", "variant:eps=0.5"}
     off = check_op(log_softmax, log_softmax_reference, inputs=inputs, variants={"arguments": False})
@@ -556,4 +558,4 @@ def test_check_op_isolated_keeps_going_past_a_candidate_that_kills_its_process()
     for check, status, error in rows:
         if check in crashed:
             assert status == "error" and "was killed by SIGSEGV" in error, error
-    assert len({c for c, _, _ in rows}) == 11  # every variant reported
+    assert len({c for c, _, _ in rows}) == 12  # every variant reported

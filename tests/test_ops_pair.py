@@ -64,7 +64,7 @@ def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e
 def test_a_correct_pair_is_green_and_a_wrong_gradient_is_red(pair: dict[str, Any]) -> None:
     good = check_op((pair["forward"], pair["backward"]), reference, inputs=INPUTS)
     assert good.ok and good.plan is not None
-    assert good.plan.header.startswith("op forward + backward, 13 variants")
+    assert good.plan.header.startswith("op forward + backward, 14 variants")
     bad = check_op(
         (pair["forward"], pair["backward_half_db"]), reference, inputs=INPUTS,
         raise_on_failure=False,

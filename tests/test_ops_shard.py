@@ -130,11 +130,12 @@ def test_plan_shows_the_shard(tmp_path: Path) -> None:
     names = [c["check"] for c in whole["cases"] if c["dtype"] == "float64"]
     assert names[-2:] == ["micro_batch", "saved_tensors"] and names[0] == "variant:base"
     text = run_gradaudit("plan", RMSNORM, "--shard", "2/3").stdout
-    assert text.splitlines()[0].endswith("variants N=7, D=1, transposed, eps=0.5 (shard 2/3)")
+    shown = "variants N=7, D=1, transposed, zeros, D=16384 (shard 2/3)"
+    assert text.splitlines()[0].endswith(shown)
 
 
 def test_a_shard_with_no_cases_is_not_green(tmp_path: Path) -> None:
-    total = 14  # the spec has 13 cases per device and dtype
+    total = 15  # the spec has 14 cases per device and dtype
     result = run_gradaudit(
         "run", RMSNORM, "--shard", f"{total}/{total}", "--dtype", "float64",
         "--json", tmp_path / "r.json",
@@ -144,7 +145,7 @@ def test_a_shard_with_no_cases_is_not_green(tmp_path: Path) -> None:
     groups = json.loads((tmp_path / "r.json").read_text())["groups"]
     assert groups and all(g["skipped"].startswith("run by shard ") for g in groups)
     plan = run_gradaudit("plan", RMSNORM, "--shard", f"{total}/{total}")
-    assert "variants none (shard 14/14)" in plan.stdout.splitlines()[0]
+    assert "variants none (shard 15/15)" in plan.stdout.splitlines()[0]
 
 
 def test_a_bad_shard_is_a_usage_error() -> None:
@@ -164,8 +165,8 @@ def test_the_documented_sharding_commands_run(tmp_path: Path) -> None:
         result = run_gradaudit(*shlex.split(command)[1:], cwd=tmp_path)
         assert result.returncode == 0, command + "\n" + result.stdout + result.stderr
         outputs.append(result.stdout)
-    assert "variants N=7, D=1, transposed, eps=0.5 (shard 2/3)" in outputs[0]
-    assert outputs[-1].startswith("172 passed, 0 failed, 0 errors, 0 skipped")
+    assert "variants N=7, D=1, transposed, zeros, D=16384 (shard 2/3)" in outputs[0]
+    assert outputs[-1].startswith("184 passed, 0 failed, 0 errors, 0 skipped")
     merged = cases(tmp_path / "all.xml")
     assert merged and "skipped" not in merged.values()
     # each case ran in exactly one shard (that the merge is the unsharded run, verdict for

@@ -172,7 +172,8 @@ def test_a_number_is_not_a_string() -> None:
         ),
         (
             "tolerance: {mode: rtol}\n",
-            "4: tolerance.mode: Input should be 'auto', 'exact', 'allclose', 'baseline' or 'ulps'",
+            "4: tolerance.mode: Input should be 'auto', 'exact', 'allclose', 'baseline', 'ulps' "
+            "or 'finite'",
         ),
         ("batches: {split: test}\n", "4: batches.split: Input should be 'train' or 'val'"),
     ],

@@ -23,7 +23,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
 # The modes the tolerance module knows (gradaudit.tolerance.MODES); the schema lists them.
-Mode = Literal["auto", "exact", "allclose", "baseline", "ulps"]
+Mode = Literal["auto", "exact", "allclose", "baseline", "ulps", "finite"]
 
 
 class Strict(BaseModel):

@@ -69,6 +69,7 @@ class Variants(Strict):
     leading: Annotated[int, Field(ge=0, le=2)] = 2  # extra leading dims on batch inputs
     layouts: bool = True  # transposed, strided and expanded views (inputs and grads)
     extreme: bool = False  # inputs scaled by 1e3 and 1e-3
+    zeros: bool = True  # a quarter of the float inputs exactly zero: finite where it is
     shapes: list[dict[Identifier, list[Annotated[int, Field(ge=1)]]]] = Field(default_factory=list)
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # by name
     # non-tensor arguments (variants.alternatives): other dims and a tuple of two, each bool

@@ -113,9 +113,11 @@ def reference_outputs(
     masters: tuple[Any, Any],
     device: str,
     dtype: torch.dtype,
+    gradients: bool = False,
 ) -> list[torch.Tensor]:
-    """The reference's forward on one variant, built as a case builds it (no gradients):
-    the plan's probes (how many outputs; whether the reference takes the variant)."""
+    """The reference's forward on one variant, built as a case builds it, and with
+    `gradients` the gradients of <outputs, a random upstream> after them: the plan's probes
+    (how many outputs; whether the reference takes the variant; whether it is finite)."""
     assert audit.reference is not None
     master, reference_master = masters
     module = case_module(master, device, dtype)
@@ -123,7 +125,16 @@ def reference_outputs(
     reference = case_module(reference_master, device, dtype)
     inputs = make_inputs(audit, variant, drawn, dtype, device)
     call_params = None if reference is not None else params
-    return forward(audit.reference, reference, inputs, constants(audit.args, variant), call_params)
+    args = constants(audit.args, variant)
+    outputs = forward(audit.reference, reference, inputs, args, call_params)
+    if not gradients:
+        return outputs
+    ups = draw_upstream([tuple(o.shape) for o in outputs], variant)
+    wrt = wrt_of(audit, inputs, dict(reference.named_parameters()) if reference else params)
+    floats = [(o, u) for o, u in zip(outputs, ups, strict=True) if o.is_floating_point()]
+    return outputs + list(
+        backward([o for o, _ in floats], [u for _, u in floats], wrt, variant).values()
+    )
 
 
 def make_inputs(

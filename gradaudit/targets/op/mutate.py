@@ -7,7 +7,8 @@ a module candidate — after the engine obtained them and before comparison, on 
 case of every device and dtype (each variant plays the part of a batch: the mutant is killed
 when any variant fails it, and the systematic-error check folds over the variants). The
 comparison is the real one: the same reference, truth, tolerance and batch scale.
-Outputs and the invariance checks are not mutated (their cases still have to pass).
+Outputs, the invariance checks and the `zeros` variant (finiteness only) are not mutated
+(their cases still have to pass).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class OpMutation:
         from gradaudit.types import Batch, Forward
 
         device, dtype, index, variant = where
+        if variant.zeros:  # compared for finiteness only: a scaled gradient stays finite
+            return
         self.variants[index] = variant.name
         grads = [(n, c, r) for (n, c), r in zip(items, results, strict=True) if _grad(n)]
         if not grads:

@@ -28,6 +28,8 @@ from gradaudit.tolerance import Tol
 if TYPE_CHECKING:
     import torch
 
+FINITE = Tol("finite")  # the `zeros` variant: finite where the reference is, nothing more
+
 
 @dataclass(frozen=True)
 class OpSample:
@@ -121,6 +123,7 @@ class OpTarget:
                     found.append(
                         Skeleton(
                             device, dtype, check, names, (i,), skip, dtype,
+                            tol=FINITE if v.zeros else None,
                             rerun=("--variant", v.name), truth=truth,
                         )
                     )  # fmt: skip
@@ -154,7 +157,9 @@ class OpTarget:
                         f"(its long dim is not reduced); leave it out with variants: "
                         f"{{exclude: [{name}]}}"
                     )
-            first = reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
+            first = reference_outputs(
+                self.audit, variant, drawn, masters, "cpu", torch.float64, variant.zeros
+            )
             again = first
             if variant.args:  # a reference with randomness (`p=0.5`) differs run to run
                 again = reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
@@ -163,9 +168,10 @@ class OpTarget:
                 f"not applicable: the reference rejects variant {name} ({why(exc)}); "
                 f"leave it out with variants: {{exclude: [{name}]}}"
             )
-        if variant.args and not all(t.isfinite().all() for t in first if t.is_floating_point()):
+        finite = all(t.isfinite().all() for t in first if t.is_floating_point())
+        if (variant.args or variant.zeros) and not finite:
             return (
-                f"not applicable: the reference's outputs are not finite at variant {name}; "
+                f"not applicable: the reference's results are not finite at variant {name}; "
                 f"leave it out with variants: {{exclude: [{name}]}}"
             )
         if not all(map(_same, first, again)):

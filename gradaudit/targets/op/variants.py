@@ -42,6 +42,7 @@ class Variant:
     args: tuple[tuple[str, Any], ...] = ()  # non-tensor arguments this variant changes
     hit: tuple[tuple[str, int], ...] = ()  # integer inputs given this special value in places
     long: bool = False  # a long reduction: planned in bfloat16 and float16 only
+    zeros: bool = False  # a quarter of each float input exactly zero: compared for finiteness
 
 
 def variant_seed(seed: int, name: str) -> int:
@@ -131,6 +132,8 @@ def derive(
     if options.extreme:
         for name, scale in EXTREME.items():
             out.append(_make(name, seed, inputs, base_sizes, scale=scale))
+    if options.zeros and any(d.dtype == "float" for d in inputs.values()):
+        out.append(_make("zeros", seed, inputs, base_sizes, zeros=True))
     for i, shapes in enumerate(options.shapes):
         out.append(_explicit(f"shapes{i}", seed, inputs, base_sizes, shapes))
     if options.arguments:
@@ -329,6 +332,8 @@ def draw_inputs(inputs: Mapping[str, InputDecl], variant: Variant) -> dict[str, 
             values = values * decl.std + decl.mean
         if decl.dtype == "float" and variant.scale != 1.0:
             values = values * variant.scale
+        if decl.dtype == "float" and variant.zeros:  # every fourth entry, from the second
+            values.view(-1)[1::4] = 0.0
         for target, special in variant.hit:  # every third entry, the first among them
             if target == name and values.numel():
                 values.view(-1)[::3] = special
