@@ -65,7 +65,7 @@ class Variants(Strict):
     """Which input variants are derived from the declared shapes (see variants.py)."""
 
     sizes: bool = True  # each dimension at an odd prime size and at size 1
-    long: bool = True  # each dimension at up to 4096, in half types: low-precision accumulators
+    long: bool = True  # each dim at up to 16384, in bfloat16 (else float16): half accumulators
     leading: Annotated[int, Field(ge=0, le=2)] = 2  # extra leading dims on batch inputs
     layouts: bool = True  # transposed, strided and expanded views (inputs and grads)
     extreme: bool = False  # inputs scaled by 1e3 and 1e-3

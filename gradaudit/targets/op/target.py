@@ -111,11 +111,12 @@ class OpTarget:
         found = []
         checks = case_checks(self.audit)[len(self.audit.variants) :]
         truth = self.audit.reference is not None  # else finite differences are the truth
+        long_dtype = next((d for d in LONG_DTYPES if d in dtypes), None)
         for device in devices:
             absent = device_unavailable(device)
             for dtype in dtypes:
                 for i, v in enumerate(self.audit.variants):
-                    if v.long and dtype not in LONG_DTYPES:
+                    if v.long and dtype != long_dtype:
                         continue  # not planned: a long reduction is about half types
                     check = f"variant:{v.name}"
                     names = tuple(self.names.of(check))
