@@ -158,7 +158,7 @@ def test_dtypes_rerun_build_against_a_float64_truth() -> None:
     assert result["W", "float32"].tolerance.startswith("baseline")
 
 
-def test_the_float64_truth_may_come_after_the_dtypes_it_serves() -> None:
+def test_each_low_precision_case_has_its_own_truth_at_its_rounded_values() -> None:
     calls: list[torch.dtype] = []
 
     def counted(dtype: torch.dtype) -> tuple[Any, Any]:
@@ -167,7 +167,8 @@ def test_the_float64_truth_may_come_after_the_dtypes_it_serves() -> None:
 
     result = quiet(build=counted, dtypes=[torch.bfloat16, torch.float64])
     assert result.ok, result
-    assert calls == [torch.bfloat16, torch.float64]  # the float64 run is reused as the truth
+    # bfloat16, its truth (float64 at bfloat16's values: rounding.py), then float64 itself
+    assert calls == [torch.bfloat16, torch.float64, torch.float64]
 
 
 def test_dtypes_catch_a_bug_in_every_dtype() -> None:

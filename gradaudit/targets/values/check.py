@@ -6,7 +6,11 @@
 It asks autograd for dloss/dX, compares every manual gradient with gradaudit's comparison
 (a shape mismatch is an error, never broadcast away), prints the console table, and
 returns a `CheckResult`. With `build=fn(dtype)` and `dtypes=[...]` it re-runs the user's
-code per dtype, with a float64 run as the truth for the `baseline` rule.
+code per dtype, with a float64 run as the truth for the `baseline` rule; `batches=N` runs it
+N times, each under its own seed (torch's, Python's and numpy's global RNGs seeded with
+`seed + batch`, the same for every dtype of a batch, restored afterwards), so the
+systematic-error check has batches to judge. A truth run starts from its case's rounded
+values (rounding.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from gradaudit.results import GroupResult, RunSummary
 from gradaudit.spec import DTYPES, Tolerance
 from gradaudit.targets.values.pairs import Pair, by_name, by_prefix, is_gradient, list_names
 from gradaudit.targets.values.report import CheckResult, render, write_junit
+from gradaudit.targets.values.rounding import rounded_through, seeded
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +62,8 @@ def check(
     print_table: bool = True,
     dtypes: Sequence[torch.dtype | str] | None = None,
     build: Build | None = None,
+    batches: int = 1,
+    seed: int | None = None,
     name: str = "notebook",
     out: TextIO | None = None,
 ) -> CheckResult:
@@ -65,6 +72,8 @@ def check(
     tolerance: a mode ("exact", "allclose", "baseline", "auto"), a dict of `Tolerance`
     fields, or a Tolerance. Default: "auto" when `build` can give a float64 truth,
     else "allclose" with torch.testing's defaults for each tensor's dtype.
+    build: fn(dtype) -> (loss, tensors, grads) or (loss, namespace), run per dtype and
+    batch; batches: how many seeded runs (seed, default 0, is the first one's seed).
     Raises ValueError on bad usage; AssertionError on a failed audit if asked.
     """
     start = time.perf_counter()
@@ -74,29 +83,36 @@ def check(
         raise ValueError("dtypes= re-runs build(dtype): pass build= instead of loss")
     if loss is None and build is None:
         raise ValueError("give a loss (and tensors/grads or namespace=), or build=fn(dtype)")
+    if loss is not None and (batches != 1 or seed is not None):
+        raise ValueError("batches= and seed= re-run build(dtype): pass build= instead of loss")
+    if batches < 1:
+        raise ValueError(f"batches must be at least 1, got {batches}")
+    groups: dict[tuple[str, str], GroupResult] = {}
     if loss is not None:
         rows = list_names(tensors, sys._getframe(1))  # the caller's names for a list
-        cases = [_case(loss, tensors, grads, namespace, prefix, ignore, rows)]
+        case = _case(loss, tensors, grads, namespace, prefix, ignore, rows)
+        _reference(case)
+        if _needs_truth(case, spec_tol):
+            raise ValueError(
+                f"tolerance mode '{spec_tol.mode}' compares with a float64 truth: "
+                "pass build=fn(dtype) so gradaudit can run your code in float64"
+            )
+        _fold(groups, _compare(case, spec_tol, rules, {}))
     else:
         assert build is not None
-        cases = [_built(build, d, prefix, ignore) for d in _dtype_names(dtypes)]
-    for case in cases:
-        _reference(case)
-    truth_case: _Case | None = next((c for c in cases if c.asked == TRUTH), None)
+        for b in range(batches):
+            batch_seed = (seed or 0) + b
+            for dtype in _dtype_names(dtypes):
+                case = _built(build, dtype, prefix, ignore, batch_seed)
+                truth: dict[str, torch.Tensor] = {}
+                if _needs_truth(case, spec_tol):
+                    truth = case.references
+                    if dtype != TRUTH:  # at the case's own (rounded) values
+                        truth = _built(build, TRUTH, prefix, ignore, batch_seed, dtype).references
+                _fold(groups, _compare(case, spec_tol, rules, truth, b, batch_seed))
     summary = RunSummary()
-    for case in cases:
-        needs_truth = _needs_truth(case, spec_tol)
-        if needs_truth and truth_case is None:
-            if build is None:
-                raise ValueError(
-                    f"tolerance mode '{spec_tol.mode}' compares with a float64 truth: "
-                    "pass build=fn(dtype) so gradaudit can run your code in float64"
-                )
-            truth_case = _built(build, TRUTH, prefix, ignore)
-            _reference(truth_case)
-        truth = truth_case.references if needs_truth and truth_case else {}
-        for group in _compare(case, spec_tol, rules, truth):
-            summary.add(group)
+    for group in groups.values():
+        summary.add(group)
     result = CheckResult(summary, render(summary, time.perf_counter() - start))
     if print_table:
         print(result.table, file=out or sys.stdout)
@@ -129,11 +145,21 @@ def _dtype_names(dtypes: Sequence[torch.dtype | str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _built(build: Build, dtype: str, prefix: str, ignore: Sequence[str]) -> _Case:
-    """Run build(dtype) and pair what it returned; tensors in another dtype are errors."""
+def _built(
+    build: Build,
+    dtype: str,
+    prefix: str,
+    ignore: Sequence[str],
+    seed: int,
+    rounded: str | None = None,
+) -> _Case:
+    """Run build(dtype) under `seed` (the truth: rounded through the case's dtype, see
+    rounding.py), pair what it returned and take autograd's gradients; tensors in another
+    dtype are errors."""
     import torch
 
-    made = build(getattr(torch, dtype))
+    with seeded(seed), rounded_through(getattr(torch, rounded) if rounded else None):
+        made = build(getattr(torch, dtype))
     if isinstance(made, tuple) and len(made) == 3:
         case = _case(made[0], made[1], made[2], None, prefix, ignore)
     elif isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], Mapping):
@@ -148,7 +174,23 @@ def _built(build: Build, dtype: str, prefix: str, ignore: Sequence[str]) -> _Cas
                 f"build({dtype}) gave '{pair.name}' in {str(got).removeprefix('torch.')}: "
                 f"it would not test {dtype}"
             )
+    _reference(case)
     return case
+
+
+def _fold(groups: dict[tuple[str, str], GroupResult], found: list[GroupResult]) -> None:
+    """One batch's groups into the run's: a tensor's batches into one summary."""
+    for group in found:
+        key = (group.device, group.dtype)
+        if key not in groups:
+            groups[key] = group
+            continue
+        mine = {t.tensor: t for t in groups[key].tensors}
+        for summary in group.tensors:
+            if summary.tensor in mine:
+                mine[summary.tensor].merge(summary)
+            else:
+                groups[key].tensors.append(summary)
 
 
 def _case(
@@ -247,7 +289,12 @@ def _manual(name: str, grad: Any, device: torch.device) -> tuple[Any, str | None
 
 
 def _compare(
-    case: _Case, spec: Tolerance, rules: post.Rules, truth: dict[str, torch.Tensor]
+    case: _Case,
+    spec: Tolerance,
+    rules: post.Rules,
+    truth: dict[str, torch.Tensor],
+    batch: int = 0,
+    seed: int = 0,
 ) -> list[GroupResult]:
     """Every pair of one case, grouped by (device, dtype) of autograd's gradient."""
     groups: dict[tuple[str, str], GroupResult] = {}
@@ -271,7 +318,7 @@ def _compare(
     scale = max((float(t.abs().max()) for t in truth.values() if t.numel()), default=0.0)
     results = check_all([c for _, c in ready], scale)
     for (summary, _), result in zip(ready, results, strict=True):
-        summary.add(result, 0, 0)
+        summary.add(result, batch, seed)
     return list(groups.values())
 
 
