@@ -66,6 +66,13 @@ SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SE
 COLOR = click.option(
     "--color/--no-color", default=None, help="Default: on a terminal, unless NO_COLOR."
 )
+TIMEOUT = click.option(
+    "--timeout",
+    type=float,
+    callback=_timeout,
+    metavar="SECONDS",
+    help="Per-case limit: a batch that runs longer is an error, and the run moves on.",
+)
 THREADS = click.option(
     "--threads",
     type=click.IntRange(min=0),
@@ -118,13 +125,7 @@ def cli(ctx: click.Context) -> None:
     metavar="PATH",
     help="Also write the report as one self-contained HTML page here.",
 )
-@click.option(
-    "--timeout",
-    type=float,
-    callback=_timeout,
-    metavar="SECONDS",
-    help="Per-case limit: a batch that runs longer is an error, and the run moves on.",
-)
+@TIMEOUT
 @SETS
 @THREADS
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary line.")
@@ -234,6 +235,7 @@ def plan_command(
     help="Exit 1 when a device/dtype's mutation score is under PCT percent.",
 )
 @SETS
+@TIMEOUT
 @THREADS
 @COLOR
 def mutate_command(
@@ -244,6 +246,7 @@ def mutate_command(
     fail_on_survivor: bool,
     min_score: float | None,
     sets: tuple[str, ...],
+    timeout: float | None,
     threads: int | None,
     color: bool | None,
 ) -> None:
@@ -256,6 +259,7 @@ def mutate_command(
         devices=devices,
         dtypes=dtypes,
         sets=sets,
+        timeout=timeout,
         color=tty if color is None else color,
         threads=threads,
     )

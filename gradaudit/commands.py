@@ -315,10 +315,16 @@ def mutate(spec_path: str, options: RunOptions, gate: Gate) -> int:
     start = time.perf_counter()
     loaded = load_spec(spec_path, options.sets)
     check_inputs(spec_path, options, loaded)
+    if options.junit_xml:  # never an old report, whatever happens next
+        mutation.write_not_green(options.junit_xml, loaded, "gradaudit mutate did not finish")
     supervisor = Supervisor(job_of(spec_path, options, "mutate"))
     outcome = supervisor.run()
     if outcome.fold is None or outcome.plan is None:
-        return _fail_to_start(outcome, _not_started(outcome))
+        cause = _not_started(outcome)
+        if options.junit_xml:
+            reason = f"the run could not start: {outcome.failure() or cause}"
+            mutation.write_not_green(options.junit_xml, loaded, reason)
+        return _fail_to_start(outcome, cause)
     summary = verdict(outcome)
     why = mutation.not_green(summary)
     if why is not None:

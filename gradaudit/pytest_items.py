@@ -41,14 +41,15 @@ def verdict(summary: TensorSummary, rerun: str = "") -> tuple[str, str]:
 class SpecAudit:
     """One spec in a pytest process: planned at collection, run pass by pass."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
         from gradaudit.run.executor import Job
         from gradaudit.run.supervisor import Supervisor
         from gradaudit.spec import load_spec
 
         self.path = path
+        self.timeout = timeout  # seconds a batch may take (--gradaudit-timeout)
         self.loaded = load_spec(path)
-        outcome = Supervisor(Job(str(path), mode="plan")).run()
+        outcome = Supervisor(Job(str(path), mode="plan", timeout=timeout)).run()
         if outcome.plan is None:
             reason = outcome.failed.message if outcome.failed else outcome.stopped
             raise GradauditError(f"{path}: the spec could not be planned: {reason}")
@@ -71,7 +72,7 @@ class SpecAudit:
         from gradaudit.run.supervisor import Supervisor
 
         cases = tuple(c.key for c in self.plan.cases if c.pass_key == key)
-        job = Job(str(self.path), mode="run", cases=cases)
+        job = Job(str(self.path), mode="run", cases=cases, timeout=self.timeout)
         outcome = Supervisor(job).run()
         if outcome.fold is None or outcome.failed is not None:
             why = outcome.failed.message if outcome.failed else outcome.stopped
@@ -100,11 +101,12 @@ class Store:
     """Spec audits of one pytest session, by resolved path."""
 
     specs: dict[Path, SpecAudit] = field(default_factory=dict)
+    timeout: float | None = None
 
     def get(self, path: str | Path) -> SpecAudit:
         resolved = Path(path).resolve()
         if resolved not in self.specs:
-            self.specs[resolved] = SpecAudit(Path(path))
+            self.specs[resolved] = SpecAudit(Path(path), self.timeout)
         return self.specs[resolved]
 
 

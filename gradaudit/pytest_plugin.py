@@ -39,6 +39,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="args",
         default=[],
     )
+    parser.addini(
+        "gradaudit_timeout",
+        "seconds a batch of a collected spec may take, as `gradaudit run --timeout`",
+        default="",
+    )
+    parser.addoption(
+        "--gradaudit-timeout",
+        type=float,
+        default=None,
+        help="seconds a batch of a collected gradaudit spec may take (as gradaudit run "
+        "--timeout); overrides the gradaudit_timeout ini value",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,8 +63,22 @@ def store(config: pytest.Config) -> Store:
     if found is None:
         from gradaudit.pytest_items import Store
 
-        found = config.stash[_STORE] = Store()
+        found = config.stash[_STORE] = Store(timeout=_timeout(config))
     return found
+
+
+def _timeout(config: pytest.Config) -> float | None:
+    """--gradaudit-timeout, else the gradaudit_timeout ini value; None: no limit."""
+    value: float | None = config.getoption("gradaudit_timeout")
+    if value is None:
+        text = str(config.getini("gradaudit_timeout") or "").strip()
+        try:
+            value = float(text) if text else None
+        except ValueError:
+            raise pytest.UsageError(f"gradaudit_timeout: not a number: {text!r}") from None
+    if value is not None and not (0.0 < value < float("inf")):
+        raise pytest.UsageError(f"gradaudit timeout: expected seconds above 0, got {value}")
+    return value
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
