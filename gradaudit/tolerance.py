@@ -97,6 +97,7 @@ class Rule:
     batch: bool = False  # counts ULPs of the batch's largest gradient, so needs that scale
     floor: bool = False  # its floor_ulps stand for summation-order noise (mutation's unit)
     has_truth: Callable[[str], bool] = lambda dtype: False  # a systematic check's truth
+    estimate: bool = False  # allows for an estimate of autograd's own error (no truth)
     without_truth: str | None = None  # the mode where the truth is no autograd run
 
 
@@ -119,6 +120,14 @@ def _baseline_allowed(tol: Tol, scale: float, reference_error: float, batch: flo
         + tol.floor_ulps * tol.eps * floor
         + max(0.0, CANCEL_K - tol.k) * excess
     )
+
+
+def _cancellation(tol: Tol, scale: float, reference_error: float) -> float:
+    """ulps' allowance for autograd's own error where it is estimated (Comparison.noise; 0
+    elsewhere): k x the error, and CANCEL_K x what of it exceeds CANCEL_ULPS ULPs of the
+    tensor's scale, as baseline takes its measured one."""
+    excess = max(0.0, reference_error - CANCEL_ULPS * tol.eps * scale)
+    return tol.k * reference_error + max(0.0, CANCEL_K - tol.k) * excess
 
 
 def _baseline_explain(tol: Tol, allowed: float, reference_error: float) -> str:
@@ -160,6 +169,7 @@ MODES: dict[str, Rule] = {
     "ulps": Rule(
         allowed=lambda tol, scale, error, batch: (
             tol.eps * (tol.floor_ulps * scale + tol.batch_ulps * batch)
+            + _cancellation(tol, scale, error)
         ),
         describe=lambda tol: (
             f"ulps {_g(tol.floor_ulps)} own + {_g(tol.batch_ulps)} batch{_bias(tol)}"
@@ -167,9 +177,11 @@ MODES: dict[str, Rule] = {
         explain=lambda tol, allowed, error: (
             f"allowed {allowed:.3g} = {tol.floor_ulps:g} ULPs of the tensor's largest entry + "
             f"{tol.batch_ulps:g} ULPs of the batch's largest gradient"
+            + (f" + room for autograd's own error, estimated at {error:.3g}" if error else "")
         ),
         compared_with="float64 autograd",
         batch=True,
+        estimate=True,
         floor=True,
         has_truth=lambda dtype: True,
         without_truth="allclose",
@@ -219,6 +231,12 @@ class Tol:
     def needs_batch_scale(self) -> bool:
         """Whether the allowance counts ULPs of the batch's largest gradient."""
         return self.rule.batch
+
+    @property
+    def takes_estimate(self) -> bool:
+        """Whether the allowance has room for an estimate of autograd's own error
+        (Comparison.noise), having no truth to measure it."""
+        return self.rule.estimate
 
     @property
     def resolution_ulps(self) -> float:

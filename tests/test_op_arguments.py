@@ -201,3 +201,57 @@ def test_another_subgradient_at_a_kink_is_not_blamed_at_exact_zeros() -> None:
 def test_zeros_where_the_reference_itself_is_not_finite_are_not_applicable() -> None:
     result = check_op(torch.log, torch.log, inputs={"x": (4, 8)}, variants=PLAIN, **ONE)
     assert "results are not finite at variant zeros" in _skipped(result)["variant:zeros"]
+
+
+class LayerNorm(torch.autograd.Function):
+    """The textbook hand-written LayerNorm: at D = 1 every gradient but the bias's is 0."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+    ) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+        xhat = (x - mean) * rstd
+        ctx.save_for_backward(xhat, rstd, weight)
+        return xhat * weight + bias
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xhat: torch.Tensor
+        rstd: torch.Tensor
+        weight: torch.Tensor
+        xhat, rstd, weight = ctx.saved_tensors
+        gx = g * weight
+        dx = rstd * (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True))
+        rows = tuple(range(g.dim() - 1))
+        return dx, (g * xhat).sum(rows), g.sum(rows), None
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def test_a_correct_layer_norm_is_green_in_float64_at_d_1() -> None:
+    """torch's float64 gradients at D = 1 are rounding noise amplified by 1/sqrt(eps) (4e-14
+    to 1e-13 where the truth and the candidate are 0), past a fixed ULP floor in 14 of 20
+    seeds; the float64 allowance has room for the reference's own error, estimated from its
+    float32 run and from a run on inputs one ULP away. A wrong bias gradient stays red."""
+    inputs = {"x": (8, 16), "weight": (16,), "bias": (16,)}
+    for seed in range(20):
+        result = check_op(LayerNorm, layer_norm, inputs=inputs, dtypes=["float64"],
+                          variants=["x.1=1"], seed=seed, raise_on_failure=False)  # fmt: skip
+        assert result.ok, result.overview()
+
+    class WrongBias(LayerNorm):
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+            dx, dw, db, none = LayerNorm.backward(ctx, g)
+            assert db is not None
+            return dx, dw, db * (1 + 1e-9), none
+
+    wrong = check_op(WrongBias, layer_norm, inputs=inputs, dtypes=["float64"],
+                     variants=["x.1=1"], raise_on_failure=False)  # fmt: skip
+    assert _failing(wrong) == {"variant:x.1=1"}

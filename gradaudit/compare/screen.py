@@ -254,7 +254,7 @@ def _settle(
     tol = item.tol
     baseline = tol.needs_truth
     diff, own = row[layout.row["diff"]], row[layout.row["magnitude"]]
-    error = row[layout.row["gap"]] if baseline else 0.0
+    error = row[layout.row["gap"]] if baseline else item.noise
     cross, reference_cross, square = row[layout.reduced :] or [0.0, 0.0, 0.0]
     needed = (
         (diff, own, error, square, cross, reference_cross) if tol.systematic else (diff, own, error)

@@ -34,6 +34,7 @@ from gradaudit.targets.op.fd import finite_differences
 from gradaudit.targets.op.shard import TensorNames
 from gradaudit.targets.op.share import Shared
 from gradaudit.targets.op.variants import Variant
+from gradaudit.tolerance import EPS
 
 if TYPE_CHECKING:
     import torch
@@ -174,6 +175,14 @@ def _compare(
             return differentiate(run, grads64, variant, "reference", rounded_from=dtype)
 
         truth = shared.truth(device, variant, str(dtype).removeprefix("torch."), compute)
+    noise: dict[str, float] = {}
+    if dtype == torch.float64 and any(t.takes_estimate for t in tols.values()):
+        nudged = {k: _nudged(v, variant.seed) for k, v in drawn.items()}
+        sides = [
+            lambda: _side(audit, variant, drawn, device, torch.float32, masters[1], params, args),
+            lambda: _side(audit, variant, nudged, device, dtype, masters[1], params, args),
+        ]
+        noise = _noise(ref, sides, grads64, variant)
     items: list[tuple[str, Comparison]] = []
     for i, name in enumerate(names):
         manual, reference = outs[i].detach(), ref.outputs[i].detach()
@@ -182,12 +191,60 @@ def _compare(
             continue
         t = tols[name]
         exact = truth.outputs[i].detach() if truth and t.needs_truth else None
-        items.append((name, Comparison(manual, reference, t, exact)))
+        items.append((name, Comparison(manual, reference, t, exact, noise.get(name, 0.0))))
     for name, grad in cand.grads.items():
         t = tols[name]
         exact = truth.grads[name] if truth and t.needs_truth else None
-        items.append((name, Comparison(grad, ref.grads[name], t, exact)))
+        items.append((name, Comparison(grad, ref.grads[name], t, exact, noise.get(name, 0.0))))
     return items
+
+
+def _noise(
+    ref: Run,
+    sides: Sequence[Callable[[], Run]],
+    grads64: Sequence[torch.Tensor | None],
+    variant: Variant,
+) -> dict[str, float]:
+    """Per tensor, an estimate of the float64 reference's own rounding error, the larger of
+    two: the float32 reference's error (max |float32 - float64| over finite entries, on the
+    same inputs) times eps64 / eps32, since rounding errors scale with epsilon; and how far
+    the float64 reference moves when every input moves by one ULP, its rounding noise made
+    visible. A LayerNorm at D = 1 divides its rounding noise by sqrt(eps): torch's float64
+    gradient is 4e-14 where the truth is 0, past a fixed ULP floor. A side that fails
+    gives no estimate."""
+    import torch
+
+    names = output_names(len(ref.outputs))
+    found: dict[str, float] = {}
+    for k, side in enumerate(sides):
+        scale = EPS["float64"] / EPS["float32"] if k == 0 else 1.0
+        try:
+            run = differentiate(side(), grads64, variant, "reference")
+        except Exception:
+            continue
+        pairs = [
+            (names[i], a, b) for i, (a, b) in enumerate(zip(run.outputs, ref.outputs, strict=True))
+        ]
+        pairs += [(n, run.grads[n], g) for n, g in ref.grads.items() if n in run.grads]
+        for name, other, mine in pairs:
+            if not (other.is_floating_point() and mine.is_floating_point()):
+                continue
+            gap = (other.detach().double() - mine.detach()).abs()
+            gap = gap[torch.isfinite(gap)]
+            if gap.numel():
+                found[name] = max(found.get(name, 0.0), float(gap.max()) * scale)
+    return found
+
+
+def _nudged(values: torch.Tensor, seed: int) -> torch.Tensor:
+    """Floating values each moved by one ULP up or down (seeded); others as they are."""
+    import torch
+
+    if not values.is_floating_point():
+        return values
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, values.shape, generator=gen, dtype=values.dtype) * 2 - 1
+    return values * (1 + signs * EPS["float64"])
 
 
 def _side(
