@@ -70,6 +70,7 @@ class Variants(Strict):
     layouts: bool = True  # transposed, strided and expanded views (inputs and grads)
     extreme: bool = False  # inputs scaled by 1e3 and 1e-3
     zeros: bool = True  # a quarter of the float inputs exactly zero: finite where it is
+    opinfo: str | None = None  # torch's OpInfo samples of this entry (targets.op.opinfo)
     shapes: list[dict[Identifier, list[Annotated[int, Field(ge=1)]]]] = Field(default_factory=list)
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # by name
     # non-tensor arguments (variants.alternatives): other dims and a tuple of two, each bool

@@ -148,7 +148,12 @@ def check_op(
     cand = resolve(candidate, "check_op", "candidate")
     ref = None if reference is None else resolve(reference, "check_op", "reference")
     varied = varied_arguments(cand, ref, dict(args or {}), decls)
-    derived = derive(decls, dict(dims or {}), options, seed, varied)
+    extra = []
+    if options is not None and options.opinfo:
+        from gradaudit.targets.op.opinfo import opinfo_variants
+
+        extra = opinfo_variants(options.opinfo, decls, cand.signature_of, seed)
+    derived = derive(decls, dict(dims or {}), options, seed, varied, extra)
     if isinstance(variants, Sequence) and not isinstance(variants, str):
         everything = Variants(extreme=True)
         derived = select(derive(decls, dict(dims or {}), everything, seed, varied), list(variants))

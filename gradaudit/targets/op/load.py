@@ -8,7 +8,8 @@ from typing import Any
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.targets.op.call import OpAudit
 from gradaudit.targets.op.errors import OpSpecError
-from gradaudit.targets.op.resolve import named_ops, resolve, varied_arguments
+from gradaudit.targets.op.opinfo import opinfo_variants
+from gradaudit.targets.op.resolve import Callee, named_ops, resolve, varied_arguments
 from gradaudit.targets.op.variants import Variant, derive
 
 
@@ -51,7 +52,9 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
         candidate=candidate,
         reference=reference,
         inputs=dict(op.inputs),
-        variants=variants_of(loaded, varied_arguments(candidate, reference, op.args, op.inputs)),
+        variants=variants_of(
+            loaded, varied_arguments(candidate, reference, op.args, op.inputs), candidate
+        ),
         args=dict(op.args),
         init=dict(op.init),
         tolerance=spec.tolerance,
@@ -60,11 +63,18 @@ def audit_of(loaded: LoadedSpec) -> OpAudit:
     )
 
 
-def variants_of(loaded: LoadedSpec, arguments: dict[str, Any] | None = None) -> list[Variant]:
-    """The spec's variants; a bad `variants.exclude` names its line."""
+def variants_of(
+    loaded: LoadedSpec, arguments: dict[str, Any] | None = None, candidate: Callee | None = None
+) -> list[Variant]:
+    """The spec's variants (with OpInfo's samples where asked, given the candidate); a bad
+    `variants.exclude` or `variants.opinfo` names its line."""
     op, seed = loaded.spec.op, loaded.spec.seed
+    options = op.variant_options
     try:
-        return derive(op.inputs, op.dims, op.variant_options, seed, arguments)
+        extra = []
+        if options is not None and options.opinfo and candidate is not None:
+            extra = opinfo_variants(options.opinfo, op.inputs, candidate.signature_of, seed)
+        return derive(op.inputs, op.dims, options, seed, arguments, extra)
     except OpSpecError as exc:
         raise OpSpecError(f"{loaded.where('op', 'variants')}: op.{exc}") from None
 

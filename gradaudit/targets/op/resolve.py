@@ -26,6 +26,11 @@ class Callee:
     fn: Callable[..., Any]
     module_class: type | None = None  # set when `fn` is an nn.Module subclass
 
+    @property
+    def signature_of(self) -> Callable[..., Any]:
+        """What holds the call's parameters: the function, or the Module's forward."""
+        return self.fn if self.module_class is None else self.module_class.forward  # type: ignore[attr-defined]
+
 
 def resolve(
     ref: Any,

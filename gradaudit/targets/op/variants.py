@@ -45,6 +45,7 @@ class Variant:
     hit: tuple[tuple[str, int], ...] = ()  # integer inputs given this special value in places
     long: bool = False  # a long reduction: planned in one half dtype only (LONG_DTYPES)
     zeros: bool = False  # a quarter of each float input exactly zero: compared for finiteness
+    given: tuple[tuple[str, Any], ...] = ()  # inputs' values as given (OpInfo samples)
 
 
 def variant_seed(seed: int, name: str) -> int:
@@ -111,6 +112,7 @@ def derive(
     options: Variants | None,
     seed: int,
     arguments: Mapping[str, Any] | None = None,
+    extra: Sequence[Variant] = (),
 ) -> list[Variant]:
     """`base` (the shapes as declared) then the derived variants, in a fixed order.
     `arguments`: the op's non-tensor arguments that argument variants vary, with the value
@@ -146,6 +148,7 @@ def derive(
             out.append(_make(name, seed, inputs, base_sizes, args=((key, value),)))
     if options.long:
         out += _long_variants(seed, inputs, base_sizes)
+    out += extra  # OpInfo's samples (targets.op.opinfo)
     named = {v.name: v for v in reversed(out)}  # a name derived twice: its first variant
     return _without([v for v in out if named[v.name] is v], options.exclude)
 
@@ -314,7 +317,12 @@ def draw_inputs(inputs: Mapping[str, InputDecl], variant: Variant) -> dict[str, 
 
     gen = torch.Generator().manual_seed(variant.seed)
     drawn = {}
+    given = dict(variant.given)
     for name, decl in inputs.items():
+        if name in given:  # an OpInfo sample's own values, float64 for float inputs
+            value = given[name]
+            drawn[name] = value.double() if value.is_floating_point() else value.clone()
+            continue
         shape = _compact(variant.shapes[name], variant.layout)
         if decl.kind == "randint":
             high = decl.high
