@@ -45,6 +45,12 @@ class UsageError(GradauditError):
     """Command-line arguments that cannot work (bad --shard, a required device is absent)."""
 
 
+class DrawTimeout(GradauditError):
+    """Drawing the next sample ran past --timeout: the data cannot go on (exit 1)."""
+
+    exit_code = ExitCode.FAILED
+
+
 class CaseTimeout(BaseException):  # not an Exception: plugin error handlers must not eat it
     """A case ran past --timeout."""
 

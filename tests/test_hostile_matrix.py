@@ -62,7 +62,7 @@ def _red_report(path: Path) -> list[str]:
 def test_misbehaving_plugin_code_is_never_green(
     tmp_path: Path, place: str, act: str, mode: str
 ) -> None:
-    _never_green(tmp_path, place, act, mode)
+    _never_green(tmp_path, place, act, mode, "4")
 
 
 @pytest.mark.parametrize(
@@ -74,10 +74,10 @@ def test_two_corners_of_the_matrix_in_the_fast_suite(
 ) -> None:
     """pytest's --gradaudit-timeout stops a hang that ignores SIGALRM; mutate leaves its
     JUnit report even when the plugin ends the process at import."""
-    _never_green(tmp_path, place, act, mode)
+    _never_green(tmp_path, place, act, mode, "1")
 
 
-def _never_green(tmp_path: Path, place: str, act: str, mode: str) -> None:
+def _never_green(tmp_path: Path, place: str, act: str, mode: str, timeout: str) -> None:
     spec = tmp_path / "hostile.yaml"
     spec.write_text(yaml.safe_dump(_spec(place), sort_keys=False))
     env = {"HOSTILE_PLUGIN": f"{place}:{act}"}
@@ -88,13 +88,13 @@ def _never_green(tmp_path: Path, place: str, act: str, mode: str) -> None:
         os.environ["HOSTILE_PLUGIN"] = env["HOSTILE_PLUGIN"]
         try:
             done = run_pytest(
-                tmp_path, spec.name, "--junitxml", str(junit), "-q", "--gradaudit-timeout", "4"
+                tmp_path, spec.name, "--junitxml", str(junit), "-q", "--gradaudit-timeout", timeout
             )
         finally:
             del os.environ["HOSTILE_PLUGIN"]
         output = done.stdout + done.stderr
     else:
-        args: list[str | Path] = ["--junit-xml", junit, "--timeout", "4"]
+        args: list[str | Path] = ["--junit-xml", junit, "--timeout", timeout]
         done = run_gradaudit(mode, spec, *args, cwd=tmp_path, env=cli_env(env), timeout=120)
         output = done.stdout + done.stderr
     assert done.returncode != 0, output[-3000:]

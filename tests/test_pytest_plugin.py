@@ -195,9 +195,9 @@ def test_an_op_spec_is_one_item_per_tensor_check(pytester: pytest.Pytester) -> N
     wrong = {**op, "candidate": "gradaudit_ops.gallery:RMSNormWrongAxis.apply"}
     write(pytester.path, "wrong.yaml", {"name": "axis", "op": wrong, "dtypes": ["float64"]})
     result = pytester.runpytest_inprocess("good.yaml", "wrong.yaml", "-v")
-    # 10 variants, each out, grad.x and grad.weight, per spec; the wrong axis shows with
-    # extra leading dims only
-    result.assert_outcomes(passed=2 * 30 - 2, failed=2)
+    # 12 variants in float64 (the long ones run in bfloat16 only), each out, grad.x and
+    # grad.weight, per spec; the wrong axis shows with extra leading dims only
+    result.assert_outcomes(passed=2 * 36 - 2, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*good.yaml::grad.x?cpu-float64-variant:lead1? PASSED*",

@@ -6,11 +6,11 @@ in the caller's own process for the Python API.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from gradaudit.deadline import Deadline, deadline
-from gradaudit.errors import CaseTimeout
+from gradaudit.errors import CaseTimeout, DrawTimeout
 from gradaudit.plan import Plan, PlannedCase
 from gradaudit.run.events import At, CaseStarted, Event
 from gradaudit.targets import Context, Pass, Runnable
@@ -62,7 +62,7 @@ def _device(
         started.add(index)
         return [CaseStarted(c.key) for c in cases]
 
-    for sample in target.samples(_wanted(by_dtype)):
+    for sample in _drawn(target.samples(_wanted(by_dtype)), device, context.timeout):
         if sample.index <= after:
             continue
         linked.before(sample)
@@ -73,6 +73,27 @@ def _device(
             emit([*start(i, cases), *each.drain()])
     for i, (each, cases) in enumerate(passes):
         emit([*start(i, cases), *each.finish()])
+
+
+def _drawn(samples: Iterable[Any], device: str, timeout: float | None) -> Iterator[Any]:
+    """The samples, each drawn under the time limit: a data iterator that hangs between
+    batches is plugin code too. It cannot go on after that (a generator the limit
+    interrupted is closed): DrawTimeout, and every sample not drawn is reported not run."""
+    iterator = iter(samples)
+    while True:
+        limit = Deadline()
+        try:
+            with deadline(timeout, limit):
+                sample = next(iterator)
+        except StopIteration:
+            return
+        except CaseTimeout:
+            pass
+        if limit.expired:
+            raise DrawTimeout(
+                f"drawing the next sample on {device} timed out after {timeout:g}s (--timeout)"
+            )
+        yield sample
 
 
 def _step(each: Pass, sample: Any, timeout: float | None) -> None:

@@ -351,6 +351,15 @@ class Supervisor:
             if now - state.started > limit:
                 return f"loading the target took over {limit:g}s (10 x --timeout)"
             return None
+        silence = max(LOADING_LIMIT, 10 * timeout)
+        if now - state.last > silence:  # outside a sample: drawing data, building a pass
+            state.fatal = True  # it would hang there again: no restart
+            return (
+                f"no word from the process running plugin code for {silence:g}s (10 x "
+                f"--timeout) while it was between samples: plugin code hung there and "
+                f"ignored the time limit, so the process was stopped"
+                f"{_where(state, self.outcome.plan)}"
+            )
         grace = max(1.0, timeout / 2)
         if now - state.at_time > timeout + grace and state.at_time >= state.last - 1e-9:
             return (
