@@ -80,3 +80,19 @@ def test_batches_need_build() -> None:
         check((W * W).sum(), {"W": W}, {"W": 2 * W}, batches=2, print_table=False)
     with pytest.raises(ValueError, match="batches must be at least 1"):
         check(build=tanh_layer(0.0, []), batches=0, print_table=False)
+
+
+def test_an_op_given_dtype_inside_build_keeps_its_saved_output() -> None:
+    """softmax(..., dtype=dtype) saves its output for backward: the truth run must not
+    round that one in place (autograd would refuse the backward)."""
+
+    def build(dtype: torch.dtype) -> tuple[Any, Any, Any]:
+        W = torch.randn(4, 6).to(dtype).requires_grad_()
+        p = torch.softmax(W, -1, dtype=dtype)
+        with torch.no_grad():
+            g = 2 * p
+            dW = (p * (g - (g * p).sum(-1, keepdim=True))).to(dtype)
+        return (p * p).sum(), {"W": W}, {"W": dW}
+
+    result = check(build=build, dtypes=["bfloat16"], print_table=False)
+    assert result.ok, result.table
