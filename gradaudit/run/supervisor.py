@@ -48,6 +48,7 @@ from gradaudit.run.events import (
 )
 from gradaudit.run.executor import Job
 from gradaudit.run.fold import Fold
+from gradaudit.run.watch import WatchState, overdue, where_in
 
 # The executor's command: its sys.path as the `gradaudit` console script's (python -c, like
 # -m, would put the working directory first, where a source tree could shadow what is
@@ -55,7 +56,6 @@ from gradaudit.run.fold import Fold
 EXECUTOR = "import sys; sys.path.pop(0); from gradaudit.run.executor import main; main()"
 MAX_RESTARTS = 8  # executors started after the first, each only if the last got further
 POLL = 0.05
-LOADING_LIMIT = 10.0  # with --timeout: loading may take 10 times it, and at least this
 
 
 class Executor(Protocol):
@@ -173,7 +173,7 @@ class Supervisor:
     def _supervise(self) -> None:
         job, restarts, reason = self.job, 0, ""
         while True:
-            state = _State()
+            state = WatchState()
             ended = self._one(job, state)
             fold = self.outcome.fold
             if state.stopped is not None:
@@ -222,7 +222,7 @@ class Supervisor:
             if self.observer is not None:
                 self.observer.group(group)
 
-    def _one(self, job: Job, state: _State) -> str:
+    def _one(self, job: Job, state: WatchState) -> str:
         """One executor, from its start to its end: "finished", or why it ended."""
         read, write = os.pipe()
         try:
@@ -246,7 +246,7 @@ class Supervisor:
             self._kill()
             self.proc.wait()
 
-    def _watch(self, read: int, state: _State) -> str:
+    def _watch(self, read: int, state: WatchState) -> str:
         selector = selectors.DefaultSelector()
         selector.register(read, selectors.EVENT_READ)
         buffer = b""
@@ -273,7 +273,7 @@ class Supervisor:
                     return "finished"
                 if not open_ and self.proc is not None and self.proc.poll() is not None:
                     return self._death(state)
-                late = self._overdue(state)
+                late = overdue(state, self.job.timeout, self.outcome.plan)
                 if late:
                     self._kill()
                     return late
@@ -282,7 +282,7 @@ class Supervisor:
 
     # -- events ---------------------------------------------------------------------------
 
-    def _event(self, event: Event, state: _State) -> None:
+    def _event(self, event: Event, state: WatchState) -> None:
         state.last = time.monotonic()
         fold = self.outcome.fold
         if isinstance(event, Planned):
@@ -326,7 +326,7 @@ class Supervisor:
 
     # -- how an executor ended ------------------------------------------------------------
 
-    def _death(self, state: _State) -> str:
+    def _death(self, state: WatchState) -> str:
         assert self.proc is not None
         code = self.proc.returncode
         assert code is not None
@@ -336,38 +336,7 @@ class Supervisor:
             how = "exited (code 0) before it finished: plugin code ended it"
         else:
             how = f"exited with code {code}"
-        return f"the process running plugin code {how}{_where(state, self.outcome.plan)}"
-
-    def _overdue(self, state: _State) -> str | None:
-        """Why the executor must be stopped now (plugin code ignored the time limit), or
-        None. Only with --timeout: a sample may overrun it by its grace; loading (imports,
-        data, model) may take ten times it, and at least LOADING_LIMIT seconds."""
-        timeout = self.job.timeout
-        if timeout is None:
-            return None
-        now = time.monotonic()
-        if self.outcome.plan is None or state.at is None:
-            limit = max(LOADING_LIMIT, 10 * timeout)
-            if now - state.started > limit:
-                return f"loading the target took over {limit:g}s (10 x --timeout)"
-            return None
-        silence = max(LOADING_LIMIT, 10 * timeout)
-        if now - state.last > silence:  # outside a sample: drawing data, building a pass
-            state.fatal = True  # it would hang there again: no restart
-            return (
-                f"no word from the process running plugin code for {silence:g}s (10 x "
-                f"--timeout) while it was between samples: plugin code hung there and "
-                f"ignored the time limit, so the process was stopped"
-                f"{_where(state, self.outcome.plan)}"
-            )
-        grace = max(1.0, timeout / 2)
-        if now - state.at_time > timeout + grace and state.at_time >= state.last - 1e-9:
-            return (
-                f"timed out after {timeout:g}s (--timeout) and did not stop within "
-                f"{grace:g}s more: plugin code ignored the time limit, so the process "
-                f"running it was stopped{_where(state, self.outcome.plan)}"
-            )
-        return None
+        return f"the process running plugin code {how}{where_in(state, self.outcome.plan)}"
 
     def _kill(self) -> None:
         """SIGKILL the executor's whole session (torchrun and its ranks too)."""
@@ -375,31 +344,6 @@ class Supervisor:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-@dataclass
-class _State:
-    """What the supervisor knows of the executor it watches."""
-
-    started: float = 0.0
-    last: float = 0.0
-    at: tuple[str, int] | None = None  # (device, sample) in progress
-    dtype: str = ""  # of the pass in progress
-    at_time: float = 0.0
-    fatal: bool = False  # no restart: the executor broke the protocol
-    progress: bool = False  # it reached a sample, sent a result or ended a case
-    finished: bool = False
-    stopped: str | None = None  # the executor could go no further (Stopped), and why
-
-
-def _where(state: _State, plan: Plan | None) -> str:
-    if state.at is None:
-        return " while loading the spec's plugins, data or target" if plan is None else ""
-    device, sample = state.at
-    where = f"{device}/{state.dtype}" if state.dtype else device
-    if plan is not None and plan.sample_names and sample < len(plan.sample_names):
-        return f" during {where} variant {plan.sample_names[sample]}"
-    return f" during {where} batch {sample}"
 
 
 def _shape(plan: Plan) -> list[tuple[tuple[str, str, str], tuple[str, ...]]]:
