@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any
 
 import click
@@ -113,6 +114,10 @@ def run_command(
         paths = expand(specs)
     else:
         paths = list(specs)
+    from gradaudit.spec_set import with_function_specs
+
+    named = with_function_specs(paths)  # the op audits a model spec's functions: names
+    several, paths = several or len(named) > len(paths), named
     try:
         write_first(paths, junit_xml, json_path)  # before anything slow: no old green survives
         tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -159,10 +164,14 @@ def plan_command(
 ) -> None:
     """Print every check `run` would make, with tolerances and skip reasons; runs no batch."""
     from gradaudit import commands
+    from gradaudit.spec_set import with_function_specs
 
+    # as `gradaudit run SPEC` would run it: with the op specs its functions: names
+    alongside = tuple(str(Path(p).resolve()) for p in with_function_specs([spec]))
     options = commands.RunOptions(
-        devices=devices, dtypes=dtypes, shard=shard, batches=batches, variants=variants, sets=sets
-    )
+        devices=devices, dtypes=dtypes, shard=shard, batches=batches, variants=variants,
+        sets=sets, alongside=alongside,
+    )  # fmt: skip
     sys.exit(commands.plan(spec, options, as_json))
 
 

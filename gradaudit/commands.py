@@ -53,6 +53,7 @@ class RunOptions:
     sets: tuple[str, ...] = ()
     threads: int | None = None  # None: 1, unless OMP_NUM_THREADS says; 0: torch's default
     extra: dict[str, Any] = field(default_factory=dict)  # reporter plugins' options
+    alongside: tuple[str, ...] = ()  # the resolved paths of the other specs of this run
 
 
 def job_of(spec_path: str, options: RunOptions, mode: str = "run") -> Job:
@@ -69,6 +70,7 @@ def job_of(spec_path: str, options: RunOptions, mode: str = "run") -> Job:
         timeout=options.timeout,
         threads=options.threads,
         require_devices=options.require_devices,
+        alongside=options.alongside,
     )
 
 

@@ -60,6 +60,27 @@ def expand(arguments: Sequence[str]) -> list[str]:
     return found
 
 
+def with_function_specs(paths: Sequence[str]) -> list[str]:
+    """The specs named, each model spec followed by the op specs its `functions:` names
+    (those not named already), so the op audits that vouch for its custom Functions run
+    with it. A spec that cannot be read is left for loading to report."""
+    from gradaudit.spec.load import kind_of
+    from gradaudit.spec.yamlfile import read_mapping, read_spec_file
+
+    found = list(paths)
+    for path in paths:
+        try:
+            data, _ = read_mapping(read_spec_file(Path(path))[1], path)
+        except GradauditError:
+            continue
+        named = data.get("functions") if kind_of(data) in ("model", "sharded") else None
+        for relative in (named or {}).values() if isinstance(named, dict) else ():
+            op = Path(path).parent / str(relative)
+            if op.is_file() and not any(same_file(op, p) for p in found):
+                found.insert(found.index(path) + 1, str(op))
+    return found
+
+
 def run_set(specs: Sequence[str], options: RunOptions) -> int:
     """Run every spec; write the combined reports after each; print the closing table."""
     if options.batches or options.variants:
@@ -79,6 +100,9 @@ def run_set(specs: Sequence[str], options: RunOptions) -> int:
             write_placeholders(spec, xml, js, options.sets, reason=PENDING)
         ran: list[SpecRun] = []
         whole = Shard.parse(options.shard) if options.shard else None
+        options = dataclasses.replace(
+            options, alongside=tuple(str(Path(s).resolve()) for s in specs)
+        )
         try:
             _combine(options, parts, None)
             offset = 0

@@ -49,6 +49,7 @@ class Job:
     threads: int | None = None
     require_devices: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    alongside: tuple[str, ...] = ()  # the other specs of this run (LoadedSpec.alongside)
 
     def to_json(self) -> str:
         import json
@@ -60,7 +61,15 @@ class Job:
         import json
 
         data = json.loads(text)
-        for key in ("sets", "devices", "dtypes", "batches", "variants", "require_devices"):
+        for key in (
+            "sets",
+            "devices",
+            "dtypes",
+            "batches",
+            "variants",
+            "require_devices",
+            "alongside",
+        ):
             data[key] = tuple(data[key])
         if data["cases"] is not None:
             data["cases"] = tuple(tuple(c) for c in data["cases"])
@@ -108,6 +117,8 @@ def run_job(
     `own_process`: this is an executor process, whose environment is gradaudit's to set."""
     try:
         loaded = loaded or load_spec(job.spec, job.sets)
+        if job.alongside:
+            loaded = dataclasses.replace(loaded, alongside=job.alongside)
         devices = subset("--device", job.devices, loaded.spec.devices)
         dtypes = subset("--dtype", job.dtypes, loaded.spec.dtypes)
         facts = interpret_kernels(devices) if own_process else {}

@@ -96,6 +96,9 @@ class LoadedSpec:
     lines: dict[Loc, int] = field(default_factory=dict)
     sets: tuple[str, ...] = ()
     kind: str = "model"
+    # The resolved paths of the other specs this run runs too (a model spec's `functions:`
+    # op audits count only when they run beside it).
+    alongside: tuple[str, ...] = ()
 
     def line_of(self, *loc: str | int) -> int:
         """The line of a key in the file (1 when unknown), for annotations that point at it."""

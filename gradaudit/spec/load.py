@@ -89,8 +89,26 @@ def load_spec(path: str | Path, sets: tuple[str, ...] = ()) -> LoadedSpec:
     path = Path(path)
     raw, text = read_spec_file(path)
     spec, lines, kind = parse(text, str(path), sets)
+    if isinstance(spec, Spec):
+        _check_function_specs(spec, path, lines)
     digest = hashlib.sha256(raw + "\n".join(sets).encode()).hexdigest()
     return LoadedSpec(spec, path, digest, lines, sets, kind)
+
+
+def _check_function_specs(spec: Spec, path: Path, lines: dict[Loc, int]) -> None:
+    """Each op spec named under `functions:` exists and is an op spec (read, not run)."""
+    found: list[tuple[Loc, str]] = []
+    for name, relative in spec.functions.items():
+        target = path.resolve().parent / relative
+        if not target.is_file():
+            found.append(
+                (("functions", name), f"{relative}: no such file (paths are relative to the spec)")
+            )
+        elif peek_kind(target) != "op":
+            found.append(
+                (("functions", name), f"{relative}: not an op spec (it has no op: section)")
+            )
+    raise_messages(found, str(path), lines, {})
 
 
 def peek_kind(path: str | Path) -> str | None:

@@ -171,6 +171,12 @@ class Spec(SpecBase):
     # autograd's reference and the float64 truth too, so such code is audited as written.
     postprocess: list[Rule] = Field(default_factory=list)
     distributed: Distributed | None = None
+    # Custom autograd.Functions in the model's graph and the op spec (a path relative to
+    # this file) that audits each: `gradaudit run` runs those op specs with this one, and
+    # a Function so audited no longer needs finite differences through it.
+    functions: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = (
+        Field(default_factory=dict)
+    )
 
     @property
     def model_seed(self) -> int:

@@ -137,10 +137,9 @@ class Audit:
                 f"{self.loaded.where('model')}: model plugin '{plugin}': forward must return "
                 f"gradaudit.Forward, got {type(forward).__name__}"
             )
-        from gradaudit.targets.model.functions import custom_functions_in_graph, warning_for
+        from gradaudit.targets.model.functions import custom_functions_in_graph
 
         self.functions = custom_functions_in_graph(forward.loss)
-        self.warnings = [w for w in [warning_for(self.functions)] if w]
         params = [name for name, _ in self.master.named_parameters()]
         self.probe_numel = sum(t.numel() for t in forward.intermediates.values())
         clash = set(params) & set(forward.intermediates)

@@ -4,6 +4,7 @@ batches (samples), every (device, dtype) a pass, the check kinds' cases beside i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from gradaudit.checks import CheckKind
@@ -24,7 +25,12 @@ class ModelTarget:
 
     def __init__(self, loaded: LoadedSpec, share: bool = True) -> None:
         self.audit = Audit(loaded)
-        if self.audit.functions and loaded.spec.checks.finite_difference is None:
+        from gradaudit.targets.model.functions import vouch
+
+        spec: Spec = loaded.spec
+        named = {k: _op_spec(loaded.base_dir / p) for k, p in spec.functions.items()}
+        left, self.warnings = vouch(self.audit.functions, named, loaded.alongside)
+        if left and spec.checks.finite_difference is None:
             loaded = _with_finite_differences(loaded)  # a custom backward cannot fool them
             self.audit.loaded = loaded
         self.spec: Spec = loaded.spec
@@ -66,7 +72,7 @@ class ModelTarget:
             spec_sha256=loaded.sha256,
             cases=(),
             tensors=tuple(self.audit.tensor_names),
-            warnings=tuple([*self.audit.warnings, *found]),
+            warnings=tuple([*self.warnings, *found]),
             inputs=tuple(self.audit.inputs),
             facts={
                 "seed": str(b.seed),
@@ -107,6 +113,13 @@ class ModelTarget:
 
     def link(self, passes: Sequence[Pass]) -> Linked:
         return Sharing([p for p in passes if isinstance(p, DtypePass)], self.share)
+
+
+def _op_spec(path: Path) -> tuple[Path, str]:
+    """An op spec's resolved path and its candidate, as written (load_spec checked both)."""
+    from gradaudit.spec import load_spec
+
+    return path.resolve(), str(load_spec(path).spec.op.candidate)
 
 
 def _with_finite_differences(loaded: LoadedSpec) -> LoadedSpec:
