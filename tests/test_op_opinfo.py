@@ -76,3 +76,29 @@ def test_a_spec_plans_opinfo_variants(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     checks = {c["check"] for c in json.loads(done.stdout)["cases"]}
     assert "variant:opinfo0" in checks
+
+
+def test_the_reproduce_line_reruns_one_opinfo_sample_alone() -> None:
+    """A list of names derives no OpInfo samples; the reproduce line of one names the entry
+    and selects the sample with `only`, and pasted, it reruns that sample alone, red again
+    at the same element."""
+    bad = check_op(DividingCumProd, cumprod, inputs={"x": (3, 6)},
+                   variants=OPINFO, dtypes=["float64"], raise_on_failure=False)  # fmt: skip
+    line = next(t for t in bad.report().splitlines() if "reproduce:" in t)
+    group, worst = max(bad.failures, key=lambda f: (f[1].status == "fail", f[1].budget))
+    name = group.check.removeprefix("variant:")
+    assert f"variants={{'opinfo': 'cumprod', 'only': [{name!r}]}}" in line
+    again = check_op(DividingCumProd, cumprod, inputs={"x": (3, 6)}, dtypes=["float64"],
+                     variants={"opinfo": "cumprod", "only": [name]},
+                     raise_on_failure=False)  # fmt: skip
+    assert {g.check for g in again.groups if g.check.startswith("variant:")} == {group.check}
+    w2 = next(s for _, s in again.failures if s.tensor == worst.tensor)
+    assert w2.worst is not None and worst.worst is not None
+    assert w2.worst.worst_index == worst.worst.worst_index
+    # a derived variant's line is a list of its name, as before
+    zeros = check_op(DividingCumProd, cumprod, inputs={"x": (3, 6)}, dtypes=["float64"],
+                     variants=["zeros"], raise_on_failure=False)  # fmt: skip
+    assert "variants=['zeros']" in zeros.report()
+    with pytest.raises(OpSpecError, match="unknown variant opinfo99"):
+        check_op(cumprod, cumprod, inputs={"x": (3, 6)},
+                 variants={"opinfo": "cumprod", "only": ["opinfo99"]})  # fmt: skip

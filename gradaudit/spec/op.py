@@ -73,6 +73,9 @@ class Variants(Strict):
     opinfo: str | None = None  # torch's OpInfo samples of this entry (targets.op.opinfo)
     shapes: list[dict[Identifier, list[Annotated[int, Field(ge=1)]]]] = Field(default_factory=list)
     exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # by name
+    # just these, by name (a reproduce line's): chosen among every variant the options
+    # derive, `extreme` included
+    only: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # non-tensor arguments (variants.alternatives): other dims and a tuple of two, each bool
     # flipped, a string's other values, an int + 1, a float 0.5, None as 1, ignore_index hit
     arguments: bool = True

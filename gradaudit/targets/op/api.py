@@ -33,6 +33,7 @@ class OpResult(Result):
     reproduces them; `ok` when each tensor of each case passed."""
 
     seed: int = 0
+    opinfo: str | None = None  # the OpInfo entry whose samples ran (variants.opinfo)
 
     def report(self) -> str:
         """Why it failed, on a few lines; empty when it passed."""
@@ -47,13 +48,20 @@ class OpResult(Result):
             f"{_where(group, worst)}",
             *(f"  {line}" for line in _explain(worst)),
             f"  reproduce: check_op(..., devices=[{group.device!r}], dtypes=[{group.dtype!r}], "
-            f"variants=[{_variant(group)!r}], seed={self.seed})",
+            f"variants={self._selecting(_variant(group))}, seed={self.seed})",
         ]
         others = [_where(g, s) for g, s in self.failures if s is not worst][:8]
         if others:
             more = len(self.failures) - 1 - len(others)
             lines.append("  also: " + "; ".join(others) + (f"; +{more} more" if more else ""))
         return "\n".join(lines)
+
+    def _selecting(self, name: str) -> str:
+        """check_op's `variants=` that runs this variant alone: its name, or for an OpInfo
+        sample the entry too (a list of names derives no OpInfo samples)."""
+        if self.opinfo and name.startswith("opinfo"):
+            return repr({"opinfo": self.opinfo, "only": [name]})
+        return repr([name])
 
     def overview(self) -> str:
         """One screen, green or red: the counts, each dtype's worst budget (the largest share
@@ -169,6 +177,7 @@ def check_op(
         checks=op_checks,
     )
     result = _run(audit, devices, dtypes, tol, seed, isolate)
+    result.opinfo = options.opinfo if options is not None else None
     if verbose:
         print(result.overview())
     if raise_on_failure and not result.ok:

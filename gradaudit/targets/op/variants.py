@@ -117,6 +117,9 @@ def derive(
     """`base` (the shapes as declared) then the derived variants, in a fixed order.
     `arguments`: the op's non-tensor arguments that argument variants vary, with the value
     `base` runs (declared in `args:`, or the callable's default)."""
+    if options is not None and options.only:
+        every = options.model_copy(update={"only": [], "exclude": [], "extreme": True})
+        return select(derive(inputs, dims, every, seed, arguments, extra), options.only)
     base_sizes = _sizes(inputs, dims)
     out = [_make("base", seed, inputs, base_sizes)]
     if options is None:
