@@ -1,8 +1,8 @@
 """An op audit against the pytest loop a careful kernel author writes by hand.
 
-The loop does, for the same dtypes and input variants (shapes and layouts taken from the
-audit's own variant list beforehand, outside the timing): draw seeded inputs, cast, make the
-layout, forward candidate and reference, a random upstream gradient, autograd.grad on both,
+The loop does, for the same dtypes and input variants (shapes, layouts, zeros and argument
+values taken from the audit's own variant list beforehand, outside the timing): draw seeded
+inputs, cast, make the layout, forward candidate and reference, a random upstream gradient, autograd.grad on both,
 and `torch.testing.assert_close` per output and input gradient. Under `auto` the loop also
 runs the reference in float64 and holds each tensor to FlashAttention's rule (at most twice
 the reference's own error against that truth), as the audit's `baseline` does.
@@ -30,6 +30,7 @@ from gradaudit_ops import rmsnorm, rmsnorm_reference, softmax_xent, softmax_xent
 
 from gradaudit.spec.op import InputDecl, Variants  # noqa: E402
 from gradaudit.targets.op.api import check_op  # noqa: E402
+from gradaudit.targets.op.resolve import resolve, varied_arguments  # noqa: E402
 from gradaudit.targets.op.variants import Variant, derive  # noqa: E402
 
 TARGET = 1.25
@@ -81,9 +82,15 @@ def hand_loop(op: dict[str, Any], variants: list[Variant], mode: str) -> Callabl
         for name, decl in decls.items():
             shape = v.shapes[name]
             if decl.dtype == "float":
-                t = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+                t = torch.randn(shape, generator=gen, dtype=torch.float64)
+                if v.zeros:  # the zeros variant: a quarter of the entries exactly 0
+                    t.view(-1)[1::4] = 0.0
+                t = t.to(dtype)
             else:
                 t = torch.randint(0, v.sizes[str(decl.high)], shape, generator=gen)
+            for target, special in v.hit:  # ignore_index hit in places
+                if target == name:
+                    t.view(-1)[::3] = special
             out[name] = t
         return out
 
@@ -94,7 +101,7 @@ def hand_loop(op: dict[str, Any], variants: list[Variant], mode: str) -> Callabl
             k: _layout(t.clone(), v.layout, v.shapes[k]).requires_grad_(t.is_floating_point())
             for k, t in tensors.items()
         }
-        out = fn(*xs.values())
+        out = fn(*xs.values(), **dict(v.args))
         wrt = [x for x in xs.values() if x.requires_grad]
         grads = torch.autograd.grad(out, wrt, _layout(g.to(out.dtype), v.layout, g.shape))
         return [out.detach(), *grads]
@@ -159,7 +166,14 @@ def rows(quick: bool) -> list[tuple[str, float, float, str]]:
                 n: InputDecl.model_validate({"shape": s} if isinstance(s, list) else s)
                 for n, s in op["inputs"].items()
             }
-            variants = derive(decls, op["dims"], Variants(), 0)
+            # the audit's own variants in these dtypes: its argument variants too; the long
+            # reductions run in bfloat16 or float16 only, so not here
+            cand, ref = (
+                resolve(op["candidate"], "bench", "candidate"),
+                resolve(op["reference"], "bench", "reference"),
+            )
+            varied = varied_arguments(cand, ref, {}, decls)
+            variants = [v for v in derive(decls, op["dims"], Variants(), 0, varied) if not v.long]
             for mode in ("allclose", "auto"):
 
                 def audit(

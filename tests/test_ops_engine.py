@@ -561,3 +561,26 @@ def test_check_op_isolated_keeps_going_past_a_candidate_that_kills_its_process()
         if check in crashed:
             assert status == "error" and "was killed by SIGSEGV" in error, error
     assert len({c for c, _, _ in rows}) == 12  # every variant reported
+
+
+def test_a_passing_variant_is_located_only_when_it_is_its_tensors_worst_so_far() -> None:
+    """Describing a passing tensor (worst element, relative errors, cosine) cost a quarter of
+    an op audit; as for a model's batches, only a tensor's new worst budget in its (device,
+    dtype) is described. A failing tensor is always located."""
+    good = check_op(rmsnorm, rmsnorm_reference, inputs={"x": (4, 8), "weight": (8,)},
+                    dtypes=["float32"], tolerance="allclose")  # fmt: skip
+    so_far: dict[str, float] = {}
+    located = []
+    for group in good.groups:
+        if not group.check.startswith("variant:"):
+            continue
+        for t in group.tensors:
+            assert t.worst is not None
+            new = t.tensor not in so_far or t.worst.budget > so_far[t.tensor]
+            assert t.worst.located == new, (group.check, t.tensor)
+            located.append(new)
+            so_far[t.tensor] = max(so_far.get(t.tensor, t.worst.budget), t.worst.budget)
+    assert any(located) and not all(located)
+    bad = check_op(BUGS["rmsnorm-wrong-axis"][0], rmsnorm_reference, raise_on_failure=False,
+                   inputs={"x": (4, 8), "weight": (8,)}, dtypes=["float32"])  # fmt: skip
+    assert bad.failures and all(s.worst is not None and s.worst.located for _, s in bad.failures)

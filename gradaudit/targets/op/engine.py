@@ -68,9 +68,13 @@ def run_case(
     shared: Shared,
     tol: Callable[[str], Tol],
     on_compared: Compared | None = None,
+    beat: dict[str, float] | None = None,
 ) -> GroupResult:
     """One (device, dtype, variant) case: both sides, the truth, every comparison; each
-    tensor's result to `on_case`; its tolerances are the plan's (`tol`)."""
+    tensor's result to `on_case`; its tolerances are the plan's (`tol`). `beat`: each
+    tensor's worst budget in the variants run so far in this (device, dtype), updated
+    here; a passing tensor under it is not located (no worst element: see check_all), as
+    a model's batch that is not its tensor's worst is not (None: every tensor located)."""
     device, dtype_name, index, variant = where
     import torch
 
@@ -91,13 +95,14 @@ def run_case(
             ),
             default=0.0,
         )
-        results = check_all([c for _, c in ordered], batch_scale, audit.scratch)
+        records = None if beat is None else [beat.get(n) for n, _ in ordered]
+        results = check_all([c for _, c in ordered], batch_scale, audit.scratch, records)
         if estimate is not None and not all(r.passed for r in results):
             # float64 has no truth: before a red, allow for the reference's own error,
             # estimated only now (two more reference runs), so passing cases never pay it
             noise = estimate()
             ordered = [(n, dataclasses.replace(c, noise=noise.get(n, 0.0))) for n, c in ordered]
-            results = check_all([c for _, c in ordered], batch_scale, audit.scratch)
+            results = check_all([c for _, c in ordered], batch_scale, audit.scratch, records)
     except VariantError as exc:
         text = f"{exc} (variant {variant.name}, seed {variant.seed}, {device} {dtype_name})"
         summaries = [TensorSummary(n, tol(n)) for n in names.of(check)]
@@ -119,6 +124,9 @@ def run_case(
         return _group(device, dtype_name, summaries, check, start)
     if on_compared is not None:
         on_compared(where, drawn[variant.name], ordered, results, batch_scale)
+    for (name, _), result in zip(ordered, results, strict=True):
+        if beat is not None and result.budget == result.budget:  # not NaN
+            beat[name] = max(beat.get(name, result.budget), result.budget)
     summaries = []
     for (name, comparison), result in zip(ordered, results, strict=True):
         summary = TensorSummary(name, comparison.tol)

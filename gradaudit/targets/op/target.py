@@ -161,7 +161,7 @@ class OpTarget:
             first = reference_outputs(
                 self.audit, variant, drawn, masters, "cpu", torch.float64, variant.zeros
             )
-            again = first
+            again = None
             if variant.args:  # a reference with randomness (`p=0.5`) differs run to run
                 again = reference_outputs(self.audit, variant, drawn, masters, "cpu", torch.float64)
         except Exception as exc:
@@ -169,13 +169,14 @@ class OpTarget:
                 f"not applicable: the reference rejects variant {name} ({why(exc)}); "
                 f"leave it out with variants: {{exclude: [{name}]}}"
             )
-        finite = all(t.isfinite().all() for t in first if t.is_floating_point())
-        if (variant.args or variant.zeros) and not finite:
+        if (variant.args or variant.zeros) and not all(
+            t.isfinite().all() for t in first if t.is_floating_point()
+        ):
             return (
                 f"not applicable: the reference's results are not finite at variant {name}; "
                 f"leave it out with variants: {{exclude: [{name}]}}"
             )
-        if not all(map(_same, first, again)):
+        if again is not None and not all(map(_same, first, again)):
             return (
                 f"not applicable: the reference is not deterministic at variant {name}; "
                 f"leave it out with variants: {{exclude: [{name}]}}"
@@ -207,6 +208,7 @@ class OpPass:
         self.target, self.device, self.dtype = target, device, dtype
         self.cases = {c.check: c for c in cases}
         self.events: list[Event] = []
+        self.beat: dict[str, float] = {}  # each tensor's worst budget so far (run_case)
         self.mutation: Any = None
         if context.mutants is not None:
             from gradaudit.targets.op.mutate import OpMutation
@@ -227,6 +229,7 @@ class OpPass:
                 _shared(target),
                 _tols(case),
                 self.mutation,
+                self.beat,
             )
             self._done(case, group.seconds)
         if sample.index != 0:
