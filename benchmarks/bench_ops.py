@@ -2,8 +2,9 @@
 
 The loop does, for the same dtypes and input variants (shapes, layouts, zeros and argument
 values taken from the audit's own variant list beforehand, outside the timing): draw seeded
-inputs, cast, make the layout, forward candidate and reference, a random upstream gradient, autograd.grad on both,
-and `torch.testing.assert_close` per output and input gradient. Under `auto` the loop also
+inputs, cast, make the layout, forward candidate and reference, a random upstream gradient,
+autograd.grad on both, and `torch.testing.assert_close` per output and input gradient.
+Under `auto` the loop also
 runs the reference in float64 and holds each tensor to FlashAttention's rule (at most twice
 the reference's own error against that truth), as the audit's `baseline` does.
 
