@@ -114,12 +114,12 @@ def run_command(
         paths = expand(specs)
     else:
         paths = list(specs)
-    from gradaudit.spec_set import with_function_specs
-
-    named = with_function_specs(paths)  # the op audits a model spec's functions: names
-    several, paths = several or len(named) > len(paths), named
     try:
         write_first(paths, junit_xml, json_path)  # before anything slow: no old green survives
+        from gradaudit.spec_set import with_function_specs
+
+        named = with_function_specs(paths)  # the op audits a model spec's functions: names
+        several, paths = several or len(named) > len(paths), named
         tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         sys.exit(_run(paths, several, html_path, dict(
             junit_xml=junit_xml, json_path=json_path, devices=devices, dtypes=dtypes,
