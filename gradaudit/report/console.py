@@ -136,6 +136,8 @@ class ConsoleReporter:
     verbosity: -1 summary line only, 0 table, 1 also a line per batch and tensor.
     """
 
+    checkpoints = False  # nothing on disk to keep current (report.base.wants_checkpoints)
+
     def __init__(
         self,
         verbosity: int = 0,

@@ -98,6 +98,9 @@ class Observer(Protocol):
 
     def group(self, group: GroupResult) -> None: ...
 
+    # Optional: `idle()`, called between the executor's events (every POLL seconds at
+    # most), for work put off until then (commands.Reports: a checkpoint not yet due).
+
 
 @dataclass
 class Outcome:
@@ -269,6 +272,9 @@ class Supervisor:
                                 self._event(event, state)
                 else:
                     time.sleep(POLL)
+                idle = getattr(self.observer, "idle", None)
+                if idle is not None:
+                    idle()
                 if state.finished:
                     return "finished"
                 if not open_ and self.proc is not None and self.proc.poll() is not None:
