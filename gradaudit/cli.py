@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from gradaudit.ci.diff import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH
+from gradaudit.ci import DEFAULT_FLOOR, DEFAULT_MAX_GROWTH
 from gradaudit.cli_options import (
     BATCHES,
     COLOR,

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradaudit.ci import DEFAULT_FLOOR as DEFAULT_FLOOR
+from gradaudit.ci import DEFAULT_MAX_GROWTH as DEFAULT_MAX_GROWTH
 from gradaudit.ci.report import (
     RED,
     ReportError,
@@ -35,9 +37,6 @@ from gradaudit.ci.report import (
     tensor_label,
     text_or_none,
 )
-
-DEFAULT_MAX_GROWTH = 2.0
-DEFAULT_FLOOR = 0.05
 
 NEW_FAILURE = "new failure"
 GREW = "grew"
