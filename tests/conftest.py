@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import cli_zygote
+
 REPO = Path(__file__).resolve().parents[1]
 # The console script installed next to this interpreter (there is no `python -m gradaudit`).
 GRADAUDIT = Path(sys.executable).with_name("gradaudit")
@@ -55,10 +57,16 @@ def run_gradaudit(
     env: Mapping[str, str] | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `gradaudit` console script in a subprocess and capture its output."""
+    """Run the real `gradaudit` command and capture its output: forked from this session's
+    command-line zygote when it has one (tests/cli_zygote.py), else the console script in
+    a subprocess."""
     assert GRADAUDIT.is_file(), f"no gradaudit console script at {GRADAUDIT}"
+    argv = [str(GRADAUDIT), *map(str, args)]
+    forked = cli_zygote.run(argv, Path(cwd or REPO), cli_env(env), timeout)
+    if forked is not None:
+        return forked
     return subprocess.run(
-        [str(GRADAUDIT), *map(str, args)],
+        argv,
         cwd=cwd or REPO,
         env=cli_env(env),
         capture_output=True,
@@ -75,7 +83,8 @@ def zygote() -> Iterator[None]:
     to be ready (a few seconds): the slowest modules run first, and their runs, started
     before it, each imported torch themselves (a gallery run took 4.7 s of CPU instead of
     1.6). Tests that unset GRADAUDIT_ZYGOTE start executors as users' runs do.
-    GRADAUDIT_ZYGOTE=0 switches it off for the whole session."""
+    GRADAUDIT_ZYGOTE=0 switches it off for the whole session, and the command-line zygote
+    beside it (tests/cli_zygote.py, which `run_gradaudit` forks commands from)."""
     if os.environ.get(ZYGOTE) == "0":
         os.environ.pop(ZYGOTE)
         yield
@@ -84,18 +93,23 @@ def zygote() -> Iterator[None]:
 
     folder = Path(tempfile.mkdtemp(prefix="gradaudit-zygote-"))
     server = zygotes.start(folder / "socket")
+    commands = zygotes.start(folder / "cli", cli=True)
     deadline = time.monotonic() + 60
-    while not (folder / "socket").exists() and server.poll() is None:
-        if time.monotonic() > deadline:
-            break  # a slow machine: runs start executors themselves until it is ready
-        time.sleep(0.05)
+    for path, process in ((folder / "socket", server), (folder / "cli", commands)):
+        while not path.exists() and process.poll() is None:
+            if time.monotonic() > deadline:
+                break  # a slow machine: runs start processes themselves until it is ready
+            time.sleep(0.05)
     os.environ[ZYGOTE] = str(folder / "socket")
+    os.environ[cli_zygote.VARIABLE] = str(folder / "cli")
     try:
         yield
     finally:
         os.environ.pop(ZYGOTE, None)
-        server.kill()
-        server.wait()
+        os.environ.pop(cli_zygote.VARIABLE, None)
+        for process in (server, commands):
+            process.kill()
+            process.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -167,3 +167,42 @@ def test_a_killed_run_takes_its_forked_executor_with_it(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_command_forked_from_the_cli_zygote_is_what_the_console_script_gives(
+    tmp_path: Path, write_spec: SpecWriter
+) -> None:
+    """tests/cli_zygote.py forks `gradaudit` commands for run_gradaudit: same output, exit
+    code, working directory and environment as the console script started afresh."""
+    from tests import cli_zygote
+
+    assert os.environ.get(cli_zygote.VARIABLE), "the session's command-line zygote is missing"
+    spec = write_spec(dtypes=["float64"])
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    env = cli_env({"NO_COLOR": "1"})
+    for args in (
+        ["--version"],
+        ["validate", "bad.yaml"],
+        ["run", spec.name, "-q", "--json", "r.json"],
+        ["plan", spec.name],
+    ):
+        argv = [str(GRADAUDIT), *args]
+        forked = cli_zygote.run(argv, tmp_path, env, 120)
+        assert forked is not None
+        started = subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert forked.returncode == started.returncode, (args, forked, started)
+        assert forked.stderr == started.stderr, args
+        if args[0] != "run":  # a run's closing line has its seconds
+            assert forked.stdout == started.stdout, args
+        else:
+            assert forked.stdout.split(" in ")[0] == started.stdout.split(" in ")[0]
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["failed"] == 0
+    # a dead zygote, or none: run_gradaudit starts the console script
+    assert cli_zygote.run([str(GRADAUDIT), "--version"], tmp_path, env, 10) is not None
+    os.environ[cli_zygote.VARIABLE], saved = str(tmp_path / "none"), os.environ[cli_zygote.VARIABLE]
+    try:
+        assert cli_zygote.run([str(GRADAUDIT), "--version"], tmp_path, env, 10) is None
+    finally:
+        os.environ[cli_zygote.VARIABLE] = saved

@@ -117,23 +117,44 @@ def fork(events: int, parent: int) -> Forked | None:
 # -- the zygote's side -------------------------------------------------------------------
 
 
-def start(path: Path) -> subprocess.Popen[bytes]:
+# A command-line zygote's imports (`start(..., cli=True)`): the CLI's, no torch, for a test
+# suite that starts `gradaudit` hundreds of times (half a second of imports each).
+PRELOAD_CLI = (
+    "gradaudit.cli",
+    "gradaudit.spec_set",
+    "gradaudit.commands",
+    "gradaudit.plugins",
+    "gradaudit.report.console",
+    "gradaudit.report.junit",
+    "gradaudit.report.jsonfile",
+)
+
+
+def start(path: Path, cli: bool = False) -> subprocess.Popen[bytes]:
     """Start a zygote listening on `path` (it dies with this process); it accepts runs once
-    its imports are done, and until then `fork` finds none."""
+    its imports are done, and until then `fork` finds none. `cli`: one that forks
+    `gradaudit` commands (a request with `argv`), with the CLI's imports and no torch."""
     code = f"import sys; sys.path.pop(0); from {__name__} import serve; serve()"
+    mode = ["cli"] if cli else []
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(path), str(os.getpid())],
+        [sys.executable, "-c", code, *mode, str(path), str(os.getpid())],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
 
 
 def serve() -> None:
+    import importlib
+
     from gradaudit.run.executor import die_with_parent
 
     path, parent = sys.argv[-2], int(sys.argv[-1])
     die_with_parent(parent)
-    _preload()
+    if "cli" in sys.argv[1:-2]:
+        for name in PRELOAD_CLI:
+            importlib.import_module(name)
+    else:
+        _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     partial = f"{path}.{os.getpid()}"
     listener.bind(partial)
@@ -251,6 +272,37 @@ def _child(fds: list[int], header: dict[str, object], set_up: int) -> None:
         os.chdir(str(header["cwd"]))
         tempfile.tempdir = None
         importlib.invalidate_caches()
+        argv = header.get("argv")
+        if isinstance(argv, list):
+            os.close(events)
+            _command([str(a) for a in argv])
         executor.serve_job(events)
     finally:
         os._exit(int(ExitCode.INTERNAL))
+
+
+def _command(argv: list[str]) -> None:
+    """In a command-line zygote's child: `gradaudit ARGV` as the console script runs it,
+    then exit with its code."""
+    import traceback
+
+    from gradaudit.cli import main
+
+    sys.argv = [argv[0], *argv[1:]]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    os._exit(code)
