@@ -1,9 +1,10 @@
-"""`gradaudit` commands forked from a command-line zygote (gradaudit.run.zygote, `cli=True`):
-the suite starts the console script about 500 times, and each start spent half a second of
-CPU importing the CLI (pydantic and the spec models, click, the engine's modules) on a
-machine where the suite is CPU-bound. The forked child runs `gradaudit.cli.main` with the
-test's arguments, working directory, environment and pipes, as the console script would;
-the tests of the console script itself (signals, start-up imports) start it directly."""
+"""`gradaudit` commands forked from a command-line zygote (gradaudit.run.zygote started with
+`preload=PRELOAD`; each request names ENTRY to call). The suite starts the console script
+about 500 times, and each start spent half a second of CPU importing the CLI (pydantic and
+the spec models, click, the engine's modules) on a machine where the suite is CPU-bound.
+The forked child runs `gradaudit.cli.main` with the test's arguments, working directory,
+environment and pipes, as the console script would; the tests of the console script itself
+(signals, start-up imports) start it directly."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 VARIABLE = "GRADAUDIT_TEST_CLI_ZYGOTE"  # the socket of this test process's CLI zygote
+# What the command-line zygote imports before it forks (no torch), and what a child calls.
+PRELOAD = (
+    "gradaudit.cli",
+    "gradaudit.spec_set",
+    "gradaudit.commands",
+    "gradaudit.plugins",
+    "gradaudit.report.console",
+    "gradaudit.report.junit",
+    "gradaudit.report.jsonfile",
+)
+ENTRY = "gradaudit.cli:main"  # the console script's
 
 
 def run(
@@ -35,6 +47,7 @@ def run(
     err_read, err_write = os.pipe()
     devnull = os.open(os.devnull, os.O_RDWR)
     header = {"cwd": str(cwd), "env": dict(env), "parent": os.getpid(), "argv": list(argv)}
+    header["entry"] = ENTRY
     data = json.dumps(header).encode()
     try:
         conn.connect(path)

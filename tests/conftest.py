@@ -93,7 +93,7 @@ def zygote() -> Iterator[None]:
 
     folder = Path(tempfile.mkdtemp(prefix="gradaudit-zygote-"))
     server = zygotes.start(folder / "socket")
-    commands = zygotes.start(folder / "cli", cli=True)
+    commands = zygotes.start(folder / "cli", preload=cli_zygote.PRELOAD)
     deadline = time.monotonic() + 60
     for path, process in ((folder / "socket", server), (folder / "cli", commands)):
         while not path.exists() and process.poll() is None:

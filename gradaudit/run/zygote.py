@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -117,27 +118,15 @@ def fork(events: int, parent: int) -> Forked | None:
 # -- the zygote's side -------------------------------------------------------------------
 
 
-# A command-line zygote's imports (`start(..., cli=True)`): the CLI's, no torch, for a test
-# suite that starts `gradaudit` hundreds of times (half a second of imports each).
-PRELOAD_CLI = (
-    "gradaudit.cli",
-    "gradaudit.spec_set",
-    "gradaudit.commands",
-    "gradaudit.plugins",
-    "gradaudit.report.console",
-    "gradaudit.report.junit",
-    "gradaudit.report.jsonfile",
-)
-
-
-def start(path: Path, cli: bool = False) -> subprocess.Popen[bytes]:
+def start(path: Path, preload: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """Start a zygote listening on `path` (it dies with this process); it accepts runs once
-    its imports are done, and until then `fork` finds none. `cli`: one that forks
-    `gradaudit` commands (a request with `argv`), with the CLI's imports and no torch."""
+    its imports are done, and until then `fork` finds none. `preload`: the modules to import
+    instead of an executor's (PRELOAD), for a zygote whose requests name an `entry` to call
+    (a test suite's `gradaudit` commands: tests/cli_zygote.py)."""
     code = f"import sys; sys.path.pop(0); from {__name__} import serve; serve()"
-    mode = ["cli"] if cli else []
+    modules = [",".join(preload)] if preload else []
     return subprocess.Popen(
-        [sys.executable, "-c", code, *mode, str(path), str(os.getpid())],
+        [sys.executable, "-c", code, *modules, str(path), str(os.getpid())],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -150,8 +139,8 @@ def serve() -> None:
 
     path, parent = sys.argv[-2], int(sys.argv[-1])
     die_with_parent(parent)
-    if "cli" in sys.argv[1:-2]:
-        for name in PRELOAD_CLI:
+    if len(sys.argv) > 3:
+        for name in sys.argv[-3].split(","):
             importlib.import_module(name)
     else:
         _preload()
@@ -272,26 +261,26 @@ def _child(fds: list[int], header: dict[str, object], set_up: int) -> None:
         os.chdir(str(header["cwd"]))
         tempfile.tempdir = None
         importlib.invalidate_caches()
-        argv = header.get("argv")
-        if isinstance(argv, list):
+        entry, argv = header.get("entry"), header.get("argv")
+        if isinstance(entry, str) and isinstance(argv, list):
             os.close(events)
-            _command([str(a) for a in argv])
+            _call(entry, [str(a) for a in argv])
         executor.serve_job(events)
     finally:
         os._exit(int(ExitCode.INTERNAL))
 
 
-def _command(argv: list[str]) -> None:
-    """In a command-line zygote's child: `gradaudit ARGV` as the console script runs it,
-    then exit with its code."""
+def _call(entry: str, argv: list[str]) -> None:
+    """In the child of a request that names an `entry` ("module:function"): call it with
+    `sys.argv` set to `argv`, as a console script would, then exit with its code."""
+    import importlib
     import traceback
 
-    from gradaudit.cli import main
-
-    sys.argv = [argv[0], *argv[1:]]
     code = 0
     try:
-        main()
+        module, _, name = entry.partition(":")
+        sys.argv = list(argv)
+        getattr(importlib.import_module(module), name)()
     except SystemExit as exc:
         if isinstance(exc.code, int) or exc.code is None:
             code = exc.code or 0
