@@ -6,7 +6,6 @@ import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
 from typing import Any
 
 import click
@@ -164,10 +163,10 @@ def plan_command(
 ) -> None:
     """Print every check `run` would make, with tolerances and skip reasons; runs no batch."""
     from gradaudit import commands
-    from gradaudit.spec_set import with_function_specs
+    from gradaudit.spec_set import resolved, with_function_specs
 
     # as `gradaudit run SPEC` would run it: with the op specs its functions: names
-    alongside = tuple(str(Path(p).resolve()) for p in with_function_specs([spec]))
+    alongside = resolved(with_function_specs([spec]))
     options = commands.RunOptions(
         devices=devices, dtypes=dtypes, shard=shard, batches=batches, variants=variants,
         sets=sets, alongside=alongside,

@@ -180,7 +180,8 @@ class Reports:
             summary = fold.provisional(NOT_FINISHED)  # once, for every reporter
             for reporter in wanting:
                 reporter.checkpoint(summary)
-            self.written = (time.perf_counter(), time.perf_counter() - start)
+            end = time.perf_counter()
+            self.written = (end, end - start)
 
     def finish(self, summary: RunSummary) -> None:
         for reporter in self.reporters:

@@ -60,6 +60,11 @@ def expand(arguments: Sequence[str]) -> list[str]:
     return found
 
 
+def resolved(paths: Sequence[str]) -> tuple[str, ...]:
+    """The specs' resolved paths: a run's `alongside` (LoadedSpec.alongside)."""
+    return tuple(str(Path(p).resolve()) for p in paths)
+
+
 def with_function_specs(paths: Sequence[str]) -> list[str]:
     """The specs named, each model spec followed by the op specs its `functions:` names
     (those not named already), so the op audits that vouch for its custom Functions run
@@ -100,9 +105,7 @@ def run_set(specs: Sequence[str], options: RunOptions) -> int:
             write_placeholders(spec, xml, js, options.sets, reason=PENDING)
         ran: list[SpecRun] = []
         whole = Shard.parse(options.shard) if options.shard else None
-        options = dataclasses.replace(
-            options, alongside=tuple(str(Path(s).resolve()) for s in specs)
-        )
+        options = dataclasses.replace(options, alongside=resolved(specs))
         try:
             _combine(options, parts, None)
             offset = 0

@@ -9,16 +9,14 @@ environment and pipes, as the console script would; the tests of the console scr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
-import struct
 import subprocess
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from gradaudit.run import zygote
 
 VARIABLE = "GRADAUDIT_TEST_CLI_ZYGOTE"  # the socket of this test process's CLI zygote
 # What the command-line zygote imports before it forks (no torch), and what a child calls.
@@ -42,25 +40,24 @@ def run(
     path = os.environ.get(VARIABLE)
     if not path or not os.path.exists(path):
         return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     devnull = os.open(os.devnull, os.O_RDWR)
-    header = {"cwd": str(cwd), "env": dict(env), "parent": os.getpid(), "argv": list(argv)}
-    header["entry"] = ENTRY
-    data = json.dumps(header).encode()
+    header = {"cwd": str(cwd), "env": dict(env), "parent": os.getpid()}
     try:
-        conn.connect(path)
-        fds = [devnull, out_write, err_write, devnull]
-        socket.send_fds(conn, [struct.pack("!Q", len(data)) + data], fds)
-    except OSError:
-        conn.close()
-        for fd in (out_read, err_read):
-            os.close(fd)
-        return None
+        asked = zygote.request(
+            path,
+            header | {"entry": ENTRY, "argv": list(argv)},
+            [devnull, out_write, err_write, devnull],
+        )
     finally:
         for fd in (out_write, err_write, devnull):
             os.close(fd)
+    if asked is None:
+        for fd in (out_read, err_read):
+            os.close(fd)
+        return None
+    child = zygote.Forked(*asked, None)
     chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
 
     def drain(fd: int) -> None:
@@ -70,38 +67,13 @@ def run(
     readers = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in chunks]
     for reader in readers:
         reader.start()
-    code, pid = _answer(conn, time.monotonic() + timeout)
+    try:
+        code = child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        raise subprocess.TimeoutExpired(list(argv), timeout) from None
     for reader in readers:
         reader.join(timeout=10)
-    if code is None:
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-        raise subprocess.TimeoutExpired(list(argv), timeout)
     out, err = (b"".join(chunks[fd]).decode("utf-8", "replace") for fd in (out_read, err_read))
     return subprocess.CompletedProcess(list(argv), code, out, err)
-
-
-def _answer(conn: socket.socket, deadline: float) -> tuple[int | None, int | None]:
-    """(the exit code, the child's pid) from the zygote's `pid N` and `exit CODE` lines;
-    the code is None when the deadline passed first."""
-    buffer, pid = b"", None
-    with conn:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None, pid
-            conn.settimeout(left)
-            try:
-                chunk = conn.recv(64)
-            except TimeoutError:
-                return None, pid
-            if not chunk:
-                return -int(signal.SIGKILL), pid  # the zygote died, and its children with it
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.startswith(b"pid "):
-                    pid = int(line[4:])
-                elif line.startswith(b"exit "):
-                    return int(line[5:]), pid

@@ -98,8 +98,9 @@ class Observer(Protocol):
 
     def group(self, group: GroupResult) -> None: ...
 
-    # Optional: `idle()`, called between the executor's events (every POLL seconds at
-    # most), for work put off until then (commands.Reports: a checkpoint not yet due).
+    def idle(self) -> None:
+        """Called between the executor's events (every POLL seconds at most), for work put
+        off until then (commands.Reports: a checkpoint not yet due)."""
 
 
 @dataclass
@@ -272,9 +273,8 @@ class Supervisor:
                                 self._event(event, state)
                 else:
                     time.sleep(POLL)
-                idle = getattr(self.observer, "idle", None)
-                if idle is not None:
-                    idle()
+                if self.observer is not None:
+                    self.observer.idle()
                 if state.finished:
                     return "finished"
                 if not open_ and self.proc is not None and self.proc.poll() is not None:

@@ -52,7 +52,7 @@ class Forked:
     """An executor forked by the zygote, with the members of `subprocess.Popen` the
     supervisor uses."""
 
-    def __init__(self, conn: socket.socket, pid: int, stdin: IO[bytes]) -> None:
+    def __init__(self, conn: socket.socket, pid: int, stdin: IO[bytes] | None) -> None:
         self.conn = conn
         self.pid = pid
         self.stdin: IO[bytes] | None = stdin
@@ -92,27 +92,40 @@ def fork(events: int, parent: int) -> Forked | None:
     path = os.environ.get(VARIABLE)
     if not path:
         return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     read, write = os.pipe()
     try:
+        header = {"cwd": os.getcwd(), "env": dict(os.environ), "parent": parent}
+        asked = request(path, header, [read, 1, 2, events])
+    finally:
+        os.close(read)
+    if asked is None:
+        os.close(write)
+        return None
+    return Forked(*asked, os.fdopen(write, "wb"))
+
+
+def request(
+    path: str, header: dict[str, object], fds: list[int]
+) -> tuple[socket.socket, int] | None:
+    """Ask the zygote listening on `path` for a child with these four descriptors (its
+    stdin, stdout, stderr and events) and `header` (cwd, env, parent; `entry` and `argv`
+    for a call instead of a job): its connection and pid, or None when there is no zygote
+    to reach."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         conn.connect(path)
-        header = json.dumps({"cwd": os.getcwd(), "env": dict(os.environ), "parent": parent})
-        data = header.encode()
-        socket.send_fds(conn, [struct.pack("!Q", len(data)) + data], [read, 1, 2, events])
+        data = json.dumps(header).encode()
+        socket.send_fds(conn, [struct.pack("!Q", len(data)) + data], fds)
         answer = b""
         while not answer.endswith(b"\n"):
             chunk = conn.recv(64)
             if not chunk:
                 raise OSError("the zygote closed the connection")
             answer += chunk
-        pid = int(answer.split()[1])
+        return conn, int(answer.split()[1])
     except (OSError, ValueError, IndexError):
         conn.close()
-        os.close(write)
         return None
-    finally:
-        os.close(read)
-    return Forked(conn, pid, os.fdopen(write, "wb"))
 
 
 # -- the zygote's side -------------------------------------------------------------------

@@ -72,9 +72,9 @@ def vouch(
             continue
         used.add(key)
         path, candidate = named[key]
-        why = None
-        if function.rsplit(".", 1)[-1] not in candidate:
-            why = f"its candidate {candidate} does not name {function.rsplit('.', 1)[-1]}"
+        cls, why = function.rsplit(".", 1)[-1], None
+        if cls not in candidate:
+            why = f"its candidate {candidate} does not name {cls}"
         elif str(path) not in alongside:
             why = (
                 "it does not run in this run (`gradaudit run` on this spec runs it; "

@@ -20,6 +20,7 @@ from gradaudit.spec import DTYPES, Tolerance
 from gradaudit.spec.op import InputDecl, OpChecks, OpSection, Variants
 from gradaudit.targets.op.call import OpAudit
 from gradaudit.targets.op.errors import OpSpecError
+from gradaudit.targets.op.opinfo import derive_with_samples
 from gradaudit.targets.op.resolve import resolve, varied_arguments
 from gradaudit.targets.op.variants import derive, select
 
@@ -156,12 +157,7 @@ def check_op(
     cand = resolve(candidate, "check_op", "candidate")
     ref = None if reference is None else resolve(reference, "check_op", "reference")
     varied = varied_arguments(cand, ref, dict(args or {}), decls)
-    extra = []
-    if options is not None and options.opinfo:
-        from gradaudit.targets.op.opinfo import opinfo_variants
-
-        extra = opinfo_variants(options.opinfo, decls, cand.signature_of, seed)
-    derived = derive(decls, dict(dims or {}), options, seed, varied, extra)
+    derived = derive_with_samples(decls, dict(dims or {}), options, seed, varied, cand)
     if isinstance(variants, Sequence) and not isinstance(variants, str):
         everything = Variants(extreme=True)
         derived = select(derive(decls, dict(dims or {}), everything, seed, varied), list(variants))

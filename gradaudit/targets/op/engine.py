@@ -124,11 +124,10 @@ def run_case(
         return _group(device, dtype_name, summaries, check, start)
     if on_compared is not None:
         on_compared(where, drawn[variant.name], ordered, results, batch_scale)
-    for (name, _), result in zip(ordered, results, strict=True):
-        if beat is not None and result.budget == result.budget:  # not NaN
-            beat[name] = max(beat.get(name, result.budget), result.budget)
     summaries = []
     for (name, comparison), result in zip(ordered, results, strict=True):
+        if beat is not None and result.budget == result.budget:  # not NaN
+            beat[name] = max(beat.get(name, result.budget), result.budget)
         summary = TensorSummary(name, comparison.tol)
         summary.add(result, index, variant.seed)
         summaries.append(summary)

@@ -8,9 +8,9 @@ from typing import Any
 from gradaudit.spec.common import LoadedSpec
 from gradaudit.targets.op.call import OpAudit
 from gradaudit.targets.op.errors import OpSpecError
-from gradaudit.targets.op.opinfo import opinfo_variants
+from gradaudit.targets.op.opinfo import derive_with_samples
 from gradaudit.targets.op.resolve import Callee, named_ops, resolve, varied_arguments
-from gradaudit.targets.op.variants import Variant, derive
+from gradaudit.targets.op.variants import Variant
 
 
 def audit_of(loaded: LoadedSpec) -> OpAudit:
@@ -69,12 +69,10 @@ def variants_of(
     """The spec's variants (with OpInfo's samples where asked, given the candidate); a bad
     `variants.exclude` or `variants.opinfo` names its line."""
     op, seed = loaded.spec.op, loaded.spec.seed
-    options = op.variant_options
     try:
-        extra = []
-        if options is not None and options.opinfo and candidate is not None:
-            extra = opinfo_variants(options.opinfo, op.inputs, candidate.signature_of, seed)
-        return derive(op.inputs, op.dims, options, seed, arguments, extra)
+        return derive_with_samples(
+            op.inputs, op.dims, op.variant_options, seed, arguments, candidate
+        )
     except OpSpecError as exc:
         raise OpSpecError(f"{loaded.where('op', 'variants')}: op.{exc}") from None
 

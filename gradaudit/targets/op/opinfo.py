@@ -14,11 +14,30 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gradaudit.spec.op import InputDecl
+from gradaudit.spec.op import InputDecl, Variants
 from gradaudit.targets.op.errors import OpSpecError
-from gradaudit.targets.op.variants import Variant, variant_seed
+from gradaudit.targets.op.variants import Variant, derive, variant_seed
+
+if TYPE_CHECKING:
+    from gradaudit.targets.op.resolve import Callee
+
+
+def derive_with_samples(
+    inputs: Mapping[str, InputDecl],
+    dims: Mapping[str, int],
+    options: Variants | None,
+    seed: int,
+    arguments: Mapping[str, Any] | None,
+    candidate: Callee | None,
+) -> list[Variant]:
+    """`derive`'s variants, and OpInfo's samples after them where `options.opinfo` asks
+    (the candidate's signature names their arguments; without it, none)."""
+    extra: list[Variant] = []
+    if options is not None and options.opinfo and candidate is not None:
+        extra = opinfo_variants(options.opinfo, inputs, candidate.signature_of, seed)
+    return derive(inputs, dims, options, seed, arguments, extra)
 
 
 def opinfo_variants(
