@@ -115,12 +115,15 @@ def run_command(
         paths = list(specs)
     try:
         write_first(paths, junit_xml, json_path)  # before anything slow: no old green survives
-        from gradaudit.spec_set import with_function_specs
+        implied: list[str] = []
+        if not (batches or variants):  # a reproduce line reruns the spec it names, alone
+            from gradaudit.spec_set import with_function_specs
 
-        named = with_function_specs(paths)  # the op audits a model spec's functions: names
-        several, paths = several or len(named) > len(paths), named
+            named = with_function_specs(paths)  # the op audits a model spec's functions: names
+            implied = [p for p in named if p not in paths]
+            several, paths = several or bool(implied), named
         tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        sys.exit(_run(paths, several, html_path, dict(
+        sys.exit(_run(paths, implied, several, html_path, dict(
             junit_xml=junit_xml, json_path=json_path, devices=devices, dtypes=dtypes,
             require_devices=require_devices, shard=shard, batches=batches, variants=variants,
             timeout=timeout, color=tty if color is None else color, progress=sys.stderr.isatty(),
@@ -131,7 +134,10 @@ def run_command(
         sys.exit(interrupted(paths, junit_xml, json_path, isinstance(exc, Interrupted)))
 
 
-def _run(paths: list[str], several: bool, html_path: str | None, given: dict[str, Any]) -> int:
+def _run(
+    paths: list[str], implied: list[str], several: bool, html_path: str | None,
+    given: dict[str, Any],
+) -> int:  # fmt: skip
     from gradaudit import commands
 
     options = commands.RunOptions(**given)
@@ -139,7 +145,7 @@ def _run(paths: list[str], several: bool, html_path: str | None, given: dict[str
         return commands.run_with_html(lambda o: commands.run(paths[0], o), options, html_path)
     from gradaudit.spec_set import run_set
 
-    return commands.run_with_html(lambda o: run_set(paths, o), options, html_path)
+    return commands.run_with_html(lambda o: run_set(paths, o, implied), options, html_path)
 
 
 @cli.command("plan")

@@ -21,7 +21,7 @@ import dataclasses
 import os
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import click
@@ -68,7 +68,8 @@ def resolved(paths: Sequence[str]) -> tuple[str, ...]:
 def with_function_specs(paths: Sequence[str]) -> list[str]:
     """The specs named, each model spec followed by the op specs its `functions:` names
     (those not named already), so the op audits that vouch for its custom Functions run
-    with it. A spec that cannot be read is left for loading to report."""
+    with it. A spec that cannot be read is left for loading to report. (Not for a rerun of
+    one batch or variant, `--batch`/`--variant`: that reruns the spec named, alone.)"""
     from gradaudit.spec.load import kind_of
     from gradaudit.spec.yamlfile import read_mapping, read_spec_file
 
@@ -86,12 +87,15 @@ def with_function_specs(paths: Sequence[str]) -> list[str]:
     return found
 
 
-def run_set(specs: Sequence[str], options: RunOptions) -> int:
-    """Run every spec; write the combined reports after each; print the closing table."""
+def run_set(specs: Sequence[str], options: RunOptions, implied: Collection[str] = ()) -> int:
+    """Run every spec; write the combined reports after each; print the closing table.
+    `implied`: the specs a model spec's `functions:` added, which take no --set (its keys
+    are the named specs')."""
     if options.batches or options.variants:
         raise UsageError("--batch and --variant take one spec (a reproduce line names it)")
+    sets = {spec: () if spec in implied else options.sets for spec in specs}
     try:
-        loaded = [load_spec(spec, options.sets) for spec in specs]
+        loaded = [load_spec(spec, sets[spec]) for spec in specs]
         _check_outputs(loaded, options)
     except GradauditError:  # bad input, exit 2: nothing written, not even a placeholder
         remove_first(specs, options.junit_xml, options.json_path)
@@ -102,7 +106,7 @@ def run_set(specs: Sequence[str], options: RunOptions) -> int:
             for i in range(len(specs))
         ]
         for spec, (xml, js) in zip(specs, parts, strict=True):
-            write_placeholders(spec, xml, js, options.sets, reason=PENDING)
+            write_placeholders(spec, xml, js, sets[spec], reason=PENDING)
         ran: list[SpecRun] = []
         whole = Shard.parse(options.shard) if options.shard else None
         options = dataclasses.replace(options, alongside=resolved(specs))
@@ -111,7 +115,9 @@ def run_set(specs: Sequence[str], options: RunOptions) -> int:
             offset = 0
             for spec, read, (xml, js) in zip(specs, loaded, parts, strict=True):
                 shard = str(whole.shifted(offset)) if whole else None
-                one = dataclasses.replace(options, junit_xml=xml, json_path=js, shard=shard)
+                one = dataclasses.replace(
+                    options, junit_xml=xml, json_path=js, shard=shard, sets=sets[spec]
+                )
                 ran.append(_one(spec, one, read))
                 plan = ran[-1].plan
                 offset += (plan.sample_count or 0) if plan else 0

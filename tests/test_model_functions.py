@@ -147,3 +147,22 @@ def test_vouching_needs_the_run_the_name_and_the_candidate(tmp_path: Path) -> No
     # a trailing part matches only at a dot: "Function" does not name RMSNormFunction
     left, _ = vouch(found, {"Function": (op, "Function")}, (str(op),))
     assert left == found
+
+
+def test_set_options_are_the_named_specs_and_a_batch_rerun_runs_it_alone(
+    write_spec: SpecWriter, tmp_path: Path
+) -> None:
+    """`--set batches.count=1` names the model spec's key: the op spec it pulls in takes
+    no --set (it has no batches: key). A reproduce line's `--batch` reruns the model spec
+    alone: its finite differences, not the op audit, catch the wrong backward."""
+    spec = _specs(write_spec, tmp_path, "BadTanh")
+    result = run_gradaudit("run", spec, "--set", "batches.count=1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 specs" in result.stdout and "tanh-op.yaml  FAIL" in result.stdout
+    out = tmp_path / "one.json"
+    again = run_gradaudit("run", spec, "--batch", "0", "--json", out)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "tanh-op.yaml" not in again.stdout.split("warning")[0]
+    failed = {g["check"] for g in json.loads(out.read_text())["groups"]
+              for t in g["tensors"] if t["status"] == "fail"}  # fmt: skip
+    assert failed == {"finite_difference"}

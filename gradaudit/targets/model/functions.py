@@ -78,7 +78,7 @@ def vouch(
         elif str(path) not in alongside:
             why = (
                 "it does not run in this run (`gradaudit run` on this spec runs it; "
-                "gradaudit.run and pytest on one file do not)"
+                "gradaudit.run, pytest on one file and a rerun of one --batch do not)"
             )
         if why is None:
             notes.append(f"custom autograd.Function {function}: audited by op spec {path.name}")
